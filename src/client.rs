@@ -1,0 +1,540 @@
+//! Calling a server: [`Client`] connects, does the HELLO exchange, and then lets any number
+//! of tasks call through one connection at once.
+//!
+//! One task owns the connection. Calls reach it over a bounded channel; it gives each
+//! request an id, writes requests in batches, and routes every REPLY or ERROR back to its
+//! caller by id, so replies may come back in any order. `Client` is a handle to that task:
+//! cloning it is cheap, and the connection closes when the last clone is dropped or
+//! [`Client::close`] is called.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+use tracing::{debug, warn};
+
+use crate::codec::{
+    parse_goaway, Codec, CodecError, ErrorBody, ErrorCode, Frame, Hello, Kind, PROTOCOL_VERSION,
+};
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time allowed for the TCP connect and the HELLO exchange together.
+    pub connect_timeout: Duration,
+    /// Time allowed for one call, from the moment it is made until its reply arrives.
+    pub call_timeout: Duration,
+    /// Largest reply payload this client accepts (announced to the server in HELLO).
+    pub max_frame: usize,
+    /// Requests this client keeps in flight at once; further calls wait their turn.
+    pub max_in_flight: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            max_frame: 16 << 20,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Why a call or a connect failed. Each kind is distinct so that programs can decide what
+/// to do (retry, give up, report) without reading the text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the address.
+    #[error("connection refused by {addr}: is the server running?")]
+    Refused {
+        /// The address tried.
+        addr: String,
+    },
+    /// The connection could not be made for another reason.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The TCP connect or the HELLO exchange took longer than the connect timeout.
+    #[error("connecting to {addr} timed out after {}", humantime::format_duration(*after))]
+    ConnectTimeout {
+        /// The address tried.
+        addr: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// No reply within the call timeout. The server may still process the request.
+    #[error("call timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The call timeout.
+        after: Duration,
+    },
+    /// The payload is larger than the server accepts; nothing was sent.
+    #[error("frame too large: the payload is {len} bytes, the server accepts at most {max}")]
+    FrameTooLarge {
+        /// The payload's size.
+        len: usize,
+        /// The server's max_frame, from its HELLO.
+        max: usize,
+    },
+    /// The server answered with an ERROR frame.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The code; see docs/PROTOCOL.md.
+        code: ErrorCode,
+        /// The server's text.
+        message: String,
+    },
+    /// The server is draining (it sent GOAWAY) and did not take this request: it was not
+    /// processed, so it is safe to send again elsewhere or later.
+    #[error("server is going away: the request was not processed")]
+    GoingAway,
+    /// The connection closed before the reply came; whether the server processed the
+    /// request is unknown.
+    #[error("connection closed: {reason}")]
+    Closed {
+        /// What is known about why.
+        reason: String,
+    },
+    /// The server broke the protocol (bad HELLO, undecodable frame).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A handle to one connection. Cheap to clone; every clone calls through the same
+/// connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    closed: Arc<OnceLock<ClientError>>,
+    server_max_frame: usize,
+    call_timeout: Duration,
+}
+
+/// What a caller asks of the connection task.
+#[derive(Debug)]
+enum Command {
+    /// Send a frame of `kind`; REQUEST and PING get `reply`, ONEWAY does not.
+    Send {
+        kind: Kind,
+        payload: Bytes,
+        reply: Option<oneshot::Sender<Result<Bytes, ClientError>>>,
+    },
+    /// Write everything queued, close the write side, and wait for replies in flight.
+    Close { done: oneshot::Sender<()> },
+}
+
+impl Client {
+    /// Connects with the default [`ClientConfig`].
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
+    /// [`ClientError::Server`] when the server answers with an ERROR (server busy, say),
+    /// [`ClientError::Protocol`] when it does not speak courier.
+    pub async fn connect<A>(addr: A) -> Result<Client, ClientError>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        Client::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects with the given settings.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with<A>(addr: A, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        let name = addr.to_string();
+        let connect = async {
+            let stream = TcpStream::connect(addr).await.map_err(|err| {
+                if err.kind() == io::ErrorKind::ConnectionRefused {
+                    ClientError::Refused { addr: name.clone() }
+                } else {
+                    ClientError::Connect {
+                        addr: name.clone(),
+                        source: Arc::new(err),
+                    }
+                }
+            })?;
+            // Requests are small and latency matters; batching is done by the task.
+            let _ = stream.set_nodelay(true);
+            handshake(stream, &config).await
+        };
+        let (reader, writer, server_max_frame) =
+            tokio::time::timeout(config.connect_timeout, connect)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr: name.clone(),
+                    after: config.connect_timeout,
+                })??;
+
+        let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
+        let closed = Arc::new(OnceLock::new());
+        let task = Task {
+            reader,
+            writer,
+            encoder: Codec::new(0),
+            queue,
+            pending: HashMap::new(),
+            next_id: 1,
+            going_away: false,
+            max_in_flight: config.max_in_flight.max(1),
+            closed: closed.clone(),
+        };
+        tokio::spawn(task.run());
+        Ok(Client {
+            commands,
+            closed,
+            server_max_frame,
+            call_timeout: config.call_timeout,
+        })
+    }
+
+    /// Sends `payload` as a REQUEST and waits for its reply.
+    ///
+    /// # Errors
+    /// [`ClientError::FrameTooLarge`] before sending anything, [`ClientError::Timeout`],
+    /// [`ClientError::Server`] for an ERROR reply, [`ClientError::GoingAway`] or
+    /// [`ClientError::Closed`] when the connection ends first.
+    pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Request, payload.into()).await
+    }
+
+    /// Sends a PING with `payload` and waits for the PONG, returning its payload. Useful as a
+    /// heartbeat or to measure the round trip.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn ping(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Ping, payload.into()).await
+    }
+
+    /// Sends `payload` as a ONEWAY message; returns once it is queued for writing. Call
+    /// [`Client::close`] before exiting to be sure queued messages were written.
+    ///
+    /// # Errors
+    /// [`ClientError::FrameTooLarge`], or [`ClientError::GoingAway`] or
+    /// [`ClientError::Closed`] when the connection has ended.
+    pub async fn send_oneway(&self, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        let payload = payload.into();
+        self.check_size(&payload)?;
+        let command = Command::Send {
+            kind: Kind::Oneway,
+            payload,
+            reply: None,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Writes everything queued, closes the connection's write side, and waits for the
+    /// replies still in flight (up to the call timeout).
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = tokio::time::timeout(self.call_timeout, wait).await;
+        }
+    }
+
+    /// The largest payload the server accepts, from its HELLO.
+    pub fn server_max_frame(&self) -> usize {
+        self.server_max_frame
+    }
+
+    async fn exchange(&self, kind: Kind, payload: Bytes) -> Result<Bytes, ClientError> {
+        self.check_size(&payload)?;
+        let exchange = async {
+            let (reply, wait) = oneshot::channel();
+            let command = Command::Send {
+                kind,
+                payload,
+                reply: Some(reply),
+            };
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| self.closed_error())?;
+            wait.await.map_err(|_| self.closed_error())?
+        };
+        tokio::time::timeout(self.call_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: self.call_timeout,
+            })?
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {
+        if payload.len() > self.server_max_frame {
+            return Err(ClientError::FrameTooLarge {
+                len: payload.len(),
+                max: self.server_max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> ClientError {
+        self.closed.get().cloned().unwrap_or(ClientError::Closed {
+            reason: "the connection task ended".into(),
+        })
+    }
+}
+
+type Reader = FramedRead<ReadHalf<TcpStream>, Codec>;
+type Writer = FramedWrite<WriteHalf<TcpStream>, Codec>;
+
+/// Reads the server's HELLO (or its ERROR) and answers with ours.
+async fn handshake(
+    stream: TcpStream,
+    config: &ClientConfig,
+) -> Result<(Reader, Writer, usize), ClientError> {
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(read_half, Codec::new(crate::codec::MAX_HELLO_PAYLOAD));
+    let mut writer = FramedWrite::new(write_half, Codec::new(0));
+    let first = match reader.next().await {
+        Some(Ok(frame)) => frame,
+        Some(Err(err)) => return Err(protocol_error(err)),
+        None => {
+            return Err(ClientError::Closed {
+                reason: "the server closed the connection before its HELLO".into(),
+            })
+        }
+    };
+    match first.kind {
+        Kind::Hello => {}
+        Kind::Error => return Err(server_error(&first.payload)),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected HELLO from the server, got {other}"
+            )))
+        }
+    }
+    let hello =
+        Hello::parse(&first.payload).map_err(|err| ClientError::Protocol(err.to_string()))?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(ClientError::Protocol(format!(
+            "the server speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
+            hello.version
+        )));
+    }
+    let ours = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
+    writer
+        .send(Frame::hello(&ours))
+        .await
+        .map_err(|err| ClientError::Closed {
+            reason: format!("sending HELLO failed: {err}"),
+        })?;
+    reader.decoder_mut().set_max_payload(config.max_frame);
+    Ok((reader, writer, hello.max_frame as usize))
+}
+
+fn server_error(payload: &[u8]) -> ClientError {
+    match ErrorBody::parse(payload) {
+        Ok(body) => ClientError::Server {
+            code: body.code,
+            message: body.message,
+        },
+        Err(err) => ClientError::Protocol(err.to_string()),
+    }
+}
+
+fn protocol_error(err: CodecError) -> ClientError {
+    match err {
+        CodecError::Io(err) => ClientError::Closed {
+            reason: err.to_string(),
+        },
+        other => ClientError::Protocol(other.to_string()),
+    }
+}
+
+/// Bytes of queued requests above which the task stops taking new calls until the server
+/// has read some: the server applies backpressure, and this passes it on to callers
+/// instead of buffering without bound.
+const MAX_QUEUED_OUTPUT: usize = 1 << 20;
+
+/// The task that owns the connection.
+struct Task {
+    reader: Reader,
+    writer: Writer,
+    encoder: Codec,
+    queue: mpsc::Receiver<Command>,
+    pending: HashMap<u32, oneshot::Sender<Result<Bytes, ClientError>>>,
+    next_id: u32,
+    going_away: bool,
+    max_in_flight: usize,
+    closed: Arc<OnceLock<ClientError>>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut write_shut = false;
+        let end = loop {
+            if closing.is_some() && self.writer.write_buffer().is_empty() {
+                if self.pending.is_empty() {
+                    break ClientError::Closed {
+                        reason: "the client closed the connection".into(),
+                    };
+                }
+                if !write_shut {
+                    // Half-close: the server still answers what it has received.
+                    write_shut = true;
+                    let _ = self.writer.get_mut().shutdown().await;
+                }
+            }
+            let take_calls = closing.is_none()
+                && self.pending.len() < self.max_in_flight
+                && self.writer.write_buffer().len() < MAX_QUEUED_OUTPUT;
+            tokio::select! {
+                biased;
+                frame = self.reader.next() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Some(end) = self.on_frame(frame) {
+                            break end;
+                        }
+                    }
+                    Some(Err(err)) => break protocol_error(err),
+                    None if self.going_away => break ClientError::GoingAway,
+                    None => break ClientError::Closed {
+                        reason: "the server closed the connection".into(),
+                    },
+                },
+                command = self.queue.recv(), if take_calls => match command {
+                    Some(Command::Send { kind, payload, reply }) => self.send(kind, payload, reply),
+                    Some(Command::Close { done }) => {
+                        closing = Some(done);
+                    }
+                    // Every Client handle is gone: nobody can call any more.
+                    None => {
+                        closing = Some(oneshot::channel().0);
+                    }
+                },
+                result = self.writer.flush(), if !self.writer.write_buffer().is_empty() => {
+                    if let Err(err) = result {
+                        break ClientError::Closed { reason: format!("writing failed: {err}") };
+                    }
+                }
+            }
+        };
+        debug!(reason = %end, "client connection ended");
+        let _ = self.closed.set(end.clone());
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(end.clone()));
+        }
+        // Calls still queued learn the reason when their send fails after we drop.
+        self.queue.close();
+        while let Ok(command) = self.queue.try_recv() {
+            if let Command::Send {
+                reply: Some(reply), ..
+            } = command
+            {
+                let _ = reply.send(Err(end.clone()));
+            }
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    /// Queues a frame and remembers who waits for its answer.
+    fn send(
+        &mut self,
+        kind: Kind,
+        payload: Bytes,
+        reply: Option<oneshot::Sender<Result<Bytes, ClientError>>>,
+    ) {
+        if self.going_away {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ClientError::GoingAway));
+            }
+            return;
+        }
+        let id = match reply {
+            Some(reply) => {
+                let id = self.fresh_id();
+                self.pending.insert(id, reply);
+                id
+            }
+            None => 0,
+        };
+        // Payload sizes were checked against the server's limit by the caller.
+        if let Err(err) = self.encoder.encode(
+            Frame::new(kind, id, payload),
+            self.writer.write_buffer_mut(),
+        ) {
+            if let Some(reply) = self.pending.remove(&id) {
+                let _ = reply.send(Err(ClientError::Protocol(err.to_string())));
+            }
+        }
+    }
+
+    /// The next request id that is not 0 and not in flight. Ids wrap after 2^32 requests;
+    /// calls that timed out are forgotten here so their ids can be reused.
+    fn fresh_id(&mut self) -> u32 {
+        if self.pending.len() >= self.max_in_flight {
+            self.pending.retain(|_, reply| !reply.is_closed());
+        }
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Handles a frame from the server; returns why the connection ends, if it does.
+    fn on_frame(&mut self, frame: Frame) -> Option<ClientError> {
+        match frame.kind {
+            Kind::Reply | Kind::Pong => {
+                if let Some(reply) = self.pending.remove(&frame.id) {
+                    let _ = reply.send(Ok(frame.payload));
+                }
+                None
+            }
+            Kind::Error if frame.id != 0 => {
+                if let Some(reply) = self.pending.remove(&frame.id) {
+                    let _ = reply.send(Err(server_error(&frame.payload)));
+                }
+                None
+            }
+            // An ERROR about the whole connection: the server closes it next.
+            Kind::Error => Some(server_error(&frame.payload)),
+            Kind::GoAway => {
+                let last = parse_goaway(&frame.payload).unwrap_or(0);
+                debug!(last_id = last, "server sent GOAWAY");
+                self.going_away = true;
+                None
+            }
+            Kind::Ping => {
+                let pong = Frame::new(Kind::Pong, frame.id, frame.payload);
+                let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());
+                None
+            }
+            Kind::Hello | Kind::Request | Kind::Oneway => {
+                warn!(kind = %frame.kind, "server sent a frame a server does not send");
+                Some(ClientError::Protocol(format!(
+                    "the server sent {}, which only clients send",
+                    frame.kind
+                )))
+            }
+        }
+    }
+}

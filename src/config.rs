@@ -1,0 +1,229 @@
+//! Server settings: the [`Config`] type, its defaults (the embedded `config/courier.toml`),
+//! loading from TOML and validation.
+//!
+//! The command line layers flags and `COURIER_*` variables on top of a [`Config`]; this
+//! module only knows about files and values.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::MAX_PAYLOAD_LIMIT;
+
+/// The default configuration file, embedded in the binary. [`Config::default`] equals
+/// what this file says; a unit test keeps the two in step.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/courier.toml");
+
+/// Everything a server needs to know. `config/courier.toml` documents each field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, `HOST:PORT`.
+    pub listen: String,
+    /// Length of the queue of connections the kernel has accepted but the server has not
+    /// yet taken (the kernel caps it at `net.core.somaxconn`).
+    pub backlog: u32,
+    /// Connections served at once; more get ERROR "server busy" and are closed.
+    pub max_connections: usize,
+    /// Largest payload of one frame, in bytes.
+    pub max_frame: usize,
+    /// Requests handled at once per connection; past it the server stops reading it.
+    pub max_in_flight: usize,
+    /// Bytes of unwritten replies per connection before it is closed as a slow reader.
+    pub max_pending_output: usize,
+    /// Time from accept to the client's HELLO.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time to finish a frame once its first byte arrived.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Time with no traffic and nothing in flight before a connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time allowed for in-flight requests to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:12345".to_owned(),
+            backlog: 1024,
+            max_connections: 10_000,
+            max_frame: 1 << 20,
+            max_in_flight: 128,
+            max_pending_output: 8 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown or mistyped keys.
+    #[error("invalid config{}: {source}", origin.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
+    Parse {
+        /// The file, when there is one.
+        origin: Option<String>,
+        /// What the parser said.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses TOML; keys that are absent keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for bad TOML or unknown keys, [`ConfigError::Invalid`] for
+    /// values out of range.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: None,
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// As [`Config::from_toml`], plus [`ConfigError::Read`] when the file cannot be read.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|err| match err {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                origin: Some(path.display().to_string()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The configuration as TOML, as `courier serve --print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        // Serialising a struct of strings, integers and durations cannot fail.
+        toml::to_string(self).expect("Config serialises to TOML")
+    }
+
+    /// Checks that every value is usable.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first value out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1".into());
+        }
+        if self.backlog == 0 {
+            return invalid("backlog must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return invalid("max_in_flight must be at least 1".into());
+        }
+        if self.max_frame > MAX_PAYLOAD_LIMIT {
+            return invalid(format!(
+                "max_frame is {}, above the protocol's limit of {MAX_PAYLOAD_LIMIT} bytes",
+                self.max_frame
+            ));
+        }
+        for (name, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("frame_timeout", self.frame_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("{name} must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_matches_default_values() {
+        assert_eq!(
+            Config::from_toml(DEFAULT_CONFIG_TOML).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn every_field_is_set_in_the_embedded_file() {
+        let table: toml::Table = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        let printed: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        let mut file_keys: Vec<_> = table.keys().collect();
+        let mut all_keys: Vec<_> = printed.keys().collect();
+        file_keys.sort();
+        all_keys.sort();
+        assert_eq!(file_keys, all_keys);
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_itself() {
+        let config = Config {
+            max_frame: 77,
+            idle_timeout: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        assert_eq!(Config::from_toml(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn missing_keys_keep_defaults() {
+        let config = Config::from_toml("max_frame = 4096").unwrap();
+        assert_eq!(config.max_frame, 4096);
+        assert_eq!(config.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = Config::from_toml("max_frames = 4096").unwrap_err();
+        assert!(err.to_string().contains("max_frames"), "{err}");
+    }
+
+    #[test]
+    fn humantime_durations_parse() {
+        let config = Config::from_toml("idle_timeout = \"250ms\"").unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_with_the_field_name() {
+        for (text, field) in [
+            ("max_connections = 0", "max_connections"),
+            ("max_in_flight = 0", "max_in_flight"),
+            ("idle_timeout = \"0s\"", "idle_timeout"),
+            ("max_frame = 5000000000", "max_frame"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! courier hands whole messages between programs over sockets: request and reply, or
+//! one-way, with many clients at once, on a server meant to run for months.
+//!
+//! A plain TCP socket delivers a byte stream: one read can return half a message or two
+//! glued together. courier puts a small, documented frame format on the stream
+//! (`docs/PROTOCOL.md`: a 4-byte length, a kind byte, a request id, the payload), so each
+//! side always gets whole messages, and request ids let a client keep many requests in
+//! flight on one connection.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use courier::{client::Client, config::Config, server};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // A server that upper-cases every request, on a port the OS picks.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let handler = |req: server::Request| async move {
+//!     Ok::<_, server::HandlerError>(Bytes::from(req.payload.to_ascii_uppercase()))
+//! };
+//! tokio::spawn(server::run(listener, Config::default(), handler, tokio::signal::ctrl_c()));
+//!
+//! let client = Client::connect(addr).await?;
+//! assert_eq!(client.call("hello").await?, "HELLO");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`codec`]: the wire format: [`codec::Frame`], the HELLO and ERROR bodies, and the
+//!   `Decoder`/`Encoder` used through tokio-util's `Framed`.
+//! - [`server`]: the accept loop, one task per connection, limits, graceful shutdown, and
+//!   the [`server::Handler`] trait that answers requests.
+//! - [`client`]: [`client::Client`], which many tasks can call through at once.
+//! - [`config`]: server settings and the embedded default `config/courier.toml`.
+//! - `main.rs`: the `courier` command line (`serve`, `send`); it only parses arguments,
+//!   sets up logging and calls into this library.
+
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod server;
+
+/// Compiles the README's Rust examples as doctests, so the README matches the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

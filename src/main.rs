@@ -1,0 +1,314 @@
+//! The `courier` command line: `serve` runs a server, `send` calls one. This file only
+//! parses arguments, sets up logging and calls into the library.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use courier::client::{Client, ClientConfig};
+use courier::config::Config;
+use courier::server::{self, Builtin};
+
+/// Whole messages between programs over TCP: a length-prefixed request/reply protocol.
+///
+/// `courier serve` runs a server (echo by default); `courier send` sends one message and
+/// prints the reply. Logs go to stderr (RUST_LOG, e.g. RUST_LOG=courier=debug shows every
+/// payload as hex); stdout carries only replies.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "COURIER_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server until SIGINT or SIGTERM (a second signal exits at once).
+    ///
+    /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
+    /// then the built-in defaults (config/courier.toml, shown by --print-config).
+    Serve(ServeArgs),
+    /// Send a message to a server and print the reply on stdout.
+    ///
+    /// Exits 0 when every reply arrived; otherwise prints one line on stderr saying what
+    /// went wrong and exits 1.
+    Send(SendArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file; settings it leaves out keep their defaults.
+    #[arg(long, short = 'c', value_name = "FILE", env = "COURIER_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Reply to every request with these bytes (hex) instead of echoing its payload.
+    #[arg(long, value_name = "HEX", env = "COURIER_REPLY", value_parser = parse_hex)]
+    reply: Option<Bytes>,
+
+    /// Address to listen on; port 0 picks a free one (logged) [default: 127.0.0.1:12345]
+    #[arg(long, value_name = "HOST:PORT", env = "COURIER_LISTEN")]
+    listen: Option<String>,
+
+    /// Connections the kernel may queue before they are accepted [default: 1024]
+    #[arg(long, value_name = "N", env = "COURIER_BACKLOG")]
+    backlog: Option<u32>,
+
+    /// Connections served at once; more get "server busy" [default: 10000]
+    #[arg(long, value_name = "N", env = "COURIER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Largest payload of one frame, in bytes [default: 1048576]
+    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_FRAME")]
+    max_frame: Option<usize>,
+
+    /// Requests handled at once per connection; past it reading pauses [default: 128]
+    #[arg(long, value_name = "N", env = "COURIER_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
+
+    /// Unwritten reply bytes per connection before it is closed as a slow reader
+    /// [default: 8388608]
+    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_PENDING_OUTPUT")]
+    max_pending_output: Option<usize>,
+
+    /// Time from accept to the client's HELLO [default: 10s]
+    #[arg(long, value_name = "DUR", env = "COURIER_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+
+    /// Time to finish a frame once its first byte arrived [default: 30s]
+    #[arg(long, value_name = "DUR", env = "COURIER_FRAME_TIMEOUT", value_parser = humantime::parse_duration)]
+    frame_timeout: Option<Duration>,
+
+    /// Time with no traffic and nothing in flight before a connection is closed
+    /// [default: 5m]
+    #[arg(long, value_name = "DUR", env = "COURIER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// Time allowed on shutdown for requests in flight to be answered [default: 30s]
+    #[arg(long, value_name = "DUR", env = "COURIER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Server address.
+    #[arg(
+        value_name = "ADDR",
+        default_value = "127.0.0.1:12345",
+        env = "COURIER_ADDR"
+    )]
+    addr: String,
+
+    /// The payload as hex, e.g. 05060708.
+    #[arg(long, value_name = "HEX", group = "input", value_parser = parse_hex)]
+    hex: Option<Bytes>,
+
+    /// The payload as text (sent as its UTF-8 bytes).
+    #[arg(long, value_name = "TEXT", group = "input")]
+    data: Option<String>,
+
+    /// The payload from a file, or from stdin with `-`.
+    #[arg(long, value_name = "PATH|-", group = "input")]
+    file: Option<PathBuf>,
+
+    /// Send as ONEWAY: no reply is expected and nothing is printed.
+    #[arg(long)]
+    oneway: bool,
+
+    /// Send the message this many times, one after another, printing each reply.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u64,
+
+    /// Time allowed for each reply.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// Time allowed to connect and exchange HELLO.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+
+    /// How to print each reply: lowercase hex on one line, the raw bytes, or UTF-8 text
+    /// on one line.
+    #[arg(long, value_enum, default_value_t = Output::Hex)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    /// Lowercase hex, one line per reply.
+    Hex,
+    /// The bytes as they are, nothing added.
+    Raw,
+    /// The bytes as UTF-8 text (invalid sequences replaced), one line per reply.
+    Text,
+}
+
+fn parse_hex(text: &str) -> Result<Bytes, String> {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(digits.strip_prefix("0x").unwrap_or(&digits))
+        .map(Bytes::from)
+        .map_err(|err| format!("not hex ({err}); write bytes as pairs of digits, e.g. 05060708"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("courier: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Send(args) => send(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("courier: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("courier=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Layers flags and COURIER_* variables (clap merges those two) over the file or the
+/// defaults.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    macro_rules! overlay {
+        ($($field:ident),*) => {
+            $(if let Some(value) = args.$field.clone() {
+                config.$field = value;
+            })*
+        };
+    }
+    overlay!(
+        listen,
+        backlog,
+        max_connections,
+        max_frame,
+        max_in_flight,
+        max_pending_output,
+        handshake_timeout,
+        frame_timeout,
+        idle_timeout,
+        drain_timeout
+    );
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = effective_config(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let listener = server::bind(&config.listen, config.backlog)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let handler = match args.reply {
+        Some(bytes) => Builtin::Fixed(bytes),
+        None => Builtin::Echo,
+    };
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        info!("shutting down: finishing requests in flight (a second signal exits at once)");
+        trigger.cancel();
+        server::shutdown_signal().await;
+        warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    server::run(listener, config, handler, shutdown.cancelled_owned()).await;
+    Ok(())
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let payload = match (&args.hex, &args.data, &args.file) {
+        (Some(bytes), _, _) => bytes.clone(),
+        (_, Some(text), _) => Bytes::from(text.clone().into_bytes()),
+        (_, _, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the payload from stdin")?;
+            Bytes::from(buf)
+        }
+        (_, _, Some(path)) => Bytes::from(
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        _ => Bytes::new(),
+    };
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let config = ClientConfig {
+        connect_timeout: args.connect_timeout,
+        call_timeout: args.timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(args.addr.as_str(), config).await?;
+    let mut stdout = std::io::stdout().lock();
+    for _ in 0..args.count {
+        if args.oneway {
+            client.send_oneway(payload.clone()).await?;
+            continue;
+        }
+        let reply = client.call(payload.clone()).await?;
+        match args.output {
+            Output::Hex => writeln!(stdout, "{}", hex::encode(&reply)),
+            Output::Raw => stdout.write_all(&reply),
+            Output::Text => writeln!(stdout, "{}", String::from_utf8_lossy(&reply)),
+        }
+        .context("cannot write to stdout")?;
+    }
+    stdout.flush().context("cannot write to stdout")?;
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! The `courier` binary as a user runs it: `serve` and `send` as real processes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier::config::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_courier");
+
+/// A `courier serve` process; killed on drop if still running.
+struct Served {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts `courier serve --listen 127.0.0.1:0 ARGS` and waits for its "listening" line.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn courier serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        let _ = addr_tx.send(addr.trim().to_owned());
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server logs its address within 30 s");
+        Served { child, addr, log }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr reader thread see the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn courier(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run courier")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn send_prints_the_echo_reply_as_lowercase_hex() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&["send", "--hex", "05060708", &server.addr]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "05060708\n");
+}
+
+#[test]
+fn send_with_count_prints_each_reply_as_text() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&[
+        "send",
+        "--data",
+        "hi there",
+        "--output",
+        "text",
+        "--count",
+        "3",
+        &server.addr,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "hi there\nhi there\nhi there\n");
+}
+
+#[test]
+fn send_reads_the_payload_from_stdin_and_prints_raw_bytes() {
+    let server = Served::start(&[], &[]);
+    let mut child = Command::new(BIN)
+        .args(["send", "--file", "-", "--output", "raw", &server.addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[0, 1, 2, 0xff])
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(output.stdout, vec![0, 1, 2, 0xff]);
+}
+
+#[test]
+fn serve_with_a_fixed_reply_answers_every_request_with_it() {
+    let server = Served::start(&["--reply", "0a0b0c"], &[]);
+    for data in ["one", "two"] {
+        let output = courier(&["send", "--data", data, &server.addr]);
+        assert_eq!(stdout(&output), "0a0b0c\n");
+    }
+}
+
+#[test]
+fn send_oneway_prints_nothing_and_succeeds() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&[
+        "send",
+        "--oneway",
+        "--count",
+        "5",
+        "--data",
+        "x",
+        &server.addr,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+}
+
+#[test]
+fn send_to_a_closed_port_fails_with_one_line_on_stderr() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = courier(&["send", "--data", "x", &port.to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn a_server_error_is_reported_with_its_code_and_a_failing_status() {
+    let server = Served::start(&["--max-frame", "4"], &[]);
+    let output = courier(&["send", "--data", "longer than four", &server.addr]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("frame too large") && err.contains("at most 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_hex_is_rejected_with_a_hint() {
+    let output = courier(&["send", "--hex", "xyz"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("not hex"), "{}", stderr(&output));
+}
+
+#[test]
+fn debug_logging_shows_each_payload_as_hex() {
+    let server = Served::start(&[], &[("RUST_LOG", "courier=debug")]);
+    let output = courier(&["send", "--hex", "c0ffee", &server.addr]);
+    assert!(output.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("payload=c0ffee") {
+        assert!(
+            Instant::now() < deadline,
+            "log lacks the payload:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_exits_cleanly_on_sigterm() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&["send", "--data", "x", &server.addr]);
+    assert!(output.status.success());
+    let (status, log) = server.terminate();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(log.contains("shut down cleanly"), "{log}");
+}
+
+#[test]
+fn listen_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = courier(&["serve", "--listen", &addr]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[test]
+fn print_config_layers_flags_over_env_over_file_over_defaults() {
+    let dir = std::env::temp_dir().join(format!("courier-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("courier.toml");
+    std::fs::write(
+        &file,
+        "max_frame = 1000\nidle_timeout = \"7s\"\nmax_in_flight = 3\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--max-in-flight", "9"])
+        .env("COURIER_MAX_FRAME", "2000")
+        .env("COURIER_MAX_IN_FLIGHT", "5")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = Config::from_toml(&stdout(&output)).expect("printed config parses");
+    let expected = Config {
+        max_frame: 2000,                      // env over file
+        idle_timeout: Duration::from_secs(7), // file over default
+        max_in_flight: 9,                     // flag over env over file
+        ..Config::default()
+    };
+    assert_eq!(printed, expected);
+}
+
+#[test]
+fn print_config_without_flags_is_the_embedded_default() {
+    let output = courier(&["serve", "--print-config"]);
+    assert!(output.status.success());
+    assert_eq!(
+        Config::from_toml(&stdout(&output)).unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn an_invalid_config_value_is_named() {
+    let output = courier(&["serve", "--max-in-flight", "0", "--print-config"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("max_in_flight"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn serve_help_states_every_setting_and_its_default() {
+    let help = stdout(&courier(&["serve", "--help"]));
+    let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+    for (key, value) in defaults {
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert!(help.contains(&flag), "--help lacks {flag}:\n{help}");
+        let shown = match value {
+            toml::Value::String(text) => text,
+            other => other.to_string(),
+        };
+        assert!(
+            help.contains(&format!("[default: {shown}]")),
+            "--help lacks the default of {flag} ({shown}):\n{help}"
+        );
+    }
+}
+
+#[test]
+fn send_help_states_its_defaults() {
+    let help = stdout(&courier(&["send", "--help"]));
+    for expected in [
+        "[default: 127.0.0.1:12345]",
+        "[default: 10s]",
+        "[default: hex]",
+        "--oneway",
+    ] {
+        assert!(
+            help.contains(expected),
+            "send --help lacks {expected}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
+    let server = Served::start(&[], &[]);
+    // A peer that connects and never closes keeps the drain waiting for its close.
+    let _held = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("second signal"), "{log}");
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON log line");
+    assert_eq!(line["fields"]["message"], "listening", "{first}");
+    assert!(line["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}

@@ -1,0 +1,250 @@
+//! The client library: sharing one connection between tasks, and each distinct error kind.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use courier::client::{Client, ClientConfig, ClientError};
+use courier::codec::{Codec, ErrorCode, Frame, Hello, Kind};
+use courier::config::Config;
+use courier::server::{Builtin, HandlerError, Request};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_call_through_one_client_and_get_their_own_replies() {
+    let server = start_echo().await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..100 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for call in 0..50 {
+                let payload = payload_for(n, call);
+                assert_eq!(client.call(payload.clone()).await.unwrap(), payload);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_refused() {
+    // Bind and drop to get a port that nothing listens on.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    match Client::connect(addr).await {
+        Err(err @ ClientError::Refused { .. }) => {
+            assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_times_out_when_the_server_never_says_hello() {
+    // A TCP listener that accepts and then says nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let (stream, _) = silent.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(stream);
+    });
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    match Client::connect_with(addr, config).await {
+        Err(ClientError::ConnectTimeout { after, .. }) => assert_eq!(after, Duration::from_secs(2)),
+        other => panic!("expected ConnectTimeout, got {other:?}"),
+    }
+    holder.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reply_times_out_and_the_client_stays_usable() {
+    let handler = |req: Request| async move {
+        if &req.payload[..] == b"slow" {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Ok::<_, HandlerError>(req.payload)
+    };
+    let server = start_server(test_config(), handler).await;
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(server.addr, config).await.unwrap();
+    match client.call("slow").await {
+        Err(ClientError::Timeout { after }) => assert_eq!(after, Duration::from_secs(5)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(client.call("fast").await.unwrap(), "fast");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_payload_over_the_servers_limit_is_refused_before_sending() {
+    let config = Config {
+        max_frame: 1000,
+        ..test_config()
+    };
+    let server = start_server(config, Builtin::Echo).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_eq!(client.server_max_frame(), 1000);
+    match client.call(vec![0; 1001]).await {
+        Err(ClientError::FrameTooLarge { len, max }) => assert_eq!((len, max), (1001, 1000)),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    // Nothing was sent, so the connection is intact.
+    assert_eq!(client.call(vec![1; 1000]).await.unwrap().len(), 1000);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_over_the_clients_limit_becomes_an_error_for_that_call_only() {
+    let big = Bytes::from(vec![9; 5000]);
+    let reply = big.clone();
+    let handler = move |req: Request| {
+        let reply = reply.clone();
+        async move {
+            Ok::<_, HandlerError>(if &req.payload[..] == b"big" {
+                reply
+            } else {
+                req.payload
+            })
+        }
+    };
+    let server = start_server(test_config(), handler).await;
+    let config = ClientConfig {
+        max_frame: 4096,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(server.addr, config).await.unwrap();
+    match client.call("big").await {
+        Err(ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::FrameTooLarge);
+            assert!(message.contains("4096"), "{message}");
+        }
+        other => panic!("expected a FrameTooLarge error, got {other:?}"),
+    }
+    assert_eq!(client.call("small").await.unwrap(), "small");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_error_frame_reaches_the_caller_with_code_and_text() {
+    let handler = |_req: Request| async move {
+        Err::<Bytes, _>(HandlerError::with_code(1404, "no such key: colour"))
+    };
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    match client.call("colour").await {
+        Err(err @ ClientError::Server { .. }) => {
+            let ClientError::Server { code, message } = &err else {
+                unreachable!()
+            };
+            assert_eq!(code.as_u16(), 1404);
+            assert_eq!(message, "no such key: colour");
+            assert!(err.to_string().contains("1404"), "{err}");
+        }
+        other => panic!("expected Server, got {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn calls_after_goaway_fail_as_going_away() {
+    let server = start_echo().await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_eq!(client.call("before").await.unwrap(), "before");
+    server.shutdown().await;
+    match client.call("after").await {
+        Err(ClientError::GoingAway) => {}
+        other => panic!("expected GoingAway, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_call_fails_the_call_as_closed() {
+    // A server that does the handshake, reads one request, and hangs up without replying.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rude = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut framed = Framed::new(stream, Codec::new(1 << 20));
+        framed
+            .send(Frame::hello(&Hello::new(1 << 20)))
+            .await
+            .unwrap();
+        let hello = framed.next().await.unwrap().unwrap();
+        assert_eq!(hello.kind, Kind::Hello);
+        let request = framed.next().await.unwrap().unwrap();
+        assert_eq!(request.kind, Kind::Request);
+    });
+    let client = Client::connect(addr).await.unwrap();
+    match client.call("anyone?").await {
+        Err(ClientError::Closed { reason }) => {
+            assert!(reason.contains("closed"), "{reason}");
+        }
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    rude.await.unwrap();
+    // Later calls fail at once with the same reason.
+    assert!(matches!(
+        client.call("again").await,
+        Err(ClientError::Closed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_speak_courier_is_a_protocol_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    });
+    match Client::connect(addr).await {
+        Err(ClientError::Protocol(text)) => assert!(text.contains("too large"), "{text}"),
+        other => panic!("expected Protocol, got {other:?}"),
+    }
+    http.await.unwrap();
+}
+
+#[tokio::test]
+async fn oneway_messages_are_written_before_close_returns() {
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |req: Request| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(req.payload.clone());
+            Ok::<_, HandlerError>(Bytes::new())
+        }
+    };
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    for n in 0..20 {
+        client.send_oneway(payload_for(0, n)).await.unwrap();
+    }
+    client.close().await;
+    for n in 0..20 {
+        let got = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+            .await
+            .expect("message arrives")
+            .unwrap();
+        assert_eq!(got, payload_for(0, n));
+    }
+    server.shutdown().await;
+}
