@@ -399,6 +399,11 @@ impl Task {
                     let _ = self.writer.get_mut().shutdown().await;
                 }
             }
+            if self.pending.len() >= self.max_in_flight {
+                // Calls that timed out stay in `pending` until their reply comes; forget
+                // them here, or a server that never answers would block new calls forever.
+                self.pending.retain(|_, reply| !reply.is_closed());
+            }
             let take_calls = closing.is_none()
                 && self.pending.len() < self.max_in_flight
                 && self.writer.write_buffer().len() < MAX_QUEUED_OUTPUT;
@@ -485,12 +490,8 @@ impl Task {
         }
     }
 
-    /// The next request id that is not 0 and not in flight. Ids wrap after 2^32 requests;
-    /// calls that timed out are forgotten here so their ids can be reused.
+    /// The next request id that is not 0 and not in flight. Ids wrap after 2^32 requests.
     fn fresh_id(&mut self) -> u32 {
-        if self.pending.len() >= self.max_in_flight {
-            self.pending.retain(|_, reply| !reply.is_closed());
-        }
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);

@@ -360,11 +360,15 @@ where
     let config = &shared.config;
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read_half, Codec::new(MAX_HELLO_PAYLOAD));
-    let mut writer = FramedWrite::new(write_half, Codec::new(0));
-    let mut encoder = Codec::new(0);
+    let mut out = Outbox {
+        writer: FramedWrite::new(write_half, Codec::new(0)),
+        encoder: Codec::new(0),
+        limit: config.max_pending_output,
+        overflowed: false,
+    };
 
     let hello = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
-    encode(&mut encoder, Frame::hello(&hello), &mut writer);
+    out.push(Frame::hello(&hello));
 
     let started = Instant::now();
     let mut last_activity = started;
@@ -380,7 +384,16 @@ where
     tokio::pin!(sleep);
 
     let close = loop {
-        if (peer_done || draining) && in_flight.is_empty() && writer.write_buffer().is_empty() {
+        if out.overflowed {
+            warn!(
+                pending = out.pending(),
+                limit = config.max_pending_output,
+                "closing slow reader: output is not being read (max_pending_output)"
+            );
+            // The peer is not reading, so an ERROR would not reach it either.
+            return Ok(Close::Limit("slow reader (max_pending_output)".into()));
+        }
+        if (peer_done || draining) && in_flight.is_empty() && out.pending() == 0 {
             break if draining {
                 Close::Clean("drained")
             } else {
@@ -400,27 +413,18 @@ where
             biased;
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
                 let finished: Finished = finished;
-                if writer.write_buffer().len() > config.max_pending_output {
-                    warn!(
-                        pending = writer.write_buffer().len(),
-                        limit = config.max_pending_output,
-                        "closing slow reader: replies are not being read (max_pending_output)"
-                    );
-                    // The peer is not reading, so an ERROR would not reach it either.
-                    return Ok(Close::Limit("slow reader (max_pending_output)".into()));
-                }
-                finish(finished, &mut ids, peer_max_frame, &mut encoder, &mut writer);
+                finish(finished, &mut ids, peer_max_frame, &mut out);
                 continue;
             }
             () = token.cancelled(), if !draining => {
                 draining = true;
                 debug!(last_id, "draining: sending GOAWAY");
-                encode(&mut encoder, Frame::goaway(last_id), &mut writer);
+                out.push(Frame::goaway(last_id));
                 continue;
             }
             event = poll_fn(|cx| {
-                if writer.write_buffer().len() >= FLUSH_EARLY {
-                    if let Poll::Ready(io) = poll_flush(&mut writer, cx) {
+                if out.pending() >= FLUSH_EARLY {
+                    if let Poll::Ready(io) = out.poll_flush(cx) {
                         return Poll::Ready(io);
                     }
                 }
@@ -434,8 +438,8 @@ where
                         partial_since = Some(Instant::now());
                     }
                 }
-                if !writer.write_buffer().is_empty() {
-                    if let Poll::Ready(io) = poll_flush(&mut writer, cx) {
+                if out.pending() > 0 {
+                    if let Poll::Ready(io) = out.poll_flush(cx) {
                         return Poll::Ready(io);
                     }
                 }
@@ -470,11 +474,7 @@ where
                     return Err(into_io(err));
                 };
                 let reason = err.to_string();
-                encode(
-                    &mut encoder,
-                    Frame::error(err.request_id(), code, &reason),
-                    &mut writer,
-                );
+                out.push(Frame::error(err.request_id(), code, &reason));
                 break Close::Limit(reason);
             }
             Io::Deadline(which) => {
@@ -501,7 +501,7 @@ where
                         ),
                     ),
                 };
-                encode(&mut encoder, Frame::error(0, code, &reason), &mut writer);
+                out.push(Frame::error(0, code, &reason));
                 break Close::Limit(reason);
             }
             Io::Frame(Some(Ok(frame))) => {
@@ -521,7 +521,7 @@ where
                             );
                         }
                         Err((code, reason)) => {
-                            encode(&mut encoder, Frame::error(0, code, &reason), &mut writer);
+                            out.push(Frame::error(0, code, &reason));
                             break Close::Limit(reason);
                         }
                     }
@@ -535,11 +535,7 @@ where
                                 let reason =
                                     "protocol error: request id 0 is reserved for the connection"
                                         .to_owned();
-                                encode(
-                                    &mut encoder,
-                                    Frame::error(0, ErrorCode::Protocol, &reason),
-                                    &mut writer,
-                                );
+                                out.push(Frame::error(0, ErrorCode::Protocol, &reason));
                                 break Close::Limit(reason);
                             }
                             if !ids.insert(frame.id) {
@@ -548,11 +544,7 @@ where
                                     frame.id
                                 );
                                 debug!(id = frame.id, "duplicate request id");
-                                encode(
-                                    &mut encoder,
-                                    Frame::error(frame.id, ErrorCode::DuplicateId, &text),
-                                    &mut writer,
-                                );
+                                out.push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
                                 continue;
                             }
                             last_id = frame.id;
@@ -571,11 +563,7 @@ where
                         };
                         in_flight.push(call(&shared.handler, request));
                     }
-                    Kind::Ping => encode(
-                        &mut encoder,
-                        Frame::new(Kind::Pong, frame.id, frame.payload),
-                        &mut writer,
-                    ),
+                    Kind::Ping => out.push(Frame::new(Kind::Pong, frame.id, frame.payload)),
                     Kind::Pong => {}
                     Kind::GoAway => {
                         debug!("peer sent GOAWAY: finishing its requests");
@@ -591,11 +579,7 @@ where
                             "protocol error: a client does not send {} after the handshake",
                             frame.kind
                         );
-                        encode(
-                            &mut encoder,
-                            Frame::error(frame.id, ErrorCode::Protocol, &reason),
-                            &mut writer,
-                        );
+                        out.push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
                         break Close::Limit(reason);
                     }
                 }
@@ -606,7 +590,7 @@ where
     // Requests still in flight here belong to a connection closed for a protocol error or
     // a limit; they are dropped with it.
     drop(in_flight);
-    close_gracefully(reader, writer).await;
+    close_gracefully(reader, out.writer).await;
     Ok(close)
 }
 
@@ -651,12 +635,11 @@ fn call<H: Handler>(handler: &H, request: Request) -> impl Future<Output = Finis
 }
 
 /// Queues the outcome of a finished handler call.
-fn finish<W: AsyncWrite>(
+fn finish<W: AsyncWrite + Unpin>(
     (id, oneway, result): Finished,
     ids: &mut HashSet<u32>,
     peer_max_frame: usize,
-    encoder: &mut Codec,
-    writer: &mut FramedWrite<W, Codec>,
+    out: &mut Outbox<W>,
 ) {
     if oneway {
         if let Err(err) = result {
@@ -691,31 +674,49 @@ fn finish<W: AsyncWrite>(
             Frame::error(id, err.code, &err.message)
         }
     };
-    encode(encoder, frame, writer);
+    out.push(frame);
 }
 
-/// Writes out the connection's write buffer as far as the socket takes it.
-fn poll_flush<W: AsyncWrite>(
-    writer: &mut FramedWrite<W, Codec>,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<Io>
-where
-    FramedWrite<W, Codec>: Unpin,
-{
-    match Sink::<Frame>::poll_flush(Pin::new(writer), cx) {
-        Poll::Ready(Ok(())) => Poll::Ready(Io::Flushed),
-        Poll::Ready(Err(err)) => Poll::Ready(Io::WriteFailed(err)),
-        Poll::Pending => Poll::Pending,
+/// A connection's outgoing frames: encoded straight into the write buffer, so queuing a
+/// frame never waits and a peer that does not read can never stall the connection's loop.
+/// The I/O poller writes the buffer out; `limit` (max_pending_output) bounds it.
+struct Outbox<W> {
+    writer: FramedWrite<W, Codec>,
+    encoder: Codec,
+    limit: usize,
+    /// Set when a frame was due while more than `limit` bytes were waiting: the peer is
+    /// not reading, and the connection is closed at the top of its loop.
+    overflowed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Outbox<W> {
+    /// Queues a frame, unless more than `limit` bytes already wait (then the frame is
+    /// dropped and `overflowed` set). Checking before appending lets one frame larger than
+    /// the limit through when the peer keeps up.
+    fn push(&mut self, frame: Frame) {
+        if self.pending() > self.limit {
+            self.overflowed = true;
+            return;
+        }
+        // Every frame the server builds is far below the u32 length limit (payloads come
+        // from frames it decoded, or from handlers and are checked against max_frame).
+        if let Err(err) = self.encoder.encode(frame, self.writer.write_buffer_mut()) {
+            error!(cause = %err, "cannot encode a frame");
+        }
     }
-}
 
-/// Appends a frame to the connection's write buffer. Nothing here waits: the I/O poller
-/// writes the buffer out, and `max_pending_output` bounds it.
-fn encode<W>(encoder: &mut Codec, frame: Frame, writer: &mut FramedWrite<W, Codec>) {
-    // Every frame the server builds is far below the u32 length limit (payloads come from
-    // frames it decoded, or from handlers and are checked against the peer's max_frame).
-    if let Err(err) = encoder.encode(frame, writer.write_buffer_mut()) {
-        error!(cause = %err, "cannot encode a frame");
+    /// Bytes waiting to be written.
+    fn pending(&self) -> usize {
+        self.writer.write_buffer().len()
+    }
+
+    /// Writes out the buffer as far as the socket takes it.
+    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Io> {
+        match Sink::<Frame>::poll_flush(Pin::new(&mut self.writer), cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Io::Flushed),
+            Poll::Ready(Err(err)) => Poll::Ready(Io::WriteFailed(err)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -248,3 +248,29 @@ async fn oneway_messages_are_written_before_close_returns() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_timed_out_do_not_use_up_the_in_flight_limit() {
+    // The server never answers "hang"; the client allows 4 calls in flight.
+    let handler = |req: Request| async move {
+        if &req.payload[..] == b"hang" {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, HandlerError>(req.payload)
+    };
+    let server = start_server(test_config(), handler).await;
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(1),
+        max_in_flight: 4,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(server.addr, config).await.unwrap();
+    for _ in 0..8 {
+        assert!(matches!(
+            client.call("hang").await,
+            Err(ClientError::Timeout { .. })
+        ));
+    }
+    assert_eq!(client.call("answered").await.unwrap(), "answered");
+    server.shutdown().await;
+}

@@ -615,3 +615,36 @@ async fn server_stops_accepting_after_shutdown() {
         other => panic!("expected refused, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_flood_without_reading_is_bounded_like_replies() {
+    let config = Config {
+        max_pending_output: 64 * 1024,
+        ..test_config()
+    };
+    let server = start_server(config, Builtin::Echo).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut peer = RawPeer {
+        framed: tokio_util::codec::Framed::new(stream, Codec::new(1 << 20)),
+    };
+    peer.recv().await.unwrap();
+    peer.send(client_hello()).await;
+    let mut stream = peer.framed.into_inner();
+    let pings = encode_all((1..=64u32).map(|id| Frame::new(Kind::Ping, id, vec![0xAA; 16 * 1024])));
+    let mut disconnected = false;
+    // Bounded: at most 64 rounds of 1 MiB.
+    for _ in 0..64 {
+        let write = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&pings));
+        if let Ok(Err(_)) = write.await {
+            disconnected = true;
+            break;
+        }
+    }
+    assert!(
+        disconnected,
+        "PONGs that are never read must not pile up without bound"
+    );
+    server.shutdown().await;
+}
