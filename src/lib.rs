@@ -31,6 +31,9 @@
 //!   `Decoder`/`Encoder` used through tokio-util's `Framed`.
 //! - [`server`]: the accept loop, one task per connection, limits, graceful shutdown, and
 //!   the [`server::Handler`] trait that answers requests.
+//! - `connection.rs` (private): the I/O plumbing every connection loop shares: the outbox
+//!   bounding unwritten output, the poller for reads, writes and deadlines, the graceful
+//!   close.
 //! - [`client`]: [`client::Client`], which many tasks can call through at once.
 //! - [`config`]: server settings and the embedded default `config/courier.toml`.
 //! - `main.rs`: the `courier` command line (`serve`, `send`); it only parses arguments,
@@ -39,6 +42,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+mod connection;
 pub mod server;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.

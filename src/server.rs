@@ -12,19 +12,16 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Sink, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -34,6 +31,7 @@ use crate::codec::{
     PROTOCOL_VERSION,
 };
 use crate::config::Config;
+use crate::connection::{Conn, Io, Outbox};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).
@@ -120,15 +118,6 @@ impl Handler for Builtin {
         }))
     }
 }
-
-/// Once this many reply bytes are waiting, the connection writes before it reads more, so
-/// that a fast pipelining client is answered in large writes but never waits long.
-const FLUSH_EARLY: usize = 64 * 1024;
-
-/// How long a closing connection waits for its peer to take the last bytes and close its
-/// side. Without it, closing a socket that still has unread input makes the kernel send a
-/// reset, which can destroy replies the peer has not read yet.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Longest pause after an accept error that is not about one connection (out of file
 /// descriptors, say). The pause doubles from 10 ms up to this.
@@ -314,44 +303,24 @@ fn reject_busy(stream: &TcpStream, peer: SocketAddr, limit: usize) {
 }
 
 /// What every connection task shares.
-struct Shared<H> {
-    config: Config,
-    handler: H,
+pub(crate) struct Shared<H> {
+    pub(crate) config: Config,
+    pub(crate) handler: H,
 }
 
 /// Why a connection ended without an I/O error.
-enum Close {
+pub(crate) enum Close {
     /// The peer finished, or the server drained: nothing went wrong.
     Clean(&'static str),
     /// A limit or a protocol rule ended it; logged at info.
     Limit(String),
 }
 
-/// What the connection's I/O poller reports.
-enum Io {
-    /// `FramedRead` produced a frame, an error, or the end of the stream.
-    Frame(Option<Result<Frame, CodecError>>),
-    /// Every pending reply has been written.
-    Flushed,
-    /// Writing failed: the peer is gone.
-    WriteFailed(CodecError),
-    /// A deadline passed.
-    Deadline(Deadline),
-}
-
-/// Which deadline is running.
-#[derive(Debug, Clone, Copy)]
-enum Deadline {
-    Handshake,
-    Frame,
-    Idle,
-}
-
 /// A handler's result, tagged with what it answers.
 type Finished = (u32, bool, Result<Bytes, HandlerError>);
 
-/// Serves one connection until the peer leaves, a limit or rule closes it, or shutdown
-/// drains it.
+/// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
+/// it, or shutdown drains it.
 async fn serve<S, H>(stream: S, shared: &Shared<H>, token: CancellationToken) -> io::Result<Close>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -359,20 +328,17 @@ where
 {
     let config = &shared.config;
     let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(read_half, Codec::new(MAX_HELLO_PAYLOAD));
-    let mut out = Outbox {
-        writer: FramedWrite::new(write_half, Codec::new(0)),
-        encoder: Codec::new(0),
-        limit: config.max_pending_output,
-        overflowed: false,
-    };
-
+    let mut conn = Conn::new(
+        read_half,
+        Codec::new(MAX_HELLO_PAYLOAD),
+        write_half,
+        Codec::new(0),
+        config,
+        true,
+    );
     let hello = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
-    out.push(Frame::hello(&hello));
+    conn.out.push(Frame::hello(&hello));
 
-    let started = Instant::now();
-    let mut last_activity = started;
-    let mut partial_since: Option<Instant> = None;
     let mut peer_max_frame: usize = 0;
     let mut handshaken = false;
     let mut draining = false;
@@ -380,209 +346,136 @@ where
     let mut last_id: u32 = 0;
     let mut ids: HashSet<u32> = HashSet::new();
     let mut in_flight = FuturesUnordered::new();
-    let sleep = sleep_until(started + config.handshake_timeout);
-    tokio::pin!(sleep);
 
     let close = loop {
-        if out.overflowed {
-            warn!(
-                pending = out.pending(),
-                limit = config.max_pending_output,
-                "closing slow reader: output is not being read (max_pending_output)"
-            );
+        if conn.out.overflowed {
             // The peer is not reading, so an ERROR would not reach it either.
-            return Ok(Close::Limit("slow reader (max_pending_output)".into()));
+            return Ok(slow_reader(conn.out.pending(), config));
         }
-        if (peer_done || draining) && in_flight.is_empty() && out.pending() == 0 {
-            break if draining {
-                Close::Clean("drained")
-            } else {
-                Close::Clean("peer closed")
-            };
+        if (peer_done || draining) && in_flight.is_empty() && conn.out.pending() == 0 {
+            break Close::Clean(if draining { "drained" } else { "peer closed" });
         }
         let can_read = !peer_done && !draining && in_flight.len() < config.max_in_flight;
-        if !can_read {
-            // A pause the server chose must not count against the peer's frame deadline.
-            partial_since = None;
-        }
-        let idle_deadline = in_flight
-            .is_empty()
-            .then(|| last_activity + config.idle_timeout);
+        let idle = in_flight.is_empty();
 
         let event = tokio::select! {
             biased;
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let finished: Finished = finished;
-                finish(finished, &mut ids, peer_max_frame, &mut out);
+                finish(finished, &mut ids, peer_max_frame, &mut conn.out);
                 continue;
             }
             () = token.cancelled(), if !draining => {
                 draining = true;
                 debug!(last_id, "draining: sending GOAWAY");
-                out.push(Frame::goaway(last_id));
+                conn.out.push(Frame::goaway(last_id));
                 continue;
             }
-            event = poll_fn(|cx| {
-                if out.pending() >= FLUSH_EARLY {
-                    if let Poll::Ready(io) = out.poll_flush(cx) {
-                        return Poll::Ready(io);
-                    }
-                }
-                if can_read {
-                    if let Poll::Ready(item) = reader.poll_next_unpin(cx) {
-                        return Poll::Ready(Io::Frame(item));
-                    }
-                    // FramedRead read what there was; bytes left in its buffer are the
-                    // start of a frame, and from now on that frame is on the clock.
-                    if partial_since.is_none() && !reader.read_buffer().is_empty() {
-                        partial_since = Some(Instant::now());
-                    }
-                }
-                if out.pending() > 0 {
-                    if let Poll::Ready(io) = out.poll_flush(cx) {
-                        return Poll::Ready(io);
-                    }
-                }
-                let deadline = if !handshaken {
-                    Some((started + config.handshake_timeout, Deadline::Handshake))
-                } else if let Some(since) = partial_since {
-                    Some((since + config.frame_timeout, Deadline::Frame))
-                } else {
-                    idle_deadline.map(|at| (at, Deadline::Idle))
-                };
-                if let Some((at, which)) = deadline {
-                    if sleep.deadline() != at {
-                        sleep.as_mut().reset(at);
-                    }
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Io::Deadline(which));
-                    }
-                }
-                Poll::Pending
-            }) => event,
+            event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
         };
 
-        match event {
-            Io::Flushed => last_activity = Instant::now(),
-            Io::WriteFailed(err) => return Err(into_io(err)),
-            Io::Frame(None) => {
+        let frame = match event {
+            Io::Flushed => {
+                conn.flushed();
+                continue;
+            }
+            Io::WriteFailed(err) => return Err(err),
+            Io::Read(None) => {
                 debug!("peer finished sending");
                 peer_done = true;
+                continue;
             }
-            Io::Frame(Some(Err(err))) => {
+            Io::Read(Some(Err(err))) => {
                 let Some(code) = err.error_code() else {
                     return Err(into_io(err));
                 };
                 let reason = err.to_string();
-                out.push(Frame::error(err.request_id(), code, &reason));
+                conn.out.push(Frame::error(err.request_id(), code, &reason));
                 break Close::Limit(reason);
             }
             Io::Deadline(which) => {
-                let (code, reason) = match which {
-                    Deadline::Handshake => (
-                        ErrorCode::HandshakeTimeout,
-                        format!(
-                            "handshake timeout: no HELLO within {} (handshake_timeout)",
-                            humantime::format_duration(config.handshake_timeout)
-                        ),
-                    ),
-                    Deadline::Frame => (
-                        ErrorCode::FrameTimeout,
-                        format!(
-                            "frame timeout: a frame was started but not finished within {} (frame_timeout)",
-                            humantime::format_duration(config.frame_timeout)
-                        ),
-                    ),
-                    Deadline::Idle => (
-                        ErrorCode::IdleTimeout,
-                        format!(
-                            "idle timeout: nothing received or sent for {} (idle_timeout)",
-                            humantime::format_duration(config.idle_timeout)
-                        ),
-                    ),
-                };
-                out.push(Frame::error(0, code, &reason));
+                let (code, reason) = which.describe(config);
+                conn.out.push(Frame::error(0, code, &reason));
                 break Close::Limit(reason);
             }
-            Io::Frame(Some(Ok(frame))) => {
-                let now = Instant::now();
-                last_activity = now;
-                partial_since = (!reader.read_buffer().is_empty()).then_some(now);
-                if !handshaken {
-                    match accept_hello(&frame) {
-                        Ok(hello) => {
-                            handshaken = true;
-                            peer_max_frame = hello.max_frame as usize;
-                            reader.decoder_mut().set_max_payload(config.max_frame);
-                            debug!(
-                                version = hello.version,
-                                max_frame = hello.max_frame,
-                                "handshake done"
-                            );
-                        }
-                        Err((code, reason)) => {
-                            out.push(Frame::error(0, code, &reason));
-                            break Close::Limit(reason);
-                        }
-                    }
-                    continue;
+            Io::Read(Some(Ok(frame))) => frame,
+        };
+        conn.received();
+        if !handshaken {
+            match accept_hello(&frame) {
+                Ok(hello) => {
+                    handshaken = true;
+                    conn.handshake_done();
+                    peer_max_frame = hello.max_frame as usize;
+                    conn.reader.decoder_mut().set_max_payload(config.max_frame);
+                    debug!(
+                        version = hello.version,
+                        max_frame = hello.max_frame,
+                        "handshake done"
+                    );
                 }
-                match frame.kind {
-                    Kind::Request | Kind::Oneway => {
-                        let oneway = frame.kind == Kind::Oneway;
-                        if !oneway {
-                            if frame.id == 0 {
-                                let reason =
-                                    "protocol error: request id 0 is reserved for the connection"
-                                        .to_owned();
-                                out.push(Frame::error(0, ErrorCode::Protocol, &reason));
-                                break Close::Limit(reason);
-                            }
-                            if !ids.insert(frame.id) {
-                                let text = format!(
-                                    "duplicate request id {}: a request with this id is still in flight",
-                                    frame.id
-                                );
-                                debug!(id = frame.id, "duplicate request id");
-                                out.push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
-                                continue;
-                            }
-                            last_id = frame.id;
-                        }
-                        debug!(
-                            id = frame.id,
-                            kind = %frame.kind,
-                            len = frame.payload.len(),
-                            payload = %LogHex(&frame.payload),
-                            "received"
-                        );
-                        let request = Request {
-                            id: frame.id,
-                            payload: frame.payload,
-                            oneway,
-                        };
-                        in_flight.push(call(&shared.handler, request));
-                    }
-                    Kind::Ping => out.push(Frame::new(Kind::Pong, frame.id, frame.payload)),
-                    Kind::Pong => {}
-                    Kind::GoAway => {
-                        debug!("peer sent GOAWAY: finishing its requests");
-                        peer_done = true;
-                    }
-                    Kind::Error => {
-                        let body = crate::codec::ErrorBody::parse(&frame.payload);
-                        warn!(?body, "peer sent ERROR; closing");
-                        break Close::Limit("peer sent ERROR".into());
-                    }
-                    Kind::Hello | Kind::Reply => {
-                        let reason = format!(
-                            "protocol error: a client does not send {} after the handshake",
-                            frame.kind
-                        );
-                        out.push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
-                        break Close::Limit(reason);
-                    }
+                Err((code, reason)) => {
+                    conn.out.push(Frame::error(0, code, &reason));
+                    break Close::Limit(reason);
                 }
+            }
+            continue;
+        }
+        match frame.kind {
+            Kind::Request | Kind::Oneway => {
+                let oneway = frame.kind == Kind::Oneway;
+                if !oneway {
+                    if frame.id == 0 {
+                        let reason = "protocol error: request id 0 is reserved for the connection";
+                        conn.out.push(Frame::error(0, ErrorCode::Protocol, reason));
+                        break Close::Limit(reason.into());
+                    }
+                    if !ids.insert(frame.id) {
+                        debug!(id = frame.id, "duplicate request id");
+                        let text = format!(
+                            "duplicate request id {}: a request with this id is still in flight",
+                            frame.id
+                        );
+                        conn.out
+                            .push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
+                        continue;
+                    }
+                    last_id = frame.id;
+                }
+                debug!(
+                    id = frame.id,
+                    kind = %frame.kind,
+                    len = frame.payload.len(),
+                    payload = %LogHex(&frame.payload),
+                    "received"
+                );
+                let request = Request {
+                    id: frame.id,
+                    payload: frame.payload,
+                    oneway,
+                };
+                in_flight.push(call(&shared.handler, request));
+            }
+            Kind::Ping => conn
+                .out
+                .push(Frame::new(Kind::Pong, frame.id, frame.payload)),
+            Kind::Pong => {}
+            Kind::GoAway => {
+                debug!("peer sent GOAWAY: finishing its requests");
+                peer_done = true;
+            }
+            Kind::Error => {
+                let body = crate::codec::ErrorBody::parse(&frame.payload);
+                warn!(?body, "peer sent ERROR; closing");
+                break Close::Limit("peer sent ERROR".into());
+            }
+            Kind::Hello | Kind::Reply => {
+                let reason = format!(
+                    "protocol error: a client does not send {} after the handshake",
+                    frame.kind
+                );
+                conn.out
+                    .push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
+                break Close::Limit(reason);
             }
         }
     };
@@ -590,8 +483,18 @@ where
     // Requests still in flight here belong to a connection closed for a protocol error or
     // a limit; they are dropped with it.
     drop(in_flight);
-    close_gracefully(reader, out.writer).await;
+    conn.close().await;
     Ok(close)
+}
+
+/// Logs and describes the close of a connection whose peer does not read its output.
+pub(crate) fn slow_reader(pending: usize, config: &Config) -> Close {
+    warn!(
+        pending,
+        limit = config.max_pending_output,
+        "closing slow reader: output is not being read (max_pending_output)"
+    );
+    Close::Limit("slow reader (max_pending_output)".into())
 }
 
 /// Checks the client's HELLO; on failure returns the ERROR code and text to send.
@@ -639,7 +542,7 @@ fn finish<W: AsyncWrite + Unpin>(
     (id, oneway, result): Finished,
     ids: &mut HashSet<u32>,
     peer_max_frame: usize,
-    out: &mut Outbox<W>,
+    out: &mut Outbox<W, Codec>,
 ) {
     if oneway {
         if let Err(err) = result {
@@ -675,68 +578,6 @@ fn finish<W: AsyncWrite + Unpin>(
         }
     };
     out.push(frame);
-}
-
-/// A connection's outgoing frames: encoded straight into the write buffer, so queuing a
-/// frame never waits and a peer that does not read can never stall the connection's loop.
-/// The I/O poller writes the buffer out; `limit` (max_pending_output) bounds it.
-struct Outbox<W> {
-    writer: FramedWrite<W, Codec>,
-    encoder: Codec,
-    limit: usize,
-    /// Set when a frame was due while more than `limit` bytes were waiting: the peer is
-    /// not reading, and the connection is closed at the top of its loop.
-    overflowed: bool,
-}
-
-impl<W: AsyncWrite + Unpin> Outbox<W> {
-    /// Queues a frame, unless more than `limit` bytes already wait (then the frame is
-    /// dropped and `overflowed` set). Checking before appending lets one frame larger than
-    /// the limit through when the peer keeps up.
-    fn push(&mut self, frame: Frame) {
-        if self.pending() > self.limit {
-            self.overflowed = true;
-            return;
-        }
-        // Every frame the server builds is far below the u32 length limit (payloads come
-        // from frames it decoded, or from handlers and are checked against max_frame).
-        if let Err(err) = self.encoder.encode(frame, self.writer.write_buffer_mut()) {
-            error!(cause = %err, "cannot encode a frame");
-        }
-    }
-
-    /// Bytes waiting to be written.
-    fn pending(&self) -> usize {
-        self.writer.write_buffer().len()
-    }
-
-    /// Writes out the buffer as far as the socket takes it.
-    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Io> {
-        match Sink::<Frame>::poll_flush(Pin::new(&mut self.writer), cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Io::Flushed),
-            Poll::Ready(Err(err)) => Poll::Ready(Io::WriteFailed(err)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// Writes what is left, closes the write side, then reads and discards until the peer
-/// closes or `LINGER` passes, so that the peer reads every byte sent before the socket goes.
-async fn close_gracefully<S: AsyncRead + AsyncWrite>(
-    mut reader: FramedRead<ReadHalf<S>, Codec>,
-    mut writer: FramedWrite<WriteHalf<S>, Codec>,
-) {
-    let result = tokio::time::timeout(LINGER, async {
-        futures::SinkExt::<Frame>::flush(&mut writer).await?;
-        writer.get_mut().shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while reader.get_mut().read(&mut sink).await? > 0 {}
-        Ok::<(), CodecError>(())
-    })
-    .await;
-    if let Ok(Err(err)) = result {
-        debug!(cause = %err, "error while closing");
-    }
 }
 
 fn into_io(err: CodecError) -> io::Error {

@@ -1,0 +1,285 @@
+//! The I/O plumbing every connection loop shares, whatever its framing: the outbox that
+//! bounds unwritten output, the poller that reads, writes and watches the deadlines in one
+//! place, and the graceful close.
+//!
+//! The courier protocol's loop (`server.rs`) and the plain and raw loops (`compat.rs`)
+//! differ in what they do with a message; how bytes move, when a peer is too slow, and
+//! how a connection ends are the same, and live here.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{ready, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
+use tokio_util::io::poll_write_buf;
+use tracing::{debug, error};
+
+use crate::codec::{CodecError, ErrorCode};
+use crate::config::Config;
+
+/// Once this many bytes are waiting, the connection writes before it reads more, so that a
+/// fast pipelining client is answered in large writes but never waits long.
+const FLUSH_EARLY: usize = 64 * 1024;
+
+/// How long a closing connection waits for its peer to take the last bytes and close its
+/// side. Without it, closing a socket that still has unread input makes the kernel send a
+/// reset, which can destroy replies the peer has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What the poller reports.
+pub(crate) enum Io<T> {
+    /// The decoder produced a message, an error, or the end of the stream.
+    Read(Option<Result<T, CodecError>>),
+    /// Everything queued has been written.
+    Flushed,
+    /// Writing failed: the peer is gone.
+    WriteFailed(io::Error),
+    /// A deadline passed.
+    Deadline(Deadline),
+}
+
+/// Which deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// No HELLO within `handshake_timeout`.
+    Handshake,
+    /// A frame started but not finished within `frame_timeout`.
+    Frame,
+    /// Nothing happened for `idle_timeout`.
+    Idle,
+}
+
+impl Deadline {
+    /// The ERROR code and the text that tell a peer which deadline closed its connection.
+    pub(crate) fn describe(self, config: &Config) -> (ErrorCode, String) {
+        let (code, what, setting, limit) = match self {
+            Deadline::Handshake => (
+                ErrorCode::HandshakeTimeout,
+                "handshake timeout: no HELLO within",
+                "handshake_timeout",
+                config.handshake_timeout,
+            ),
+            Deadline::Frame => (
+                ErrorCode::FrameTimeout,
+                "frame timeout: a frame was started but not finished within",
+                "frame_timeout",
+                config.frame_timeout,
+            ),
+            Deadline::Idle => (
+                ErrorCode::IdleTimeout,
+                "idle timeout: nothing received or sent for",
+                "idle_timeout",
+                config.idle_timeout,
+            ),
+        };
+        let limit = humantime::format_duration(limit);
+        (code, format!("{what} {limit} ({setting})"))
+    }
+}
+
+/// A connection's outgoing messages: encoded straight into a buffer, so queuing never
+/// waits and a peer that does not read can never stall the connection's loop. The poller
+/// writes the buffer out; `limit` (max_pending_output) bounds it.
+pub(crate) struct Outbox<W, E> {
+    writer: W,
+    buffer: BytesMut,
+    encoder: E,
+    limit: usize,
+    /// Set when a message was due while more than `limit` bytes were waiting: the peer is
+    /// not reading, and the connection loop closes the connection.
+    pub(crate) overflowed: bool,
+}
+
+impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
+    fn new(writer: W, encoder: E, limit: usize) -> Self {
+        Outbox {
+            writer,
+            buffer: BytesMut::new(),
+            encoder,
+            limit,
+            overflowed: false,
+        }
+    }
+
+    /// Queues a message, unless more than `limit` bytes already wait (then it is dropped
+    /// and `overflowed` set). Checking before appending lets one message larger than the
+    /// limit through when the peer keeps up.
+    pub(crate) fn push<T>(&mut self, item: T)
+    where
+        E: Encoder<T, Error = CodecError>,
+    {
+        if self.pending() > self.limit {
+            self.overflowed = true;
+            return;
+        }
+        // The only encoding error is a payload beyond the u32 length field, and payloads
+        // here are bounded by max_frame, which is validated below that.
+        if let Err(err) = self.encoder.encode(item, &mut self.buffer) {
+            error!(cause = %err, "cannot encode a message");
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Writes the buffer out as far as the socket takes it; ready once all is written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.buffer.is_empty() {
+            let written = ready!(poll_write_buf(
+                Pin::new(&mut self.writer),
+                cx,
+                &mut self.buffer
+            ))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+        }
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+}
+
+/// One connection's reading side, writing side, and deadlines.
+pub(crate) struct Conn<R, D, W, E> {
+    pub(crate) reader: FramedRead<R, D>,
+    pub(crate) out: Outbox<W, E>,
+    /// When the first byte of the frame now being received arrived.
+    partial_since: Option<Instant>,
+    last_activity: Instant,
+    handshake_deadline: Option<Instant>,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<R, D, W, E> Conn<R, D, W, E>
+where
+    R: AsyncRead + Unpin,
+    D: Decoder<Error = CodecError>,
+    W: AsyncWrite + Unpin,
+{
+    /// Sets up a connection. With `handshake` the handshake deadline runs until
+    /// [`Conn::handshake_done`].
+    pub(crate) fn new(
+        reader: R,
+        decoder: D,
+        writer: W,
+        encoder: E,
+        config: &Config,
+        handshake: bool,
+    ) -> Self {
+        let now = Instant::now();
+        let handshake_deadline = handshake.then(|| now + config.handshake_timeout);
+        Conn {
+            reader: FramedRead::new(reader, decoder),
+            out: Outbox::new(writer, encoder, config.max_pending_output),
+            partial_since: None,
+            last_activity: now,
+            handshake_deadline,
+            frame_timeout: config.frame_timeout,
+            idle_timeout: config.idle_timeout,
+            sleep: Box::pin(sleep_until(now + config.idle_timeout)),
+        }
+    }
+
+    /// Stops the handshake deadline.
+    pub(crate) fn handshake_done(&mut self) {
+        self.handshake_deadline = None;
+    }
+
+    /// Notes that a message arrived: the connection is active, and whatever is left in the
+    /// read buffer is the start of the next frame.
+    pub(crate) fn received(&mut self) {
+        let now = Instant::now();
+        self.last_activity = now;
+        self.partial_since = (!self.reader.read_buffer().is_empty()).then_some(now);
+    }
+
+    /// Notes that everything queued was written.
+    pub(crate) fn flushed(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Waits for the next I/O event: a message read (only when `can_read`), the write
+    /// buffer drained, or a deadline. The idle deadline runs only while `idle` (nothing in
+    /// flight). A pause in reading that the server chose does not count against the frame
+    /// deadline.
+    pub(crate) fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        can_read: bool,
+        idle: bool,
+    ) -> Poll<Io<D::Item>> {
+        if self.out.pending() >= FLUSH_EARLY {
+            if let Poll::Ready(io) = self.poll_flush(cx) {
+                return Poll::Ready(io);
+            }
+        }
+        if can_read {
+            if let Poll::Ready(item) = self.reader.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(item));
+            }
+            // The decoder has taken every whole frame; bytes left in the buffer are the
+            // start of one, and from now on that frame is on the clock.
+            if self.partial_since.is_none() && !self.reader.read_buffer().is_empty() {
+                self.partial_since = Some(Instant::now());
+            }
+        } else {
+            self.partial_since = None;
+        }
+        if self.out.pending() > 0 {
+            if let Poll::Ready(io) = self.poll_flush(cx) {
+                return Poll::Ready(io);
+            }
+        }
+        let deadline = if let Some(at) = self.handshake_deadline {
+            Some((at, Deadline::Handshake))
+        } else if let Some(since) = self.partial_since {
+            Some((since + self.frame_timeout, Deadline::Frame))
+        } else {
+            idle.then(|| (self.last_activity + self.idle_timeout, Deadline::Idle))
+        };
+        if let Some((at, which)) = deadline {
+            if self.sleep.deadline() != at {
+                self.sleep.as_mut().reset(at);
+            }
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Io::Deadline(which));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Io<D::Item>> {
+        self.out.poll_flush(cx).map(|result| match result {
+            Ok(()) => Io::Flushed,
+            Err(err) => Io::WriteFailed(err),
+        })
+    }
+
+    /// Writes what is left, closes the write side, then reads and discards until the peer
+    /// closes or `LINGER` passes, so that the peer can read every byte sent before the
+    /// socket goes.
+    pub(crate) async fn close(self) {
+        let mut reader = self.reader;
+        let mut out = self.out;
+        let result = tokio::time::timeout(LINGER, async {
+            poll_fn(|cx| out.poll_flush(cx)).await?;
+            out.writer.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while reader.get_mut().read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        if let Ok(Err(err)) = result {
+            debug!(cause = %err, "error while closing");
+        }
+    }
+}
