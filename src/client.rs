@@ -161,18 +161,7 @@ impl Client {
     {
         let name = addr.to_string();
         let connect = async {
-            let stream = TcpStream::connect(addr).await.map_err(|err| {
-                if err.kind() == io::ErrorKind::ConnectionRefused {
-                    ClientError::Refused { addr: name.clone() }
-                } else {
-                    ClientError::Connect {
-                        addr: name.clone(),
-                        source: Arc::new(err),
-                    }
-                }
-            })?;
-            // Requests are small and latency matters; batching is done by the task.
-            let _ = stream.set_nodelay(true);
+            let stream = connect_tcp(addr, config.connect_timeout).await?;
             handshake(stream, &config).await
         };
         let (reader, writer, server_max_frame) =
@@ -295,6 +284,34 @@ impl Client {
             reason: "the connection task ended".into(),
         })
     }
+}
+
+/// Opens a TCP connection with `TCP_NODELAY` (requests are small and latency matters;
+/// batching is the caller's business), mapping failures to [`ClientError`]s that name the
+/// address.
+pub(crate) async fn connect_tcp<A>(addr: A, timeout: Duration) -> Result<TcpStream, ClientError>
+where
+    A: ToSocketAddrs + fmt::Display,
+{
+    let name = addr.to_string();
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            addr: name.clone(),
+            after: timeout,
+        })?
+        .map_err(|err| {
+            if err.kind() == io::ErrorKind::ConnectionRefused {
+                ClientError::Refused { addr: name.clone() }
+            } else {
+                ClientError::Connect {
+                    addr: name,
+                    source: Arc::new(err),
+                }
+            }
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 type Reader = FramedRead<ReadHalf<TcpStream>, Codec>;

@@ -205,6 +205,9 @@ pub enum ErrorCode {
     BadLength,
     /// 13: a HELLO, ERROR or GOAWAY body that does not parse. The connection is closed.
     MalformedBody,
+    /// 14: the handler cannot take the request now (every process busy and the queue
+    /// full). The connection survives; the request may be sent again later.
+    Busy,
     /// Any other code: 1000 and above are for applications' own handlers; codes below
     /// 1000 that this version does not know are passed through as they are.
     Other(u16),
@@ -227,6 +230,7 @@ impl ErrorCode {
             ErrorCode::HandlerFailed => 11,
             ErrorCode::BadLength => 12,
             ErrorCode::MalformedBody => 13,
+            ErrorCode::Busy => 14,
             ErrorCode::Other(code) => code,
         }
     }
@@ -247,6 +251,7 @@ impl ErrorCode {
             11 => ErrorCode::HandlerFailed,
             12 => ErrorCode::BadLength,
             13 => ErrorCode::MalformedBody,
+            14 => ErrorCode::Busy,
             other => ErrorCode::Other(other),
         }
     }
@@ -268,6 +273,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::HandlerFailed => "handler failed",
             ErrorCode::BadLength => "bad length",
             ErrorCode::MalformedBody => "malformed body",
+            ErrorCode::Busy => "busy",
             ErrorCode::Other(_) => "application error",
         };
         write!(f, "{name} ({})", self.as_u16())
@@ -473,6 +479,14 @@ pub enum CodecError {
         /// The request id from the header.
         id: u32,
     },
+    /// A plain-framed message declares more than the maximum.
+    #[error("message too large: the length prefix declares {len} bytes, the limit is {max} bytes")]
+    MessageTooLarge {
+        /// The declared length.
+        len: u64,
+        /// The maximum in force.
+        max: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("connection closed in the middle of a frame ({buffered} bytes of a frame received)")]
     Truncated {
@@ -487,7 +501,9 @@ impl CodecError {
     pub fn error_code(&self) -> Option<ErrorCode> {
         match self {
             CodecError::Io(_) | CodecError::Truncated { .. } => None,
-            CodecError::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+            CodecError::FrameTooLarge { .. } | CodecError::MessageTooLarge { .. } => {
+                Some(ErrorCode::FrameTooLarge)
+            }
             CodecError::BadLength { .. } => Some(ErrorCode::BadLength),
             CodecError::UnknownKind { .. } => Some(ErrorCode::UnknownKind),
         }
@@ -605,6 +621,97 @@ impl Encoder<Frame> for Codec {
         dst.put_u8(frame.kind as u8);
         dst.put_u32(frame.id);
         dst.put_slice(&frame.payload);
+        Ok(())
+    }
+}
+
+/// Plain framing: a 4-byte big-endian length, then that many payload bytes; nothing else.
+/// It is the default format of tokio-util's `LengthDelimitedCodec`, but like [`Codec`] it
+/// checks the length before anything else and never reserves it up front.
+#[derive(Debug, Clone)]
+pub struct PlainCodec {
+    max: usize,
+}
+
+impl PlainCodec {
+    /// A codec that accepts messages up to `max` bytes.
+    pub fn new(max: usize) -> PlainCodec {
+        PlainCodec {
+            max: max.min(u32::MAX as usize),
+        }
+    }
+}
+
+impl Decoder for PlainCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        let Some(len) = src
+            .first_chunk::<4>()
+            .map(|b| u32::from_be_bytes(*b) as usize)
+        else {
+            return Ok(None);
+        };
+        if len > self.max {
+            return Err(CodecError::MessageTooLarge {
+                len: len as u64,
+                max: self.max,
+            });
+        }
+        if src.len() < 4 + len {
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len).freeze()))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        match self.decode(src)? {
+            Some(message) => Ok(Some(message)),
+            None if src.is_empty() => Ok(None),
+            None => Err(CodecError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Bytes> for PlainCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let len = u32::try_from(payload.len()).map_err(|_| CodecError::MessageTooLarge {
+            len: payload.len() as u64,
+            max: u32::MAX as usize,
+        })?;
+        dst.reserve(4 + payload.len());
+        dst.put_u32(len);
+        dst.put_slice(&payload);
+        Ok(())
+    }
+}
+
+/// No framing: whatever bytes are buffered after a read are one message, and a message is
+/// written as it is. A byte stream has no message boundaries, so this only suits peers
+/// that were written against a bare socket and expect exactly that.
+#[derive(Debug, Clone, Default)]
+pub struct RawCodec;
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        Ok((!src.is_empty()).then(|| src.split().freeze()))
+    }
+}
+
+impl Encoder<Bytes> for RawCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        dst.extend_from_slice(&payload);
         Ok(())
     }
 }
@@ -753,7 +860,7 @@ mod tests {
         assert_eq!(body.code, ErrorCode::Other(1234));
         assert_eq!(body.message, "no such key");
         assert!(ErrorBody::parse(&[0]).is_err());
-        for code in 1..=13 {
+        for code in 1..=14 {
             assert_eq!(ErrorCode::from_u16(code).as_u16(), code);
             assert!(!matches!(ErrorCode::from_u16(code), ErrorCode::Other(_)));
         }
@@ -917,6 +1024,62 @@ mod tests {
             .decode_eof(&mut BytesMut::new())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn plain_messages_round_trip_across_every_split_point() {
+        let messages = [
+            Bytes::from_static(b"one"),
+            Bytes::new(),
+            Bytes::from(vec![7; 300]),
+        ];
+        let mut bytes = BytesMut::new();
+        for message in &messages {
+            PlainCodec::new(0)
+                .encode(message.clone(), &mut bytes)
+                .unwrap();
+        }
+        assert_eq!(&bytes[..7], &[0, 0, 0, 3, b'o', b'n', b'e']);
+        for cut in 0..=bytes.len() {
+            let mut codec = PlainCodec::new(300);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                buf.extend_from_slice(part);
+                while let Some(message) = codec.decode(&mut buf).unwrap() {
+                    got.push(message);
+                }
+            }
+            assert_eq!(got, messages, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn plain_length_over_the_limit_is_rejected_from_the_prefix_alone() {
+        let mut buf = BytesMut::from(&[0, 0, 1, 0][..]);
+        let err = PlainCodec::new(255).decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, CodecError::MessageTooLarge { len: 256, max: 255 }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("limit is 255"), "{err}");
+    }
+
+    #[test]
+    fn plain_truncated_at_eof_is_an_error() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, 1, 2][..]);
+        let err = PlainCodec::new(10).decode_eof(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, CodecError::Truncated { buffered: 6 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn raw_codec_hands_on_whatever_is_buffered() {
+        let mut buf = BytesMut::from(&b"half a mess"[..]);
+        assert_eq!(RawCodec.decode(&mut buf).unwrap().unwrap(), "half a mess");
+        assert!(RawCodec.decode(&mut buf).unwrap().is_none());
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {

@@ -7,9 +7,23 @@
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::MAX_PAYLOAD_LIMIT;
+use crate::server::Builtin;
+
+/// How messages are delimited on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// The courier protocol (docs/PROTOCOL.md): HELLO, request ids, ERROR frames.
+    Courier,
+    /// A 4-byte big-endian length, then the payload; no handshake; replies in order.
+    Plain,
+    /// No framing: whatever one read returns is one message (compatibility only).
+    Raw,
+}
 
 /// The default configuration file, embedded in the binary. [`Config::default`] equals
 /// what this file says; a unit test keeps the two in step.
@@ -24,6 +38,30 @@ pub struct Config {
     /// Length of the queue of connections the kernel has accepted but the server has not
     /// yet taken (the kernel caps it at `net.core.somaxconn`).
     pub backlog: u32,
+    /// How messages are delimited: courier, plain or raw.
+    pub framing: Framing,
+    /// What the built-in handler replies: `echo`, `none` (an empty reply; nothing at all
+    /// in raw framing), or hex bytes.
+    pub reply: String,
+    /// Raw framing: bytes (hex) sent to each client as soon as it connects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<String>,
+    /// Plain and raw framing: close a connection after this many messages (0: never).
+    pub close_after: u64,
+    /// A command (run by `sh -c`) that answers each request instead of the built-in
+    /// handler: the payload on its stdin, the reply from its stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    /// With `exec`: keep this many long-lived copies of the command speaking plain framing
+    /// on stdin/stdout, instead of one process per request (0).
+    pub exec_workers: usize,
+    /// With `exec`: time allowed for one request before the command is killed.
+    #[serde(with = "humantime_serde")]
+    pub exec_timeout: Duration,
+    /// With `exec` per request: commands running at once.
+    pub exec_max_children: usize,
+    /// With `exec`: requests that may wait for a free process; beyond it they get ERROR 14.
+    pub exec_queue: usize,
     /// Connections served at once; more get ERROR "server busy" and are closed.
     pub max_connections: usize,
     /// Largest payload of one frame, in bytes.
@@ -51,6 +89,15 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:12345".to_owned(),
             backlog: 1024,
+            framing: Framing::Courier,
+            reply: "echo".to_owned(),
+            greeting: None,
+            close_after: 0,
+            exec: None,
+            exec_workers: 0,
+            exec_timeout: Duration::from_secs(30),
+            exec_max_children: 16,
+            exec_queue: 64,
             max_connections: 10_000,
             max_frame: 1 << 20,
             max_in_flight: 128,
@@ -149,7 +196,30 @@ impl Config {
                 self.max_frame
             ));
         }
+        let reply = self.builtin()?;
+        if self.exec.is_some() && !matches!(reply, Builtin::Echo) {
+            return invalid("reply and exec are alternatives: set one of them".into());
+        }
+        if self
+            .exec
+            .as_deref()
+            .is_some_and(|cmd| cmd.trim().is_empty())
+        {
+            return invalid("exec is empty: give a command, or leave it out".into());
+        }
+        if self.exec_max_children == 0 {
+            return invalid("exec_max_children must be at least 1".into());
+        }
+        if self.greeting()?.is_some() && self.framing != Framing::Raw {
+            return invalid("greeting applies to framing \"raw\" only".into());
+        }
+        if self.close_after > 0 && self.framing == Framing::Courier {
+            return invalid(
+                "close_after applies to framing \"raw\" and \"plain\"; courier clients close their own connections".into(),
+            );
+        }
         for (name, value) in [
+            ("exec_timeout", self.exec_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("frame_timeout", self.frame_timeout),
             ("idle_timeout", self.idle_timeout),
@@ -160,6 +230,45 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The built-in handler that `reply` names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when `reply` is neither `echo`, `none` nor hex.
+    pub fn builtin(&self) -> Result<Builtin, ConfigError> {
+        match self.reply.as_str() {
+            "echo" => Ok(Builtin::Echo),
+            "none" => Ok(Builtin::Fixed(Bytes::new())),
+            text => parse_hex(text)
+                .map(Builtin::Fixed)
+                .map_err(|err| ConfigError::Invalid(format!("reply: {err}"))),
+        }
+    }
+
+    /// The raw-framing greeting as bytes.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when `greeting` is not hex.
+    pub fn greeting(&self) -> Result<Option<Bytes>, ConfigError> {
+        self.greeting
+            .as_deref()
+            .map(parse_hex)
+            .transpose()
+            .map_err(|err| ConfigError::Invalid(format!("greeting: {err}")))
+    }
+}
+
+/// Parses hex bytes such as `05060708` (spaces and a leading `0x` allowed).
+///
+/// # Errors
+/// A message saying what is wrong and showing the expected form.
+pub fn parse_hex(text: &str) -> Result<Bytes, String> {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(digits.strip_prefix("0x").unwrap_or(&digits))
+        .map(Bytes::from)
+        .map_err(|err| {
+            format!("{text:?} is not hex ({err}); write bytes as pairs of digits, e.g. 05060708")
+        })
 }
 
 #[cfg(test)]
@@ -209,6 +318,17 @@ mod tests {
     }
 
     #[test]
+    fn reply_names_a_builtin_handler() {
+        let with = |reply: &str| Config {
+            reply: reply.into(),
+            ..Config::default()
+        };
+        assert!(matches!(with("echo").builtin().unwrap(), Builtin::Echo));
+        assert!(matches!(with("none").builtin().unwrap(), Builtin::Fixed(b) if b.is_empty()));
+        assert!(matches!(with("0a0B").builtin().unwrap(), Builtin::Fixed(b) if b[..] == [10, 11]));
+    }
+
+    #[test]
     fn humantime_durations_parse() {
         let config = Config::from_toml("idle_timeout = \"250ms\"").unwrap();
         assert_eq!(config.idle_timeout, Duration::from_millis(250));
@@ -221,6 +341,12 @@ mod tests {
             ("max_in_flight = 0", "max_in_flight"),
             ("idle_timeout = \"0s\"", "idle_timeout"),
             ("max_frame = 5000000000", "max_frame"),
+            ("reply = \"zz\"", "reply"),
+            ("framing = \"plain\"\ngreeting = \"01\"", "greeting"),
+            ("close_after = 1", "close_after"),
+            ("exec = \"cat\"\nreply = \"00\"", "exec"),
+            ("exec_max_children = 0", "exec_max_children"),
+            ("framing = \"raw\"\ngreeting = \"0g\"", "greeting"),
         ] {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");

@@ -35,14 +35,20 @@
 //!   bounding unwritten output, the poller for reads, writes and deadlines, the graceful
 //!   close.
 //! - [`client`]: [`client::Client`], which many tasks can call through at once.
+//! - [`compat`]: plain framing (4-byte length + payload) and raw framing (none), for
+//!   programs written against a bare socket: the server loop for both, and their clients.
+//! - [`exec`]: `--exec CMD`: handlers that run a command per request, or keep a pool of
+//!   worker processes speaking plain framing.
 //! - [`config`]: server settings and the embedded default `config/courier.toml`.
 //! - `main.rs`: the `courier` command line (`serve`, `send`); it only parses arguments,
 //!   sets up logging and calls into this library.
 
 pub mod client;
 pub mod codec;
+pub mod compat;
 pub mod config;
 mod connection;
+pub mod exec;
 pub mod server;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.

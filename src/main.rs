@@ -14,8 +14,10 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use courier::client::{Client, ClientConfig};
-use courier::config::Config;
-use courier::server::{self, Builtin};
+use courier::compat::{raw_exchange, PlainClient, RawOptions};
+use courier::config::{parse_hex, Config, Framing};
+use courier::exec::{Exec, ExecPool};
+use courier::server;
 
 /// Whole messages between programs over TCP: a length-prefixed request/reply protocol.
 ///
@@ -65,9 +67,48 @@ struct ServeArgs {
     #[arg(long)]
     print_config: bool,
 
-    /// Reply to every request with these bytes (hex) instead of echoing its payload.
-    #[arg(long, value_name = "HEX", env = "COURIER_REPLY", value_parser = parse_hex)]
-    reply: Option<Bytes>,
+    /// How messages are delimited: courier (the protocol), plain (4-byte length +
+    /// payload) or raw (none: one read is one message) [default: courier]
+    #[arg(long, value_enum, env = "COURIER_FRAMING")]
+    framing: Option<Framing>,
+
+    /// The reply: echo (the request's payload), none (an empty reply; nothing in raw
+    /// framing) or hex bytes such as 0a0b0c [default: echo]
+    #[arg(long, value_name = "echo|none|HEX", env = "COURIER_REPLY")]
+    reply: Option<String>,
+
+    /// Raw framing: bytes (hex) sent to each client as soon as it connects
+    #[arg(long, value_name = "HEX", env = "COURIER_GREETING")]
+    greeting: Option<String>,
+
+    /// Plain and raw framing: close a connection after N messages, 0 for never
+    /// [default: 0]
+    #[arg(long, value_name = "N", env = "COURIER_CLOSE_AFTER")]
+    close_after: Option<u64>,
+
+    /// Answer requests with a command run by `sh -c`: payload on its stdin, reply from its
+    /// stdout; a non-zero exit becomes an ERROR with the status and stderr's first line
+    #[arg(long, value_name = "CMD", env = "COURIER_EXEC")]
+    exec: Option<String>,
+
+    /// With --exec: keep N long-lived copies of CMD speaking plain framing on
+    /// stdin/stdout instead of one process per request (0) [default: 0]
+    #[arg(long, value_name = "N", env = "COURIER_EXEC_WORKERS")]
+    exec_workers: Option<usize>,
+
+    /// With --exec: time one request may take before the command and its process group
+    /// are killed [default: 30s]
+    #[arg(long, value_name = "DUR", env = "COURIER_EXEC_TIMEOUT", value_parser = humantime::parse_duration)]
+    exec_timeout: Option<Duration>,
+
+    /// With --exec per request: commands running at once [default: 16]
+    #[arg(long, value_name = "N", env = "COURIER_EXEC_MAX_CHILDREN")]
+    exec_max_children: Option<usize>,
+
+    /// With --exec: requests that may wait for a free process; more get ERROR 14 (busy)
+    /// [default: 64]
+    #[arg(long, value_name = "N", env = "COURIER_EXEC_QUEUE")]
+    exec_queue: Option<usize>,
 
     /// Address to listen on; port 0 picks a free one (logged) [default: 127.0.0.1:12345]
     #[arg(long, value_name = "HOST:PORT", env = "COURIER_LISTEN")]
@@ -122,6 +163,16 @@ struct SendArgs {
     )]
     addr: String,
 
+    /// How messages are delimited: courier (the protocol), plain (4-byte length +
+    /// payload) or raw (none: the bytes as they are; every chunk received is printed, and
+    /// the exchange ends when the server closes or nothing arrives for --timeout).
+    #[arg(long, value_enum, default_value_t = Framing::Courier)]
+    framing: Framing,
+
+    /// Raw framing: wait for the server's first bytes and print them before sending.
+    #[arg(long)]
+    recv_first: bool,
+
     /// The payload as hex, e.g. 05060708.
     #[arg(long, value_name = "HEX", group = "input", value_parser = parse_hex)]
     hex: Option<Bytes>,
@@ -142,7 +193,7 @@ struct SendArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: u64,
 
-    /// Time allowed for each reply.
+    /// Time allowed for each reply (raw framing: the quiet time that ends the exchange).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
@@ -164,13 +215,6 @@ enum Output {
     Raw,
     /// The bytes as UTF-8 text (invalid sequences replaced), one line per reply.
     Text,
-}
-
-fn parse_hex(text: &str) -> Result<Bytes, String> {
-    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    hex::decode(digits.strip_prefix("0x").unwrap_or(&digits))
-        .map(Bytes::from)
-        .map_err(|err| format!("not hex ({err}); write bytes as pairs of digits, e.g. 05060708"))
 }
 
 fn main() -> ExitCode {
@@ -225,7 +269,20 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
             })*
         };
     }
+    if args.greeting.is_some() {
+        config.greeting.clone_from(&args.greeting);
+    }
+    if args.exec.is_some() {
+        config.exec.clone_from(&args.exec);
+    }
     overlay!(
+        framing,
+        reply,
+        close_after,
+        exec_workers,
+        exec_timeout,
+        exec_max_children,
+        exec_queue,
         listen,
         backlog,
         max_connections,
@@ -250,11 +307,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = server::bind(&config.listen, config.backlog)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let handler = match args.reply {
-        Some(bytes) => Builtin::Fixed(bytes),
-        None => Builtin::Echo,
-    };
-
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -265,7 +317,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("second signal: exiting at once");
         std::process::exit(130);
     });
-    server::run(listener, config, handler, shutdown.cancelled_owned()).await;
+    let stop = shutdown.cancelled_owned();
+    match (config.exec.clone(), config.exec_workers) {
+        (None, _) => {
+            let handler = config.builtin()?;
+            server::run(listener, config, handler, stop).await;
+        }
+        (Some(command), 0) => {
+            let handler = Exec::new(
+                command,
+                config.exec_timeout,
+                config.exec_max_children,
+                config.exec_queue,
+                config.max_frame,
+            );
+            server::run(listener, config, handler, stop).await;
+        }
+        (Some(command), workers) => {
+            let handler = ExecPool::start(
+                &command,
+                workers,
+                config.exec_timeout,
+                config.exec_queue,
+                config.max_frame,
+            );
+            server::run(listener, config, handler, stop).await;
+        }
+    }
     Ok(())
 }
 
@@ -288,27 +366,57 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let config = ClientConfig {
-        connect_timeout: args.connect_timeout,
-        call_timeout: args.timeout,
-        ..ClientConfig::default()
-    };
-    let client = Client::connect_with(args.addr.as_str(), config).await?;
-    let mut stdout = std::io::stdout().lock();
-    for _ in 0..args.count {
-        if args.oneway {
-            client.send_oneway(payload.clone()).await?;
-            continue;
-        }
-        let reply = client.call(payload.clone()).await?;
-        match args.output {
-            Output::Hex => writeln!(stdout, "{}", hex::encode(&reply)),
-            Output::Raw => stdout.write_all(&reply),
-            Output::Text => writeln!(stdout, "{}", String::from_utf8_lossy(&reply)),
-        }
-        .context("cannot write to stdout")?;
+    if args.oneway && args.framing != Framing::Courier {
+        bail!("--oneway needs --framing courier: plain and raw framing have no one-way messages");
     }
-    stdout.flush().context("cannot write to stdout")?;
-    client.close().await;
+    if args.recv_first && args.framing != Framing::Raw {
+        bail!("--recv-first applies to --framing raw only");
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut print = |reply: &[u8]| -> std::io::Result<()> {
+        match args.output {
+            Output::Hex => writeln!(stdout, "{}", hex::encode(reply)),
+            Output::Raw => stdout.write_all(reply),
+            Output::Text => writeln!(stdout, "{}", String::from_utf8_lossy(reply)),
+        }?;
+        stdout.flush()
+    };
+    let addr = args.addr.as_str();
+    match args.framing {
+        Framing::Courier => {
+            let config = ClientConfig {
+                connect_timeout: args.connect_timeout,
+                call_timeout: args.timeout,
+                ..ClientConfig::default()
+            };
+            let client = Client::connect_with(addr, config).await?;
+            for _ in 0..args.count {
+                if args.oneway {
+                    client.send_oneway(payload.clone()).await?;
+                } else {
+                    let reply = client.call(payload.clone()).await?;
+                    print(&reply).context("cannot write to stdout")?;
+                }
+            }
+            client.close().await;
+        }
+        Framing::Plain => {
+            let max_frame = ClientConfig::default().max_frame;
+            let mut client =
+                PlainClient::connect(addr, args.connect_timeout, args.timeout, max_frame).await?;
+            for _ in 0..args.count {
+                let reply = client.call(payload.clone()).await?;
+                print(&reply).context("cannot write to stdout")?;
+            }
+        }
+        Framing::Raw => {
+            let options = RawOptions {
+                recv_first: args.recv_first,
+                connect_timeout: args.connect_timeout,
+                timeout: args.timeout,
+            };
+            raw_exchange(addr, &payload, args.count, &options, print).await?;
+        }
+    }
     Ok(())
 }

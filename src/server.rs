@@ -30,7 +30,8 @@ use crate::codec::{
     Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, MAX_HELLO_PAYLOAD,
     PROTOCOL_VERSION,
 };
-use crate::config::Config;
+use crate::compat;
+use crate::config::{Config, Framing};
 use crate::connection::{Conn, Io, Outbox};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
@@ -177,7 +178,7 @@ pub async fn run<H: Handler>(
             debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
         }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            reject_busy(&stream, peer, shared.config.max_connections);
+            reject_busy(&stream, peer, &shared.config);
             continue;
         };
         let shared = shared.clone();
@@ -187,7 +188,11 @@ pub async fn run<H: Handler>(
                 // The permit lives exactly as long as the connection.
                 let _permit = permit;
                 debug!("accepted");
-                match serve(stream, &shared, token).await {
+                let served = match shared.config.framing {
+                    Framing::Courier => serve(stream, &shared, token).await,
+                    Framing::Plain | Framing::Raw => compat::serve(stream, &shared, token).await,
+                };
+                match served {
                     Ok(Close::Clean(reason)) => debug!(reason, "connection closed"),
                     Ok(Close::Limit(reason)) => info!(reason, "connection closed"),
                     Err(err) => info!(cause = %err, "connection closed with error"),
@@ -287,7 +292,14 @@ fn is_connection_error(err: &io::Error) -> bool {
 /// Tells a connection over the limit why it is being closed, without waiting for it: the
 /// ERROR is a few dozen bytes into a fresh socket's empty send buffer, so a non-blocking
 /// write takes it whole, and the accept loop never stalls on a rejected peer.
-fn reject_busy(stream: &TcpStream, peer: SocketAddr, limit: usize) {
+///
+/// Plain and raw framing have no way to say why, so those peers are only closed.
+fn reject_busy(stream: &TcpStream, peer: SocketAddr, config: &Config) {
+    let limit = config.max_connections;
+    info!(%peer, limit, "rejected connection: server busy");
+    if config.framing != Framing::Courier {
+        return;
+    }
     let frame = Frame::error(
         0,
         ErrorCode::ServerBusy,
@@ -299,7 +311,6 @@ fn reject_busy(stream: &TcpStream, peer: SocketAddr, limit: usize) {
     if let Err(err) = stream.try_write(&bytes) {
         debug!(%peer, cause = %err, "could not send the busy ERROR");
     }
-    info!(%peer, limit, "rejected connection: server busy");
 }
 
 /// What every connection task shares.
@@ -317,7 +328,7 @@ pub(crate) enum Close {
 }
 
 /// A handler's result, tagged with what it answers.
-type Finished = (u32, bool, Result<Bytes, HandlerError>);
+pub(crate) type Finished = (u32, bool, Result<Bytes, HandlerError>);
 
 /// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
 /// it, or shutdown drains it.
@@ -526,7 +537,10 @@ fn accept_hello(frame: &Frame) -> Result<Hello, (ErrorCode, String)> {
 
 /// Runs one request through the handler, turning a panic into an ERROR so that one bad
 /// request cannot take the connection's other requests down with it.
-fn call<H: Handler>(handler: &H, request: Request) -> impl Future<Output = Finished> + Send + '_ {
+pub(crate) fn call<H: Handler>(
+    handler: &H,
+    request: Request,
+) -> impl Future<Output = Finished> + Send + '_ {
     let id = request.id;
     let oneway = request.oneway;
     AssertUnwindSafe(handler.call(request))
@@ -580,7 +594,7 @@ fn finish<W: AsyncWrite + Unpin>(
     out.push(frame);
 }
 
-fn into_io(err: CodecError) -> io::Error {
+pub(crate) fn into_io(err: CodecError) -> io::Error {
     match err {
         CodecError::Io(err) => err,
         other => io::Error::new(io::ErrorKind::InvalidData, other),
@@ -588,7 +602,7 @@ fn into_io(err: CodecError) -> io::Error {
 }
 
 /// Formats a payload as lowercase hex for debug logs, cut at `LOG_PAYLOAD_BYTES`.
-struct LogHex<'a>(&'a [u8]);
+pub(crate) struct LogHex<'a>(pub(crate) &'a [u8]);
 
 impl std::fmt::Display for LogHex<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -4,8 +4,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use courier::codec::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
@@ -155,4 +158,101 @@ pub fn client_hello() -> Frame {
 /// A payload unique to (client, call).
 pub fn payload_for(client: usize, call: usize) -> Bytes {
     Bytes::from(format!("client {client} call {call}"))
+}
+
+/// The `courier` binary that cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_courier");
+
+/// A `courier serve` process; killed on drop if still running.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts `courier serve --listen 127.0.0.1:0 ARGS` and waits for its "listening" line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn courier serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        let _ = addr_tx.send(addr.trim().to_owned());
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server logs its address within 30 s");
+        Served { child, addr, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr reader thread see the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter, or `None` (with a note on stderr) where there is none, so
+/// that tests needing it can skip with a clear message.
+pub fn python3() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        eprintln!("skipping: python3 is not installed on this machine");
+    }
+    found.then_some("python3")
+}
+
+/// Path of a file under tests/peers.
+pub fn peer_script(name: &str) -> String {
+    format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,295 @@
+//! Talking to programs that were not written with courier: plain framing (a 4-byte length
+//! and the payload) and raw framing (no framing at all), on the server side and the
+//! client side.
+//!
+//! Both framings have no request ids, no handshake and no ERROR frames, so replies go back
+//! in request order, and a failure the protocol cannot express (a handler error, a limit)
+//! closes the connection with a log line that says why. The limits, deadlines and shutdown
+//! are the server's usual ones (`connection.rs`).
+
+use std::future::poll_fn;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::{connect_tcp, ClientError};
+use crate::codec::{CodecError, PlainCodec, RawCodec};
+use crate::config::Framing;
+use crate::connection::{Conn, Io};
+use crate::server::{
+    call, into_io, slow_reader, Close, Finished, Handler, LogHex, Request, Shared,
+};
+
+/// Serves one connection in plain or raw framing (`shared.config.framing`).
+pub(crate) async fn serve<S, H>(
+    stream: S,
+    shared: &Shared<H>,
+    token: CancellationToken,
+) -> io::Result<Close>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
+{
+    match shared.config.framing {
+        Framing::Raw => serve_ordered(stream, shared, token, RawCodec).await,
+        _ => {
+            serve_ordered(
+                stream,
+                shared,
+                token,
+                PlainCodec::new(shared.config.max_frame),
+            )
+            .await
+        }
+    }
+}
+
+/// The connection loop of both framings: read messages, run them through the handler
+/// concurrently (up to `max_in_flight`), and write the replies in request order.
+async fn serve_ordered<S, H, C>(
+    stream: S,
+    shared: &Shared<H>,
+    token: CancellationToken,
+    codec: C,
+) -> io::Result<Close>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
+    C: Decoder<Item = Bytes, Error = CodecError> + Encoder<Bytes, Error = CodecError> + Clone,
+{
+    let config = &shared.config;
+    let raw = config.framing == Framing::Raw;
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut conn = Conn::new(read_half, codec.clone(), write_half, codec, config, false);
+    // Validated when the config was loaded.
+    if let Ok(Some(greeting)) = config.greeting() {
+        conn.out.push(greeting);
+    }
+
+    let mut received: u64 = 0;
+    let mut draining = false;
+    let mut peer_done = false;
+    let mut in_flight = FuturesOrdered::new();
+
+    let close = loop {
+        if conn.out.overflowed {
+            return Ok(slow_reader(conn.out.pending(), config));
+        }
+        let enough = config.close_after > 0 && received >= config.close_after;
+        if (peer_done || draining || enough) && in_flight.is_empty() && conn.out.pending() == 0 {
+            break Close::Clean(if enough {
+                "close_after reached"
+            } else if draining {
+                "drained"
+            } else {
+                "peer closed"
+            });
+        }
+        let can_read = !peer_done && !draining && !enough && in_flight.len() < config.max_in_flight;
+        let idle = in_flight.is_empty();
+
+        let event = tokio::select! {
+            biased;
+            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                let (_, _, result): Finished = finished;
+                match result {
+                    // In raw framing an empty reply is no reply at all.
+                    Ok(reply) if raw && reply.is_empty() => {}
+                    Ok(reply) => conn.out.push(reply),
+                    Err(err) => {
+                        let reason = format!(
+                            "handler failed ({}): {}; {:?} framing cannot report errors, so the connection is closed",
+                            err.code, err.message, config.framing
+                        );
+                        warn!(%reason, "closing connection");
+                        break Close::Limit(reason);
+                    }
+                }
+                continue;
+            }
+            () = token.cancelled(), if !draining => {
+                draining = true;
+                continue;
+            }
+            event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
+        };
+
+        let payload = match event {
+            Io::Flushed => {
+                conn.flushed();
+                continue;
+            }
+            Io::WriteFailed(err) => return Err(err),
+            Io::Read(None) => {
+                peer_done = true;
+                continue;
+            }
+            Io::Read(Some(Err(CodecError::Io(err)))) => return Err(err),
+            Io::Read(Some(Err(err))) => {
+                let reason = err.to_string();
+                warn!(%reason, "closing connection");
+                if matches!(err, CodecError::Truncated { .. }) {
+                    return Err(into_io(err));
+                }
+                break Close::Limit(reason);
+            }
+            Io::Deadline(which) => break Close::Limit(which.describe(config).1),
+            Io::Read(Some(Ok(payload))) => payload,
+        };
+        conn.received();
+        received += 1;
+        if raw {
+            info!(len = payload.len(), data = %LogHex(&payload), "received");
+        } else {
+            debug!(len = payload.len(), payload = %LogHex(&payload), "received");
+        }
+        let request = Request {
+            id: received as u32,
+            payload,
+            oneway: false,
+        };
+        in_flight.push_back(call(&shared.handler, request));
+    };
+
+    drop(in_flight);
+    conn.close().await;
+    Ok(close)
+}
+
+/// A client for a server in plain framing: each call writes one length-prefixed message
+/// and reads one back. Calls go one at a time, since plain framing has no ids to match
+/// replies with.
+#[derive(Debug)]
+pub struct PlainClient {
+    framed: Framed<TcpStream, PlainCodec>,
+    timeout: Duration,
+}
+
+impl PlainClient {
+    /// Connects within `connect_timeout`; each call then waits at most `timeout` for its
+    /// reply, and accepts replies up to `max_frame` bytes.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Connect`] or [`ClientError::ConnectTimeout`].
+    pub async fn connect<A>(
+        addr: A,
+        connect_timeout: Duration,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<PlainClient, ClientError>
+    where
+        A: ToSocketAddrs + std::fmt::Display,
+    {
+        let stream = connect_tcp(addr, connect_timeout).await?;
+        Ok(PlainClient {
+            framed: Framed::new(stream, PlainCodec::new(max_frame)),
+            timeout,
+        })
+    }
+
+    /// Sends `payload` and waits for the reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], [`ClientError::Closed`] when the server closes first (it
+    /// does so on any failure, having no other way to report one), or
+    /// [`ClientError::Protocol`] for a reply over `max_frame`.
+    pub async fn call(&mut self, payload: Bytes) -> Result<Bytes, ClientError> {
+        let exchange = async {
+            self.framed.send(payload).await.map_err(closed)?;
+            match self.framed.next().await {
+                Some(Ok(reply)) => Ok(reply),
+                Some(Err(err)) => Err(closed(err)),
+                None => Err(ClientError::Closed {
+                    reason: "the server closed the connection without replying".into(),
+                }),
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: self.timeout,
+            })?
+    }
+}
+
+fn closed(err: CodecError) -> ClientError {
+    match err {
+        CodecError::Io(err) => ClientError::Closed {
+            reason: err.to_string(),
+        },
+        other => ClientError::Protocol(other.to_string()),
+    }
+}
+
+/// How [`raw_exchange`] behaves.
+#[derive(Debug, Clone)]
+pub struct RawOptions {
+    /// Wait for the peer's first bytes and hand them on before sending anything.
+    pub recv_first: bool,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// The exchange ends when nothing arrives for this long.
+    pub timeout: Duration,
+}
+
+/// The classic socket exchange with no framing: connect, optionally wait for the peer's
+/// first bytes, send `payload` (`count` times), then hand on every chunk received until
+/// the peer closes the connection or nothing arrives for `options.timeout`.
+///
+/// Each chunk is whatever one read returned: a byte stream has no message boundaries.
+///
+/// # Errors
+/// Connect errors as for [`PlainClient::connect`]; [`ClientError::Timeout`] when
+/// `recv_first` is set and the peer sends nothing in time; [`ClientError::Closed`] when a
+/// read or write fails; any error `on_chunk` returns.
+pub async fn raw_exchange<A>(
+    addr: A,
+    payload: &[u8],
+    count: u64,
+    options: &RawOptions,
+    mut on_chunk: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), ClientError>
+where
+    A: ToSocketAddrs + std::fmt::Display,
+{
+    let mut stream = connect_tcp(addr, options.connect_timeout).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let failed = |err: io::Error| ClientError::Closed {
+        reason: err.to_string(),
+    };
+    if options.recv_first {
+        let read = tokio::time::timeout(options.timeout, stream.read(&mut buf))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: options.timeout,
+            })?
+            .map_err(failed)?;
+        if read == 0 {
+            debug!("peer closed before sending anything");
+            return Ok(());
+        }
+        on_chunk(&buf[..read]).map_err(failed)?;
+    }
+    if !payload.is_empty() {
+        for _ in 0..count {
+            stream.write_all(payload).await.map_err(failed)?;
+        }
+    }
+    loop {
+        match tokio::time::timeout(options.timeout, stream.read(&mut buf)).await {
+            // Quiet for the whole timeout: the exchange is over.
+            Err(_) => return Ok(()),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(read)) => on_chunk(&buf[..read]).map_err(failed)?,
+            Ok(Err(err)) => return Err(failed(err)),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `--exec`: commands as handlers, one process per request or a pool of workers. The
+//! commands are small shell lines and tests/peers/upper_worker.py.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use courier::client::{Client, ClientError};
+use courier::codec::ErrorCode;
+use courier::exec::{Exec, ExecPool};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn exec(command: &str) -> Exec {
+    Exec::new(command, TIMEOUT, 4, 16, 1 << 20)
+}
+
+/// Expects a server ERROR with `code` whose text contains every one of `parts`.
+fn assert_server_error(result: Result<bytes::Bytes, ClientError>, code: ErrorCode, parts: &[&str]) {
+    match result {
+        Err(ClientError::Server { code: got, message }) => {
+            assert_eq!(got, code, "{message}");
+            for part in parts {
+                assert!(message.contains(part), "{message:?} lacks {part:?}");
+            }
+        }
+        other => panic!("expected a server error {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn per_request_command_turns_stdin_into_the_reply() {
+    let server = start_server(test_config(), exec("tr a-z A-Z")).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_eq!(client.call("make me loud").await.unwrap(), "MAKE ME LOUD");
+    assert_eq!(client.call("").await.unwrap(), "");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_command_gives_an_error_with_its_status_and_first_stderr_line() {
+    let server = start_server(
+        test_config(),
+        exec("echo 'no such record' >&2; echo more >&2; exit 3"),
+    )
+    .await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_server_error(
+        client.call("x").await,
+        ErrorCode::HandlerFailed,
+        &["status 3", "no such record"],
+    );
+    // The connection survives a failed command.
+    assert_server_error(
+        client.call("y").await,
+        ErrorCode::HandlerFailed,
+        &["status 3"],
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_command_that_overruns_the_timeout_is_killed_with_its_process_group() {
+    let dir = std::env::temp_dir().join(format!("courier-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("grandchild.pid");
+    // The command starts a background grandchild and waits for it.
+    let command = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+    let handler = Exec::new(command, Duration::from_millis(500), 4, 16, 1 << 20);
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_server_error(
+        client.call("x").await,
+        ErrorCode::HandlerFailed,
+        &["timed out", "500ms"],
+    );
+
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let mut alive = true;
+    for _ in 0..100 {
+        // `kill -0` succeeds while the process exists.
+        alive = std::process::Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        !alive,
+        "the grandchild {pid} outlived its timed-out command"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_larger_than_max_frame_is_an_error() {
+    let handler = Exec::new("head -c 2000 /dev/zero", TIMEOUT, 4, 16, 1000);
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_server_error(client.call("x").await, ErrorCode::FrameTooLarge, &["1000"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_beyond_children_and_queue_get_busy_at_once() {
+    // Two commands at once, nobody may wait: of three concurrent requests one is refused.
+    let handler = Exec::new("sleep 0.5; echo done", TIMEOUT, 2, 0, 1 << 20);
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("x").await })
+        })
+        .collect();
+    let mut done = 0;
+    let mut busy = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(reply) => {
+                assert_eq!(reply, "done\n");
+                done += 1;
+            }
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::Busy, "{message}");
+                busy += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((done, busy), (2, 1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_more_than_max_children_commands_run_at_once() {
+    let dir = std::env::temp_dir().join(format!("courier-conc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each command marks itself running, reports how many were running, and unmarks.
+    let command = format!(
+        "d={}; touch $d/$$; ls $d | wc -l; sleep 0.2; rm $d/$$",
+        dir.display()
+    );
+    let handler = Exec::new(command, TIMEOUT, 2, 64, 1 << 20);
+    let server = start_server(test_config(), handler).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("x").await.unwrap() })
+        })
+        .collect();
+    for call in calls {
+        let running: usize = String::from_utf8_lossy(&call.await.unwrap())
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&running), "{running} commands ran at once");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    server.shutdown().await;
+}
+
+fn worker_command() -> Option<String> {
+    let python = python3()?;
+    Some(format!("{python} {}", peer_script("upper_worker.py")))
+}
+
+#[tokio::test]
+async fn workers_answer_requests_in_plain_framing() {
+    let Some(command) = worker_command() else {
+        return;
+    };
+    // 2 workers and 18 waiting: room for all 20 requests at once.
+    let pool = ExecPool::start(&command, 2, TIMEOUT, 18, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move { (n, client.call(format!("message {n}")).await.unwrap()) })
+        })
+        .collect();
+    for call in calls {
+        let (n, reply) = call.await.unwrap();
+        assert_eq!(reply, format!("MESSAGE {n}"));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_fails_its_request_and_is_replaced() {
+    let Some(command) = worker_command() else {
+        return;
+    };
+    let pool = ExecPool::start(&command, 1, TIMEOUT, 16, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let before = client.call("pid").await.unwrap();
+    assert_server_error(
+        client.call("die").await,
+        ErrorCode::HandlerFailed,
+        &["worker 0 failed"],
+    );
+    // A new worker process answers the next request.
+    let after = client.call("pid").await.unwrap();
+    assert_ne!(before, after, "the dead worker should have been replaced");
+    assert_eq!(client.call("still").await.unwrap(), "STILL");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_hangs_is_killed_at_the_timeout_and_replaced() {
+    let Some(command) = worker_command() else {
+        return;
+    };
+    let pool = ExecPool::start(&command, 1, Duration::from_millis(500), 16, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_server_error(
+        client.call("hang").await,
+        ErrorCode::HandlerFailed,
+        &["timed out", "500ms"],
+    );
+    assert_eq!(client.call("awake").await.unwrap(), "AWAKE");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn workers_bound_concurrency_and_refuse_past_the_queue() {
+    let Some(command) = worker_command() else {
+        return;
+    };
+    // One worker, one request may wait: of three concurrent slow requests, one is refused.
+    let pool = ExecPool::start(&command, 1, TIMEOUT, 1, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    // Make sure the worker has started and taken nothing yet.
+    assert_eq!(client.call("warm").await.unwrap(), "WARM");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("slow").await })
+        })
+        .collect();
+    let mut answered = 0;
+    let mut busy = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(reply) => {
+                assert_eq!(reply, "SLOW");
+                answered += 1;
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Busy,
+                ..
+            }) => busy += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((answered, busy), (2, 1));
+    server.shutdown().await;
+}
