@@ -270,3 +270,38 @@ async fn workers_bound_concurrency_and_refuse_past_the_queue() {
     assert_eq!((answered, busy), (2, 1));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_from_outside_is_replaced() {
+    let Some(command) = worker_command() else {
+        return;
+    };
+    let pool = ExecPool::start(&command, 1, TIMEOUT, 16, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let pid = String::from_utf8(client.call("pid").await.unwrap().to_vec()).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The next request either reaches the dead worker (and fails with an ERROR naming
+    // it) or a fresh one; within a few tries a new worker answers.
+    let mut answered_by = None;
+    for _ in 0..20 {
+        match client.call("pid").await {
+            Ok(reply) => {
+                answered_by = Some(String::from_utf8(reply.to_vec()).unwrap());
+                break;
+            }
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::HandlerFailed, "{message}");
+                assert!(message.contains("worker 0"), "{message}");
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    let new_pid = answered_by.expect("a replacement worker answers");
+    assert_ne!(new_pid, pid);
+    server.shutdown().await;
+}
