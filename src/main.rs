@@ -13,11 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
+use courier::bench::{BenchConfig, Progress, Report};
 use courier::client::{Client, ClientConfig};
 use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{parse_hex, Config, Framing};
 use courier::exec::{Exec, ExecPool};
 use courier::server;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Whole messages between programs over TCP: a length-prefixed request/reply protocol.
 ///
@@ -50,6 +54,11 @@ enum Command {
     /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
     /// then the built-in defaults (config/courier.toml, shown by --print-config).
     Serve(ServeArgs),
+    /// Measure a server: requests/s, latency percentiles, errors, and this tool's own CPU.
+    ///
+    /// Every reply is checked against its request (id and content); errors or mismatches
+    /// make the exit status 1. Prints a summary, or one JSON object with --json.
+    Bench(BenchArgs),
     /// Send a message to a server and print the reply on stdout.
     ///
     /// Exits 0 when every reply arrived; otherwise prints one line on stderr saying what
@@ -207,6 +216,59 @@ struct SendArgs {
     output: Output,
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Server address.
+    #[arg(value_name = "ADDR", default_value = "127.0.0.1:12345")]
+    addr: String,
+
+    /// Connections, each keeping its own requests in flight.
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 50)]
+    connections: usize,
+
+    /// Requests in flight per connection (closed loop).
+    #[arg(short = 'P', long, value_name = "N", default_value_t = 1)]
+    pipeline: usize,
+
+    /// Payload size in bytes.
+    #[arg(short = 's', long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+
+    /// How long to measure, after the warm-up.
+    #[arg(short = 'd', long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// Measure this many requests instead of a duration.
+    #[arg(short = 'n', long, value_name = "N")]
+    requests: Option<u64>,
+
+    /// Time run first and not counted.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+
+    /// Open loop: send this many requests per second in all, on a fixed schedule, and
+    /// measure latency from when each was due (coordinated omission corrected).
+    #[arg(long, value_name = "RPS")]
+    rate: Option<f64>,
+
+    /// Stream ONEWAY messages instead (throughput only); a closing PING on each connection
+    /// confirms the server read them all.
+    #[arg(long)]
+    oneway: bool,
+
+    /// The server's framing (plain: 4-byte length + payload, replies in order).
+    #[arg(long, value_enum, default_value_t = Framing::Courier)]
+    framing: Framing,
+
+    /// Time allowed to connect, and for any one reply.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Output {
     /// Lowercase hex, one line per reply.
@@ -231,6 +293,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Send(args) => send(args).await,
+            Command::Bench(args) => bench(args).await,
         }
     });
     match result {
@@ -419,4 +482,114 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.framing == Framing::Raw {
+        bail!("courier bench loads courier or plain framing; raw framing has no replies to match");
+    }
+    if args.oneway && args.framing != Framing::Courier {
+        bail!("--oneway needs --framing courier: plain framing has no one-way messages");
+    }
+    if args.connections == 0 || args.pipeline == 0 {
+        bail!("--connections and --pipeline must be at least 1");
+    }
+    let config = BenchConfig {
+        addr: args.addr.clone(),
+        connections: args.connections,
+        pipeline: args.pipeline,
+        size: args.size,
+        duration: args.duration,
+        requests: args.requests,
+        warmup: args.warmup,
+        rate: args.rate,
+        oneway: args.oneway,
+        framing: args.framing,
+        timeout: args.timeout,
+    };
+    let progress = Arc::new(Progress::default());
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let ticker = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                let done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+                bar.set_message(format!("{done} requests"));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let report = courier::bench::run(&config, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&args, &report);
+    }
+    if report.errors > 0 || report.mismatches > 0 || report.oneway_confirmed == Some(false) {
+        bail!(
+            "{} errors and {} mismatched replies{}",
+            report.errors,
+            report.mismatches,
+            if report.oneway_confirmed == Some(false) {
+                "; the server did not confirm every one-way message"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn print_report(args: &BenchArgs, report: &Report) {
+    let shape = match report.mode {
+        "oneway" => "one-way streaming".to_owned(),
+        "open" => format!("open loop at {} requests/s", args.rate.unwrap_or_default()),
+        _ => format!("pipeline {}", report.pipeline),
+    };
+    println!(
+        "courier bench {}: {} framing, {} connections, {shape}, {}-byte payloads",
+        args.addr, report.framing, report.connections, report.size
+    );
+    println!(
+        "requests   {} in {:.2} s: {:.0}/s, {:.2} MB/s of payload",
+        report.requests, report.seconds, report.rps, report.mb_per_s
+    );
+    if let Some(l) = report.latency_us {
+        println!(
+            "latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
+    if let Some(confirmed) = report.oneway_confirmed {
+        println!(
+            "confirmed  {}",
+            if confirmed {
+                "every connection's closing PING was answered after all its messages"
+            } else {
+                "NO: a connection's closing PING was not answered"
+            }
+        );
+    }
+    println!(
+        "errors     {} (mismatched replies: {})",
+        report.errors, report.mismatches
+    );
+    println!(
+        "client cpu {:.2} s ({:.2} us per request)",
+        report.client_cpu_s, report.client_cpu_us_per_request
+    );
 }

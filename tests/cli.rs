@@ -292,3 +292,49 @@ fn json_log_format_writes_one_json_object_per_line() {
         .unwrap()
         .starts_with("127.0.0.1:"));
 }
+
+#[test]
+fn bench_prints_json_and_succeeds_against_echo() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&[
+        "bench",
+        &server.addr,
+        "-c",
+        "2",
+        "-P",
+        "4",
+        "-n",
+        "500",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&output)).expect("one JSON object");
+    assert_eq!(report["requests"], 500);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["mismatches"], 0);
+    assert!(report["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_fails_against_a_server_with_wrong_replies() {
+    let server = Served::start(&["--reply", "00"], &[]);
+    let output = courier(&[
+        "bench",
+        &server.addr,
+        "-c",
+        "1",
+        "-n",
+        "50",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("mismatched replies"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -1,0 +1,579 @@
+//! `courier bench`: a load generator that measures a server honestly.
+//!
+//! Each connection is a task that drives frames itself (not through [`crate::client::Client`],
+//! whose per-call channels would make the load generator, not the server, the bottleneck).
+//! Every reply is checked against its request, by id and content, so a wrong server cannot
+//! score; latency goes into an HdrHistogram per connection, merged at the end.
+//!
+//! - Closed loop: each connection keeps `pipeline` requests in flight.
+//! - Open loop (`rate`): requests leave on a fixed schedule and latency is measured from the
+//!   time each was *due*, so a stalled server is charged for the requests it delayed
+//!   (coordinated omission corrected, as wrk2 does).
+//! - One-way: ONEWAY frames as fast as the connection takes them; at the end a PING on each
+//!   connection must be answered, which proves the server read every message before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+use crate::client::{connect_tcp, ClientError};
+use crate::codec::{
+    Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, MAX_HELLO_PAYLOAD,
+};
+use crate::config::Framing;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Server address.
+    pub addr: String,
+    /// Connections, each its own task.
+    pub connections: usize,
+    /// Requests in flight per connection (closed loop).
+    pub pipeline: usize,
+    /// Payload bytes per request.
+    pub size: usize,
+    /// How long to measure (after the warm-up), unless `requests` is set.
+    pub duration: Duration,
+    /// Measure this many requests in all instead of a duration.
+    pub requests: Option<u64>,
+    /// Time run before measuring starts; nothing in it is counted.
+    pub warmup: Duration,
+    /// Open loop: requests per second in all, on a fixed schedule.
+    pub rate: Option<f64>,
+    /// Stream ONEWAY messages instead of requests.
+    pub oneway: bool,
+    /// The server's framing: courier or plain.
+    pub framing: Framing,
+    /// Time allowed to connect, and for any one reply.
+    pub timeout: Duration,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest seen.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// "closed", "open" or "oneway".
+    pub mode: &'static str,
+    /// "courier" or "plain".
+    pub framing: String,
+    /// Connections used.
+    pub connections: usize,
+    /// Requests in flight per connection (closed loop).
+    pub pipeline: usize,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Requests (or one-way messages) completed and verified in the measured window.
+    pub requests: u64,
+    /// Length of the measured window, in seconds.
+    pub seconds: f64,
+    /// `requests / seconds`.
+    pub rps: f64,
+    /// Payload megabytes (10^6) sent per second.
+    pub mb_per_s: f64,
+    /// Latency of verified replies (absent for one-way streaming).
+    pub latency_us: Option<Latency>,
+    /// ERROR replies and failed connections.
+    pub errors: u64,
+    /// Replies whose id or content did not match their request.
+    pub mismatches: u64,
+    /// The load generator's own CPU time (user + system), in seconds.
+    pub client_cpu_s: f64,
+    /// The load generator's CPU time per request, in microseconds.
+    pub client_cpu_us_per_request: f64,
+    /// One-way: every connection's closing PING was answered after all its messages.
+    pub oneway_confirmed: Option<bool>,
+}
+
+/// Counters the progress display reads while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Completed requests so far, warm-up included.
+    pub done: AtomicU64,
+}
+
+/// What each connection task brings back.
+struct Outcome {
+    histogram: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    mismatches: u64,
+    confirmed: bool,
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// When a connection cannot be opened or its handshake fails; failures after that are
+/// counted in the report instead.
+pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report, ClientError> {
+    let connections = config.connections.max(1);
+    let mut streams = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        streams.push(open(config).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + config.warmup;
+    let until = match config.requests {
+        Some(_) => None,
+        None => Some(measure_from + config.duration),
+    };
+    let per_connection = config.requests.map(|n| n.div_ceil(connections as u64));
+    let mut tasks = Vec::new();
+    for (index, (reader, writer)) in streams.into_iter().enumerate() {
+        let job = Job {
+            config: config.clone(),
+            index,
+            start,
+            measure_from,
+            until,
+            quota: per_connection,
+            progress: progress.clone(),
+        };
+        tasks.push(tokio::spawn(job.run(reader, writer)));
+    }
+    // CPU is sampled over the measured window only, like the requests it is divided by.
+    tokio::time::sleep_until(measure_from).await;
+    let cpu_before = cpu_time();
+    let mut total = Outcome::new();
+    let mut last_end = measure_from;
+    for task in tasks {
+        match task.await {
+            Ok((outcome, ended)) => {
+                total.merge(outcome);
+                last_end = last_end.max(ended);
+            }
+            Err(_) => total.errors += 1,
+        }
+    }
+    let seconds = match until {
+        Some(until) => until.duration_since(measure_from),
+        None => last_end.duration_since(measure_from),
+    }
+    .as_secs_f64()
+    .max(1e-9);
+    let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
+    let h = &total.histogram;
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let latency = (!config.oneway && !h.is_empty()).then(|| Latency {
+        p50: us(h.value_at_quantile(0.5)),
+        p90: us(h.value_at_quantile(0.9)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
+        mean: h.mean() / 1000.0,
+    });
+    Ok(Report {
+        mode: if config.oneway {
+            "oneway"
+        } else if config.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        framing: format!("{:?}", config.framing).to_lowercase(),
+        connections,
+        pipeline: config.pipeline,
+        size: config.size,
+        requests: total.requests,
+        seconds,
+        rps: total.requests as f64 / seconds,
+        mb_per_s: (total.requests * config.size as u64) as f64 / seconds / 1e6,
+        latency_us: latency,
+        errors: total.errors,
+        mismatches: total.mismatches,
+        client_cpu_s: cpu,
+        client_cpu_us_per_request: cpu * 1e6 / total.requests.max(1) as f64,
+        oneway_confirmed: config.oneway.then_some(total.confirmed),
+    })
+}
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            // 1 ns to 100 s at 3 significant digits.
+            histogram: Histogram::new_with_bounds(1, 100_000_000_000, 3)
+                .expect("valid histogram bounds"),
+            requests: 0,
+            errors: 0,
+            mismatches: 0,
+            confirmed: true,
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.mismatches += other.mismatches;
+        self.confirmed &= other.confirmed;
+    }
+
+    fn record(&mut self, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.histogram.saturating_record(ns);
+    }
+}
+
+type Streams = (OwnedReadHalf, OwnedWriteHalf);
+
+/// Opens one connection, with the HELLO exchange in courier framing.
+async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
+    let stream = connect_tcp(config.addr.as_str(), config.timeout).await?;
+    let (reader, writer) = stream.into_split();
+    if config.framing != Framing::Courier {
+        return Ok((reader, writer));
+    }
+    let mut framed_read = FramedRead::new(reader, Codec::new(MAX_HELLO_PAYLOAD));
+    let mut framed_write = FramedWrite::new(writer, Codec::new(0));
+    match tokio::time::timeout(config.timeout, framed_read.next()).await {
+        Ok(Some(Ok(frame))) if frame.kind == Kind::Hello => {}
+        Ok(Some(Ok(frame))) if frame.kind == Kind::Error => {
+            let body = ErrorBody::parse(&frame.payload);
+            return Err(ClientError::Protocol(format!("server refused: {body:?}")));
+        }
+        _ => return Err(ClientError::Protocol("no HELLO from the server".into())),
+    }
+    framed_write
+        .send(Frame::hello(&Hello::new(u32::MAX - 5)))
+        .await
+        .map_err(|err| ClientError::Protocol(err.to_string()))?;
+    Ok((framed_read.into_inner(), framed_write.into_inner()))
+}
+
+/// The payload of request number `seq`: its first bytes are `seq`, the rest a fixed pattern,
+/// so every reply can be checked without keeping a copy of every request.
+struct Payloads {
+    template: BytesMut,
+}
+
+impl Payloads {
+    fn new(size: usize) -> Payloads {
+        let template = (0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>();
+        Payloads {
+            template: BytesMut::from(&template[..]),
+        }
+    }
+
+    fn make(&mut self, seq: u64) -> Bytes {
+        let mut payload = self.template.clone();
+        let stamp = seq.to_be_bytes();
+        let n = payload.len().min(8);
+        payload[..n].copy_from_slice(&stamp[8 - n..]);
+        payload.freeze()
+    }
+
+    fn matches(&self, seq: u64, reply: &[u8]) -> bool {
+        let stamp = seq.to_be_bytes();
+        let n = self.template.len().min(8);
+        reply.len() == self.template.len()
+            && reply[..n] == stamp[8 - n..]
+            && reply[n..] == self.template[n..]
+    }
+}
+
+/// One connection's share of the run.
+struct Job {
+    config: BenchConfig,
+    index: usize,
+    start: Instant,
+    measure_from: Instant,
+    until: Option<Instant>,
+    quota: Option<u64>,
+    progress: Arc<Progress>,
+}
+
+impl Job {
+    async fn run(self, reader: OwnedReadHalf, writer: OwnedWriteHalf) -> (Outcome, Instant) {
+        tokio::time::sleep_until(self.start).await;
+        let mut outcome = Outcome::new();
+        let result = match self.config.framing {
+            Framing::Plain => {
+                let max = self.config.size.max(1 << 20);
+                let reader = FramedRead::new(reader, PlainCodec::new(max));
+                let writer = FramedWrite::new(writer, PlainCodec::new(max));
+                let build: fn(u32, Bytes) -> Bytes = |_, payload| payload;
+                self.drive(reader, writer, &mut outcome, build, false).await
+            }
+            _ => {
+                let max = self.config.size.max(1 << 20);
+                let reader = FramedRead::new(reader, Codec::new(max));
+                let writer = FramedWrite::new(writer, Codec::new(0));
+                if self.config.oneway {
+                    self.stream_oneway(reader, writer, &mut outcome).await
+                } else {
+                    self.drive(reader, writer, &mut outcome, Frame::request, true)
+                        .await
+                }
+            }
+        };
+        if result.is_err() {
+            outcome.errors += 1;
+            outcome.confirmed = false;
+        }
+        (outcome, Instant::now())
+    }
+
+    fn stop_sending(&self, sent_measured: u64, now: Instant) -> bool {
+        match (self.until, self.quota) {
+            (Some(until), _) => now >= until,
+            (None, Some(quota)) => sent_measured >= quota,
+            (None, None) => true,
+        }
+    }
+
+    /// Request/reply, closed or open loop, for courier (`ids`) or plain framing.
+    async fn drive<R, W, D, E, I>(
+        &self,
+        mut reader: FramedRead<R, D>,
+        mut writer: FramedWrite<W, E>,
+        outcome: &mut Outcome,
+        build: fn(u32, Bytes) -> I,
+        ids: bool,
+    ) -> Result<(), CodecError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        D: Decoder<Error = CodecError>,
+        D::Item: Reply,
+        E: Encoder<I, Error = CodecError>,
+    {
+        let mut payloads = Payloads::new(self.config.size);
+        // seq -> the instant latency counts from (sent, or due in open loop).
+        let mut by_id: HashMap<u32, (u64, Instant)> = HashMap::new();
+        let mut in_order: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut seq: u64 = 0;
+        let mut sent_measured: u64 = 0;
+        let interval = self
+            .config
+            .rate
+            .map(|rate| Duration::from_secs_f64(self.config.connections as f64 / rate.max(1e-9)));
+        // Spread the connections' schedules over one interval.
+        let mut next_due = self.start
+            + interval.map_or(Duration::ZERO, |i| {
+                i.mul_f64(self.index as f64 / self.config.connections as f64)
+            });
+        let cap = if interval.is_some() {
+            100_000
+        } else {
+            self.config.pipeline.max(1)
+        };
+        loop {
+            let in_flight = if ids { by_id.len() } else { in_order.len() };
+            let now = Instant::now();
+            let stopping = self.stop_sending(sent_measured, now);
+            if stopping && in_flight == 0 {
+                return Ok(());
+            }
+            // Send what is due.
+            let mut queued = false;
+            while !stopping && (if ids { by_id.len() } else { in_order.len() }) < cap {
+                let due = match interval {
+                    Some(interval) => {
+                        if next_due > Instant::now() {
+                            break;
+                        }
+                        let due = next_due;
+                        next_due += interval;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                seq += 1;
+                if due >= self.measure_from {
+                    sent_measured += 1;
+                }
+                let payload = payloads.make(seq);
+                // Ids wrap after 2^32 requests; 0 is reserved for the connection.
+                let id = (seq as u32).max(1);
+                if ids {
+                    by_id.insert(id, (seq, due));
+                } else {
+                    in_order.push_back((seq, due));
+                }
+                writer.feed(build(id, payload)).await?;
+                queued = true;
+                if self.stop_sending(sent_measured, Instant::now()) {
+                    break;
+                }
+            }
+            if queued {
+                writer.flush().await?;
+            }
+            let in_flight = if ids { by_id.len() } else { in_order.len() };
+            // Wait for a reply, or (open loop) for the next send time.
+            let item = if in_flight == 0 && interval.is_some() && !stopping {
+                tokio::time::sleep_until(next_due).await;
+                continue;
+            } else if let (Some(_), false) = (interval, stopping) {
+                tokio::select! {
+                    item = reader.next() => item,
+                    () = tokio::time::sleep_until(next_due) => continue,
+                }
+            } else {
+                match tokio::time::timeout(self.config.timeout, reader.next()).await {
+                    Ok(item) => item,
+                    Err(_) => return Err(CodecError::Io(std::io::ErrorKind::TimedOut.into())),
+                }
+            };
+            let Some(item) = item else {
+                return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            };
+            let reply = item?;
+            let now = Instant::now();
+            let expected = if ids {
+                by_id.remove(&reply.id())
+            } else {
+                in_order.pop_front()
+            };
+            let Some((expected_seq, due)) = expected else {
+                outcome.mismatches += 1;
+                continue;
+            };
+            self.progress.done.fetch_add(1, Ordering::Relaxed);
+            match reply.payload() {
+                Err(()) => outcome.errors += 1,
+                Ok(payload) if !payloads.matches(expected_seq, payload) => outcome.mismatches += 1,
+                Ok(_) => {
+                    if due >= self.measure_from && self.until.is_none_or(|until| now <= until) {
+                        outcome.requests += 1;
+                        outcome.record(now.duration_since(due));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One-way streaming: ONEWAY frames in batches, then a PING that must come back.
+    async fn stream_oneway<R, W>(
+        &self,
+        mut reader: FramedRead<R, Codec>,
+        mut writer: FramedWrite<W, Codec>,
+        outcome: &mut Outcome,
+    ) -> Result<(), CodecError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        const BATCH: usize = 64;
+        let mut payloads = Payloads::new(self.config.size);
+        let mut seq = 0u64;
+        let mut measured = 0u64;
+        loop {
+            let now = Instant::now();
+            if self.stop_sending(measured, now) {
+                break;
+            }
+            for _ in 0..BATCH {
+                seq += 1;
+                writer.feed(Frame::oneway(0, payloads.make(seq))).await?;
+            }
+            writer.flush().await?;
+            self.progress
+                .done
+                .fetch_add(BATCH as u64, Ordering::Relaxed);
+            if now >= self.measure_from {
+                measured += BATCH as u64;
+            }
+        }
+        // The server reads a connection in order, so its PONG proves it read every
+        // message before the PING.
+        let mut probe = BytesMut::new();
+        probe.put_u64(seq);
+        writer
+            .send(Frame::new(Kind::Ping, 1, probe.freeze()))
+            .await?;
+        let confirmed = loop {
+            match tokio::time::timeout(self.config.timeout, reader.next()).await {
+                Ok(Some(Ok(frame))) if frame.kind == Kind::Pong && frame.id == 1 => {
+                    break frame.payload[..] == seq.to_be_bytes();
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => break false,
+            }
+        };
+        outcome.requests = measured;
+        outcome.confirmed = confirmed;
+        if !confirmed {
+            outcome.errors += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What the bench needs from a decoded reply, whatever the framing.
+trait Reply {
+    fn id(&self) -> u32;
+    /// The reply's payload, or `Err` for an ERROR frame.
+    fn payload(&self) -> Result<&[u8], ()>;
+}
+
+impl Reply for Frame {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn payload(&self) -> Result<&[u8], ()> {
+        match self.kind {
+            Kind::Reply => Ok(&self.payload),
+            _ => Err(()),
+        }
+    }
+}
+
+impl Reply for Bytes {
+    fn id(&self) -> u32 {
+        0
+    }
+
+    fn payload(&self) -> Result<&[u8], ()> {
+        Ok(self)
+    }
+}
+
+/// CPU time used by this process so far (all threads, user + system).
+#[cfg(unix)]
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+            };
+            tv(usage.user_time()) + tv(usage.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+#[cfg(not(unix))]
+fn cpu_time() -> Duration {
+    Duration::ZERO
+}

@@ -1,0 +1,119 @@
+//! `courier bench` measures only what it verified: right replies count, wrong ones do not.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use courier::bench::{run, BenchConfig, Progress};
+use courier::config::{Config, Framing};
+use courier::server::{Builtin, HandlerError, Request};
+
+fn bench_config(addr: std::net::SocketAddr) -> BenchConfig {
+    BenchConfig {
+        addr: addr.to_string(),
+        connections: 4,
+        pipeline: 8,
+        size: 64,
+        duration: Duration::from_secs(1),
+        requests: Some(2000),
+        warmup: Duration::ZERO,
+        rate: None,
+        oneway: false,
+        framing: Framing::Courier,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_against_echo_counts_every_verified_reply() {
+    let server = start_echo().await;
+    let report = run(&bench_config(server.addr), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 2000);
+    assert_eq!((report.errors, report.mismatches), (0, 0));
+    let latency = report.latency_us.expect("latency measured");
+    assert!(latency.p50 > 0.0 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_wrong_replies_cannot_score() {
+    let server = start_server(test_config(), Builtin::Fixed(Bytes::from(vec![0; 64]))).await;
+    let report = run(&bench_config(server.addr), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 0, "no wrong reply may count");
+    assert!(report.mismatches >= 2000, "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_are_counted_as_errors() {
+    let handler = |_req: Request| async move { Err::<Bytes, _>(HandlerError::new("no")) };
+    let server = start_server(test_config(), handler).await;
+    let report = run(&bench_config(server.addr), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 0);
+    assert!(report.errors >= 2000, "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_framing_is_loaded_and_verified_in_order() {
+    let config = Config {
+        framing: Framing::Plain,
+        ..test_config()
+    };
+    let server = start_server(config, Builtin::Echo).await;
+    let bench = BenchConfig {
+        framing: Framing::Plain,
+        ..bench_config(server.addr)
+    };
+    let report = run(&bench, Arc::new(Progress::default())).await.unwrap();
+    assert_eq!(
+        (report.requests, report.errors, report.mismatches),
+        (2000, 0, 0)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneway_streaming_is_confirmed_by_the_server() {
+    let server = start_echo().await;
+    let bench = BenchConfig {
+        oneway: true,
+        requests: None,
+        duration: Duration::from_millis(300),
+        ..bench_config(server.addr)
+    };
+    let report = run(&bench, Arc::new(Progress::default())).await.unwrap();
+    assert_eq!(report.oneway_confirmed, Some(true));
+    assert!(report.requests > 0);
+    assert_eq!(report.errors, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_never_sends_faster_than_its_schedule() {
+    let server = start_echo().await;
+    // 1000 requests at 2000/s in all: the schedule alone takes half a second; a slow
+    // machine can only make the run longer, never shorter.
+    let bench = BenchConfig {
+        rate: Some(2000.0),
+        requests: Some(1000),
+        ..bench_config(server.addr)
+    };
+    let report = run(&bench, Arc::new(Progress::default())).await.unwrap();
+    assert_eq!(report.mode, "open");
+    assert_eq!(
+        (report.requests, report.errors, report.mismatches),
+        (1000, 0, 0)
+    );
+    assert!(report.seconds >= 0.49, "finished in {} s", report.seconds);
+    server.shutdown().await;
+}
