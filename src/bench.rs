@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -443,30 +443,46 @@ impl Job {
                     Err(_) => return Err(CodecError::Io(std::io::ErrorKind::TimedOut.into())),
                 }
             };
-            let Some(item) = item else {
-                return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            };
-            let reply = item?;
-            let now = Instant::now();
-            let expected = if ids {
-                by_id.remove(&reply.id())
-            } else {
-                in_order.pop_front()
-            };
-            let Some((expected_seq, due)) = expected else {
-                outcome.mismatches += 1;
-                continue;
-            };
-            self.progress.done.fetch_add(1, Ordering::Relaxed);
-            match reply.payload() {
-                Err(()) => outcome.errors += 1,
-                Ok(payload) if !payloads.matches(expected_seq, payload) => outcome.mismatches += 1,
-                Ok(_) => {
-                    if due >= self.measure_from && self.until.is_none_or(|until| now <= until) {
-                        outcome.requests += 1;
-                        outcome.record(now.duration_since(due));
+            // Take this reply and every other one already here before sending more, so
+            // that a pipelined connection refills in one write, not one write per reply.
+            let mut next = Some(item);
+            while let Some(item) = next {
+                let Some(item) = item else {
+                    return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                };
+                let reply = item?;
+                let now = Instant::now();
+                let expected = if ids {
+                    by_id.remove(&reply.id())
+                } else {
+                    in_order.pop_front()
+                };
+                match expected {
+                    None => outcome.mismatches += 1,
+                    Some((expected_seq, due)) => {
+                        self.progress.done.fetch_add(1, Ordering::Relaxed);
+                        match reply.payload() {
+                            Err(()) => outcome.errors += 1,
+                            Ok(payload) if !payloads.matches(expected_seq, payload) => {
+                                outcome.mismatches += 1
+                            }
+                            Ok(_) => {
+                                let in_window = due >= self.measure_from
+                                    && self.until.is_none_or(|until| now <= until);
+                                if in_window {
+                                    outcome.requests += 1;
+                                    outcome.record(now.duration_since(due));
+                                }
+                            }
+                        }
                     }
                 }
+                let in_flight = if ids { by_id.len() } else { in_order.len() };
+                next = if in_flight == 0 {
+                    None
+                } else {
+                    reader.next().now_or_never()
+                };
             }
         }
     }

@@ -40,7 +40,7 @@
 //! - [`exec`]: `--exec CMD`: handlers that run a command per request, or keep a pool of
 //!   worker processes speaking plain framing.
 //! - [`config`]: server settings and the embedded default `config/courier.toml`.
-//! - [`bench`]: the `courier bench` load generator (closed loop, open loop, one-way),
+//! - [`bench`](mod@bench): the `courier bench` load generator (closed loop, open loop, one-way),
 //!   verifying every reply and measuring latency with an HdrHistogram.
 //! - `main.rs`: the `courier` command line (`serve`, `send`); it only parses arguments,
 //!   sets up logging and calls into this library.

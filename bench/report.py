@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Turns bench/compare's raw.jsonl into bench/results/LATEST.md and latency.svg.
+
+Usage: bench/report.py bench/results/raw.jsonl
+Standard library only; the plot is a hand-written SVG.
+"""
+
+import json
+import math
+import os
+import sys
+
+COLORS = {
+    "courier": "#d62728",
+    "redis": "#1f77b4",
+    "zeromq": "#2ca02c",
+    "floor": "#000000",
+    "toy": "#9467bd",
+    "python": "#ff7f0e",
+}
+PERCENTILES = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9")]
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def load(path):
+    meta, rows = {}, []
+    with open(path) as f:
+        for line in f:
+            item = json.loads(line)
+            if "meta" in item:
+                meta = item["meta"]
+            else:
+                rows.append(item)
+    return meta, rows
+
+
+def find(rows, system, shape):
+    for row in rows:
+        if row["system"] == system and row["shape"] == shape:
+            return row
+    return None
+
+
+def table(rows):
+    lines = [
+        "| system | shape | requests/s | p50 µs | p99 µs | p99.9 µs | courier ÷ this, req/s | courier ÷ this, p50 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        courier = find(rows, "courier", row["shape"])
+        rps_ratio = p50_ratio = "–"
+        if row["system"] != "courier" and courier:
+            rps_ratio = f"{courier['rps'] / row['rps']:.2f}×"
+            if courier.get("p50") and row.get("p50"):
+                p50_ratio = f"{courier['p50'] / row['p50']:.2f}×"
+        lines.append(
+            f"| {row['system']} | {row['shape']} | {fmt(row['rps'])} | {fmt(row.get('p50'), 1)} | "
+            f"{fmt(row.get('p99'), 1)} | {fmt(row.get('p999'), 1)} | {rps_ratio} | {p50_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(rows):
+    """The targets of the performance issue, checked against this run."""
+    out = []
+
+    def check(name, ok, detail):
+        mark = "met" if ok else "**not met**"
+        out.append(f"| {name} | {detail} | {mark} |")
+
+    def ratio(system, shape, key="rps"):
+        c, a = find(rows, "courier", shape), find(rows, system, shape)
+        if not c or not a or not c.get(key) or not a.get(key):
+            return None
+        return c[key] / a[key]
+
+    r = ratio("redis", "50 conn")
+    if r is not None:
+        check("50 connections, no pipelining: ≥ 1.3 × Redis", r >= 1.3, f"{r:.2f}×")
+    for shape in ("50 conn P16", "50 conn P64"):
+        r = ratio("redis", shape)
+        if r is not None:
+            check(f"{shape}: ≥ 1.0 × Redis", r >= 1.0, f"{r:.2f}×")
+    r = ratio("zeromq", "one-way")
+    if r is not None:
+        check("one-way streaming: ≥ 1.0 × ZeroMQ PUSH/PULL", r >= 1.0, f"{r:.2f}×")
+    r = ratio("floor", "1 conn", "p50")
+    if r is not None:
+        check("1 connection p50: ≤ 1.25 × the blocking floor", r <= 1.25, f"{r:.2f}×")
+    r = ratio("zeromq", "1 conn", "p50")
+    if r is not None:
+        check("1 connection p50: ≤ 0.5 × ZeroMQ REQ/REP", r <= 0.5, f"{r:.2f}×")
+    for row in rows:
+        if row["system"] == "courier" and row.get("p999") and row.get("p50"):
+            t = row["p999"] / row["p50"]
+            check(f"tail, {row['shape']}: p99.9 ≤ 5 × p50", t <= 5, f"{t:.1f}×")
+    for shape in ("1 conn", "50 conn", "50 conn P16", "50 conn P64"):
+        r = ratio("toy", shape)
+        if r is not None:
+            check(f"cost of features, {shape}: ≥ 0.95 × the Tokio toy", r >= 0.95, f"{r:.2f}×")
+    return "\n".join(["| goal | this run | |", "|---|---:|---|"] + out)
+
+
+def svg(rows, path):
+    panels = [
+        ("1 connection, round trip", "1 conn"),
+        ("50 connections, no pipelining", "50 conn"),
+    ]
+    width, height, margin = 1000, 420, 80
+    panel_w = (width - margin * 3) / 2
+    shown = {shape for _, shape in panels}
+    values = [row[k] for row in rows if row["shape"] in shown for k, _ in PERCENTILES if row.get(k)]
+    lo = 10 ** math.floor(math.log10(min(values)))
+    hi = 10 ** math.ceil(math.log10(max(values)))
+
+    def y(v):
+        return margin + (height - 2 * margin) * (1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height + 40}" fill="white"/>',
+    ]
+    for index, (title, shape) in enumerate(panels):
+        x0 = margin + index * (panel_w + margin)
+
+        def x(i):
+            return x0 + panel_w * i / (len(PERCENTILES) - 1)
+
+        parts.append(f'<text x="{x0 + panel_w / 2}" y="{margin - 25}" text-anchor="middle" font-size="14">{title}</text>')
+        decade = lo
+        while decade <= hi:
+            parts.append(f'<line x1="{x0}" x2="{x0 + panel_w}" y1="{y(decade)}" y2="{y(decade)}" stroke="#ddd"/>')
+            parts.append(f'<text x="{x0 - 6}" y="{y(decade) + 4}" text-anchor="end">{decade:g} µs</text>')
+            decade *= 10
+        for i, (_, label) in enumerate(PERCENTILES):
+            parts.append(f'<text x="{x(i)}" y="{height - margin + 18}" text-anchor="middle">{label}</text>')
+        legend_y = margin
+        for row in rows:
+            if row["shape"] != shape:
+                continue
+            points = [(x(i), y(row[k])) for i, (k, _) in enumerate(PERCENTILES) if row.get(k)]
+            if not points:
+                continue
+            color = COLORS.get(row["system"], "#777")
+            parts.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                + " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+                + '"/>'
+            )
+            for px, py in points:
+                parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>')
+            parts.append(f'<text x="{x0 + 8}" y="{legend_y}" fill="{color}">{row["system"]}</text>')
+            legend_y += 15
+    parts.append(
+        f'<text x="{width / 2}" y="{height + 25}" text-anchor="middle" fill="#555">'
+        "latency percentiles, log scale; Redis reports no p90 or p99.9</text>"
+    )
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def main():
+    raw = sys.argv[1]
+    meta, rows = load(raw)
+    results = os.path.dirname(os.path.abspath(raw))
+    svg(rows, os.path.join(results, "latency.svg"))
+    courier_cpu = [
+        f"{r['shape']} {r['client_cpu_us']:.2f} µs"
+        for r in rows
+        if r["system"] == "courier" and r.get("client_cpu_us") is not None
+    ]
+    text = f"""# courier against its anchors
+
+Measured {meta.get('date', '?')} on {meta.get('cpu_model', '?')} ({meta.get('machine', '?')}),
+{meta.get('placement', '')}. Payload {meta.get('size', '?')} bytes, {meta.get('seconds', '?')} s
+measured per shape after a 1 s warm-up (courier bench loads). Produced by
+`{meta.get('command', 'bench/compare')}` in {meta.get('elapsed_s', '?')} s; raw figures in
+[raw.jsonl](raw.jsonl).
+
+- **courier**: `courier serve` (echo), loaded by `courier bench`, every reply verified.
+  "one-way" is one connection streaming ONEWAY frames.
+- **redis**: Debian's redis-server, `redis-benchmark -t ping_mbulk` with the same `-c` and
+  `-P` (PING carries no payload; the reply is `+PONG`). redis-benchmark reports p50, p99
+  and max only.
+- **zeromq**: bench/zmq_perf.c, measured as libzmq's perf tools do: PUSH/PULL on one
+  connection, clock started at the first message ("one-way"); REQ/REP round trips ("1 conn").
+- **floor**: bench/floor.c, blocking ping-pong over loopback with no runtime: the best round
+  trip this placement allows.
+- **toy**: examples/toy_echo.rs, Tokio's `LengthDelimitedCodec` echo in 20 lines, loaded by
+  `courier bench --framing plain`.
+- **python**: bench/py_echo.py, an asyncio length-prefixed echo server, loaded the same way.
+
+"courier ÷ this": above 1 means courier served more requests per second; for p50, below 1
+means courier answered faster.
+
+{table(rows)}
+
+![latency percentiles](latency.svg)
+
+## Against the performance goals
+
+{goals(rows)}
+
+courier bench's own CPU per request: {', '.join(courier_cpu)}. Where a shape's throughput
+is close to 1 / (that CPU time), the load generator, not the server, is the limit.
+"""
+    with open(os.path.join(results, "LATEST.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
