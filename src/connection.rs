@@ -27,6 +27,13 @@ use crate::config::Config;
 /// fast pipelining client is answered in large writes but never waits long.
 const FLUSH_EARLY: usize = 64 * 1024;
 
+/// Bytes a connection makes room for before reading. Buffers start empty and are handed
+/// back whenever a read leaves nothing in them, so an idle connection holds no buffer. At
+/// 1 KiB the allocation comes from the allocator's per-thread cache: releasing 4 KiB
+/// buffers at every pause cost a slow malloc and free per request and doubled p99.9 at 50
+/// connections without pipelining (measured with courier bench).
+const READ_CHUNK: usize = 1024;
+
 /// How long a closing connection waits for its peer to take the last bytes and close its
 /// side. Without it, closing a socket that still has unread input makes the kernel send a
 /// reset, which can destroy replies the peer has not read yet.
@@ -142,6 +149,10 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
         }
+        // A drained buffer goes back too: an idle connection holds no output memory.
+        if self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
         Pin::new(&mut self.writer).poll_flush(cx)
     }
 }
@@ -178,7 +189,7 @@ where
         let now = Instant::now();
         let handshake_deadline = handshake.then(|| now + config.handshake_timeout);
         Conn {
-            reader: FramedRead::new(reader, decoder),
+            reader: FramedRead::with_capacity(reader, decoder, 0),
             out: Outbox::new(writer, encoder, config.max_pending_output),
             partial_since: None,
             last_activity: now,
@@ -223,12 +234,24 @@ where
             }
         }
         if can_read {
+            // Room for a read of a useful size: FramedRead alone would reserve a byte at a
+            // time on a buffer that starts empty.
+            // Room for a read of a useful size: FramedRead alone reserves a single byte,
+            // and would then read a few bytes at a time.
+            let buffer = self.reader.read_buffer_mut();
+            if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
+                buffer.reserve(READ_CHUNK);
+            }
             if let Poll::Ready(item) = self.reader.poll_next_unpin(cx) {
                 return Poll::Ready(Io::Read(item));
             }
-            // The decoder has taken every whole frame; bytes left in the buffer are the
-            // start of one, and from now on that frame is on the clock.
-            if self.partial_since.is_none() && !self.reader.read_buffer().is_empty() {
+            let buffer = self.reader.read_buffer_mut();
+            if buffer.is_empty() {
+                // Nothing to keep until the next read: an idle connection holds no buffer.
+                *buffer = BytesMut::new();
+            } else if self.partial_since.is_none() {
+                // The decoder has taken every whole frame; bytes left in the buffer are
+                // the start of one, and from now on that frame is on the clock.
                 self.partial_since = Some(Instant::now());
             }
         } else {
@@ -273,7 +296,9 @@ where
         let result = tokio::time::timeout(LINGER, async {
             poll_fn(|cx| out.poll_flush(cx)).await?;
             out.writer.shutdown().await?;
-            let mut sink = [0u8; 1024];
+            // On the heap and only now: an array here would be part of every connection's
+            // future for its whole life, idle or not.
+            let mut sink = vec![0u8; 1024];
             while reader.get_mut().read(&mut sink).await? > 0 {}
             Ok::<(), io::Error>(())
         })

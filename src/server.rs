@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::codec::Encoder;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -49,6 +49,16 @@ use crate::connection::{Conn, Io, Outbox};
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request.
     fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
+
+    /// Answers at once, when the answer needs no waiting; `None` (the default) means
+    /// "call me". The server tries this first: an answer here skips scheduling the request
+    /// as a task of its own, which is most of the cost of a trivial request. Implement it
+    /// only for answers that are ready without any `.await` (echo, a fixed reply, a
+    /// lookup in memory).
+    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
+        let _ = request;
+        None
+    }
 }
 
 impl<F, Fut> Handler for F
@@ -115,6 +125,13 @@ impl Handler for Builtin {
     fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
         std::future::ready(Ok(match self {
             Builtin::Echo => request.payload,
+            Builtin::Fixed(reply) => reply.clone(),
+        }))
+    }
+
+    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
+        Some(Ok(match self {
+            Builtin::Echo => request.payload.clone(),
             Builtin::Fixed(reply) => reply.clone(),
         }))
     }
@@ -350,41 +367,39 @@ where
     let hello = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
     conn.out.push(Frame::hello(&hello));
 
-    let mut peer_max_frame: usize = 0;
-    let mut handshaken = false;
+    let mut session = Session::default();
     let mut draining = false;
-    let mut peer_done = false;
-    let mut last_id: u32 = 0;
-    let mut ids: HashSet<u32> = HashSet::new();
     let mut in_flight = FuturesUnordered::new();
 
-    let close = loop {
+    let close = 'conn: loop {
         if conn.out.overflowed {
             // The peer is not reading, so an ERROR would not reach it either.
             return Ok(slow_reader(conn.out.pending(), config));
         }
-        if (peer_done || draining) && in_flight.is_empty() && conn.out.pending() == 0 {
+        if !draining && token.is_cancelled() {
+            draining = true;
+            debug!(last_id = session.last_id, "draining: sending GOAWAY");
+            conn.out.push(Frame::goaway(session.last_id));
+        }
+        if (session.peer_done || draining) && in_flight.is_empty() && conn.out.pending() == 0 {
             break Close::Clean(if draining { "drained" } else { "peer closed" });
         }
-        let can_read = !peer_done && !draining && in_flight.len() < config.max_in_flight;
+        let can_read = !session.peer_done && !draining && in_flight.len() < config.max_in_flight;
         let idle = in_flight.is_empty();
 
+        // The shutdown branch comes last: it only needs to wake an idle connection, and
+        // polling it first would cost every busy iteration a wasted registration.
         let event = tokio::select! {
             biased;
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                finish(finished, &mut ids, peer_max_frame, &mut conn.out);
-                continue;
-            }
-            () = token.cancelled(), if !draining => {
-                draining = true;
-                debug!(last_id, "draining: sending GOAWAY");
-                conn.out.push(Frame::goaway(last_id));
+                finish(finished, &mut session.ids, session.peer_max_frame, &mut conn.out);
                 continue;
             }
             event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
+            () = token.cancelled(), if !draining => continue,
         };
 
-        let frame = match event {
+        let first = match event {
             Io::Flushed => {
                 conn.flushed();
                 continue;
@@ -392,44 +407,120 @@ where
             Io::WriteFailed(err) => return Err(err),
             Io::Read(None) => {
                 debug!("peer finished sending");
-                peer_done = true;
+                session.peer_done = true;
                 continue;
-            }
-            Io::Read(Some(Err(err))) => {
-                let Some(code) = err.error_code() else {
-                    return Err(into_io(err));
-                };
-                let reason = err.to_string();
-                conn.out.push(Frame::error(err.request_id(), code, &reason));
-                break Close::Limit(reason);
             }
             Io::Deadline(which) => {
                 let (code, reason) = which.describe(config);
                 conn.out.push(Frame::error(0, code, &reason));
                 break Close::Limit(reason);
             }
-            Io::Read(Some(Ok(frame))) => frame,
+            Io::Read(Some(item)) => item,
         };
+        // Handle this frame and every further one already in the read buffer, so that a
+        // pipelined batch costs one turn of the loop, not one per frame.
+        let mut next = Some(first);
+        while let Some(item) = next {
+            let frame = match item {
+                Ok(frame) => frame,
+                Err(err) => {
+                    let Some(code) = err.error_code() else {
+                        return Err(into_io(err));
+                    };
+                    let reason = err.to_string();
+                    conn.out.push(Frame::error(err.request_id(), code, &reason));
+                    break 'conn Close::Limit(reason);
+                }
+            };
+            match session.on_frame(frame, &mut conn, config) {
+                Action::Nothing => {}
+                Action::Close(close) => break 'conn close,
+                Action::Dispatch(request) => {
+                    if let Some(result) = shared.handler.ready(&request) {
+                        let done = (request.id, request.oneway, result);
+                        finish(
+                            done,
+                            &mut session.ids,
+                            session.peer_max_frame,
+                            &mut conn.out,
+                        );
+                    } else {
+                        if !request.oneway {
+                            session.ids.insert(request.id);
+                        }
+                        in_flight.push(call(&shared.handler, request));
+                    }
+                }
+            }
+            if session.peer_done || in_flight.len() >= config.max_in_flight {
+                break;
+            }
+            let mut decoder = conn.reader.decoder().clone();
+            next = decoder.decode(conn.reader.read_buffer_mut()).transpose();
+        }
         conn.received();
-        if !handshaken {
-            match accept_hello(&frame) {
+    };
+
+    // Requests still in flight here belong to a connection closed for a protocol error or
+    // a limit; they are dropped with it.
+    drop(in_flight);
+    conn.close().await;
+    Ok(close)
+}
+
+/// The protocol state of one courier connection.
+#[derive(Default)]
+struct Session {
+    handshaken: bool,
+    /// The largest payload the client accepts, from its HELLO.
+    peer_max_frame: usize,
+    /// The client sent EOF or GOAWAY: no more frames will come.
+    peer_done: bool,
+    /// Id of the last REQUEST received (for GOAWAY).
+    last_id: u32,
+    /// Ids of requests being handled, to refuse duplicates.
+    ids: HashSet<u32>,
+}
+
+/// What the connection loop does after a frame.
+enum Action {
+    Nothing,
+    Dispatch(Request),
+    Close(Close),
+}
+
+impl Session {
+    /// Applies one frame from the client; replies that need no handler are queued here.
+    fn on_frame<R, W>(
+        &mut self,
+        frame: Frame,
+        conn: &mut Conn<R, Codec, W, Codec>,
+        config: &Config,
+    ) -> Action
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let out = &mut conn.out;
+        if !self.handshaken {
+            return match accept_hello(&frame) {
                 Ok(hello) => {
-                    handshaken = true;
+                    self.handshaken = true;
                     conn.handshake_done();
-                    peer_max_frame = hello.max_frame as usize;
+                    self.peer_max_frame = hello.max_frame as usize;
                     conn.reader.decoder_mut().set_max_payload(config.max_frame);
                     debug!(
                         version = hello.version,
                         max_frame = hello.max_frame,
                         "handshake done"
                     );
+                    Action::Nothing
                 }
                 Err((code, reason)) => {
-                    conn.out.push(Frame::error(0, code, &reason));
-                    break Close::Limit(reason);
+                    out.push(Frame::error(0, code, &reason));
+                    Action::Close(Close::Limit(reason))
                 }
-            }
-            continue;
+            };
         }
         match frame.kind {
             Kind::Request | Kind::Oneway => {
@@ -437,20 +528,19 @@ where
                 if !oneway {
                     if frame.id == 0 {
                         let reason = "protocol error: request id 0 is reserved for the connection";
-                        conn.out.push(Frame::error(0, ErrorCode::Protocol, reason));
-                        break Close::Limit(reason.into());
+                        out.push(Frame::error(0, ErrorCode::Protocol, reason));
+                        return Action::Close(Close::Limit(reason.into()));
                     }
-                    if !ids.insert(frame.id) {
+                    if self.ids.contains(&frame.id) {
                         debug!(id = frame.id, "duplicate request id");
                         let text = format!(
                             "duplicate request id {}: a request with this id is still in flight",
                             frame.id
                         );
-                        conn.out
-                            .push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
-                        continue;
+                        out.push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
+                        return Action::Nothing;
                     }
-                    last_id = frame.id;
+                    self.last_id = frame.id;
                 }
                 debug!(
                     id = frame.id,
@@ -459,43 +549,37 @@ where
                     payload = %LogHex(&frame.payload),
                     "received"
                 );
-                let request = Request {
+                Action::Dispatch(Request {
                     id: frame.id,
                     payload: frame.payload,
                     oneway,
-                };
-                in_flight.push(call(&shared.handler, request));
+                })
             }
-            Kind::Ping => conn
-                .out
-                .push(Frame::new(Kind::Pong, frame.id, frame.payload)),
-            Kind::Pong => {}
+            Kind::Ping => {
+                out.push(Frame::new(Kind::Pong, frame.id, frame.payload));
+                Action::Nothing
+            }
+            Kind::Pong => Action::Nothing,
             Kind::GoAway => {
                 debug!("peer sent GOAWAY: finishing its requests");
-                peer_done = true;
+                self.peer_done = true;
+                Action::Nothing
             }
             Kind::Error => {
                 let body = crate::codec::ErrorBody::parse(&frame.payload);
                 warn!(?body, "peer sent ERROR; closing");
-                break Close::Limit("peer sent ERROR".into());
+                Action::Close(Close::Limit("peer sent ERROR".into()))
             }
             Kind::Hello | Kind::Reply => {
                 let reason = format!(
                     "protocol error: a client does not send {} after the handshake",
                     frame.kind
                 );
-                conn.out
-                    .push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
-                break Close::Limit(reason);
+                out.push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
+                Action::Close(Close::Limit(reason))
             }
         }
-    };
-
-    // Requests still in flight here belong to a connection closed for a protocol error or
-    // a limit; they are dropped with it.
-    drop(in_flight);
-    conn.close().await;
-    Ok(close)
+    }
 }
 
 /// Logs and describes the close of a connection whose peer does not read its output.
