@@ -534,10 +534,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     ticker.abort();
     bar.finish_and_clear();
     let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string(&report)?)
     } else {
-        print_report(&args, &report);
+        format_report(&args, &report)
+    };
+    // A reader that went away (`| head`) is not a failure of the benchmark.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(err).context("cannot write to stdout");
+        }
+        _ => {}
     }
     if report.errors > 0 || report.mismatches > 0 || report.oneway_confirmed == Some(false) {
         bail!(
@@ -554,28 +565,35 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(args: &BenchArgs, report: &Report) {
+fn format_report(args: &BenchArgs, report: &Report) -> String {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail, so the results of writeln! below are ignored.
+    let mut out = String::new();
     let shape = match report.mode {
         "oneway" => "one-way streaming".to_owned(),
         "open" => format!("open loop at {} requests/s", args.rate.unwrap_or_default()),
         _ => format!("pipeline {}", report.pipeline),
     };
-    println!(
+    let _ = writeln!(
+        out,
         "courier bench {}: {} framing, {} connections, {shape}, {}-byte payloads",
         args.addr, report.framing, report.connections, report.size
     );
-    println!(
+    let _ = writeln!(
+        out,
         "requests   {} in {:.2} s: {:.0}/s, {:.2} MB/s of payload",
         report.requests, report.seconds, report.rps, report.mb_per_s
     );
     if let Some(l) = report.latency_us {
-        println!(
+        let _ = writeln!(
+            out,
             "latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
     }
     if let Some(confirmed) = report.oneway_confirmed {
-        println!(
+        let _ = writeln!(
+            out,
             "confirmed  {}",
             if confirmed {
                 "every connection's closing PING was answered after all its messages"
@@ -584,12 +602,15 @@ fn print_report(args: &BenchArgs, report: &Report) {
             }
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "errors     {} (mismatched replies: {})",
         report.errors, report.mismatches
     );
-    println!(
+    let _ = writeln!(
+        out,
         "client cpu {:.2} s ({:.2} us per request)",
         report.client_cpu_s, report.client_cpu_us_per_request
     );
+    out
 }
