@@ -35,8 +35,21 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "COURIER_LOG_FORMAT")]
     log_format: LogFormat,
 
+    /// Tokio runtime: "multi" (a worker thread per CPU this process may use) or "current"
+    /// (everything on one thread).
+    #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Multi, env = "COURIER_RUNTIME")]
+    runtime: RuntimeKind,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    /// One worker thread per CPU available to the process (taskset limits it).
+    Multi,
+    /// A single thread for everything.
+    Current,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -282,7 +295,15 @@ enum Output {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let built = match cli.runtime {
+        RuntimeKind::Multi => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        RuntimeKind::Current => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("courier: cannot start the runtime: {err}");

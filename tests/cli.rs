@@ -343,7 +343,16 @@ fn bench_fails_against_a_server_with_wrong_replies() {
 fn bench_output_to_a_reader_that_went_away_is_not_a_crash() {
     let server = Served::start(&[], &[]);
     let mut child = Command::new(BIN)
-        .args(["bench", &server.addr, "-c", "1", "-n", "200", "--warmup", "0s"])
+        .args([
+            "bench",
+            &server.addr,
+            "-c",
+            "1",
+            "-n",
+            "200",
+            "--warmup",
+            "0s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -351,6 +360,11 @@ fn bench_output_to_a_reader_that_went_away_is_not_a_crash() {
     // Close the reading end before the summary is written, as `| head -c0` would.
     drop(child.stdout.take());
     let output = child.wait_with_output().unwrap();
-    assert_ne!(output.status.code(), Some(101), "panicked: {}", stderr(&output));
+    assert_ne!(
+        output.status.code(),
+        Some(101),
+        "panicked: {}",
+        stderr(&output)
+    );
     assert!(output.status.success(), "{}", stderr(&output));
 }
