@@ -160,7 +160,10 @@ where
     };
 
     drop(in_flight);
-    conn.close().await;
+    // Boxed: the closing state exists only at the end, but inline it would be part of
+    // every connection's future for its whole life (2822 -> 2175 bytes per idle
+    // connection, bench/idle_memory).
+    Box::pin(conn.close()).await;
     Ok(close)
 }
 
