@@ -50,8 +50,8 @@ def find(rows, system, shape):
 
 def table(rows):
     lines = [
-        "| system | shape | requests/s | p50 µs | p99 µs | p99.9 µs | courier ÷ this, req/s | courier ÷ this, p50 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| system | shape | requests/s | p50 µs | p99 µs | p99.9 µs | courier ÷ this, req/s | courier ÷ this, p50 | load generator busy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         courier = find(rows, "courier", row["shape"])
@@ -60,9 +60,15 @@ def table(rows):
             rps_ratio = f"{courier['rps'] / row['rps']:.2f}×"
             if courier.get("p50") and row.get("p50"):
                 p50_ratio = f"{courier['p50'] / row['p50']:.2f}×"
+        busy = "–"
+        if row.get("client_cpu_us"):
+            # Share of one CPU the load generator spent: near 100 % it, not the server,
+            # set the figure.
+            share = row["rps"] * row["client_cpu_us"] / 1e6
+            busy = f"{share:.0%}" + (" ⚠" if share >= 0.9 else "")
         lines.append(
             f"| {row['system']} | {row['shape']} | {fmt(row['rps'])} | {fmt(row.get('p50'), 1)} | "
-            f"{fmt(row.get('p99'), 1)} | {fmt(row.get('p999'), 1)} | {rps_ratio} | {p50_ratio} |"
+            f"{fmt(row.get('p99'), 1)} | {fmt(row.get('p999'), 1)} | {rps_ratio} | {p50_ratio} | {busy} |"
         )
     return "\n".join(lines)
 
@@ -209,7 +215,9 @@ measured per shape after a 1 s warm-up (courier bench loads). Produced by
 - **python**: bench/py_echo.py, an asyncio length-prefixed echo server, loaded the same way.
 
 "courier ÷ this": above 1 means courier served more requests per second; for p50, below 1
-means courier answered faster.
+means courier answered faster. "load generator busy" is requests/s × the load generator's
+CPU per request: at 90 % or more (⚠) the load generator, not the server, set that figure,
+and a ratio between two such rows compares load generators.
 
 {table(rows)}
 
