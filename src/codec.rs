@@ -593,13 +593,20 @@ impl Decoder for Codec {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(CodecError::Truncated {
-                buffered: src.len(),
-            }),
-        }
+        let decoded = self.decode(src)?;
+        at_eof(decoded, src)
+    }
+}
+
+/// What a decoder returns at the end of the stream: the last whole item, the end (an
+/// empty buffer), or `Truncated` when bytes of an unfinished item are left over.
+fn at_eof<T>(decoded: Option<T>, src: &BytesMut) -> Result<Option<T>, CodecError> {
+    match decoded {
+        Some(item) => Ok(Some(item)),
+        None if src.is_empty() => Ok(None),
+        None => Err(CodecError::Truncated {
+            buffered: src.len(),
+        }),
     }
 }
 
@@ -667,13 +674,8 @@ impl Decoder for PlainCodec {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        match self.decode(src)? {
-            Some(message) => Ok(Some(message)),
-            None if src.is_empty() => Ok(None),
-            None => Err(CodecError::Truncated {
-                buffered: src.len(),
-            }),
-        }
+        let decoded = self.decode(src)?;
+        at_eof(decoded, src)
     }
 }
 

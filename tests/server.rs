@@ -505,16 +505,8 @@ async fn client_that_never_reads_is_disconnected_and_others_are_still_served() {
     };
     let server = start_server(config, Builtin::Echo).await;
 
-    // A peer with a tiny receive buffer that sends 16 KiB requests and never reads.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut peer = RawPeer {
-        framed: tokio_util::codec::Framed::new(stream, courier::codec::Codec::new(1 << 20)),
-    };
-    peer.recv().await.unwrap();
-    peer.send(client_hello()).await;
-    let mut stream = peer.framed.into_inner();
+    // A peer that sends 16 KiB requests and never reads.
+    let mut stream = non_reading_peer(server.addr).await;
     let other = Client::connect(server.addr).await.unwrap();
 
     let request = encode_all((1..=64u32).map(|id| Frame::request(id, vec![0xEE; 16 * 1024])));
@@ -623,15 +615,7 @@ async fn ping_flood_without_reading_is_bounded_like_replies() {
         ..test_config()
     };
     let server = start_server(config, Builtin::Echo).await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut peer = RawPeer {
-        framed: tokio_util::codec::Framed::new(stream, Codec::new(1 << 20)),
-    };
-    peer.recv().await.unwrap();
-    peer.send(client_hello()).await;
-    let mut stream = peer.framed.into_inner();
+    let mut stream = non_reading_peer(server.addr).await;
     let pings = encode_all((1..=64u32).map(|id| Frame::new(Kind::Ping, id, vec![0xAA; 16 * 1024])));
     let mut disconnected = false;
     // Bounded: at most 64 rounds of 1 MiB.
@@ -647,4 +631,18 @@ async fn ping_flood_without_reading_is_bounded_like_replies() {
         "PONGs that are never read must not pile up without bound"
     );
     server.shutdown().await;
+}
+
+/// A peer that completes the handshake and then never reads, with a receive buffer of
+/// 4 KiB so that the server's output backs up after little traffic.
+async fn non_reading_peer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut peer = RawPeer {
+        framed: tokio_util::codec::Framed::new(stream, Codec::new(1 << 20)),
+    };
+    peer.recv().await.unwrap();
+    peer.send(client_hello()).await;
+    peer.framed.into_inner()
 }
