@@ -39,8 +39,10 @@ use crate::connection::{Conn, Io, Outbox};
 ///
 /// The calls of one connection run concurrently on that connection's task, up to
 /// `max_in_flight` at once; a handler that does heavy CPU work should move it to
-/// `tokio::task::spawn_blocking`. When the client goes away, its pending calls are dropped,
-/// which cancels them at their next `.await`.
+/// `tokio::task::spawn_blocking`. When the connection fails (the peer resets it, a write
+/// fails) or is closed for a limit, its pending calls are dropped, which cancels them at
+/// their next `.await`. When the client only stops sending (EOF, a TCP half-close), the
+/// calls it already made run to completion so that their replies can still be delivered.
 ///
 /// Why not `tower::Service`: a service takes `&mut self` and a `poll_ready` step, which
 /// suits one request at a time per service clone; courier runs many requests of one
