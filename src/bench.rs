@@ -29,7 +29,7 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 use crate::client::{connect_tcp, ClientError};
 use crate::codec::{
-    Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HEADER_LEN, MAX_HELLO_PAYLOAD,
+    put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, MAX_HELLO_PAYLOAD,
 };
 use crate::config::Framing;
 
@@ -549,19 +549,12 @@ impl Job {
 
 /// The courier header of a REQUEST with a `len`-byte payload.
 fn request_header(out: &mut BytesMut, id: u32, len: usize) {
-    frame_header(out, Kind::Request, id, len);
+    put_header(out, Kind::Request, id, len);
 }
 
 /// The courier header of a ONEWAY message with a `len`-byte payload.
 fn oneway_header(out: &mut BytesMut, id: u32, len: usize) {
-    frame_header(out, Kind::Oneway, id, len);
-}
-
-fn frame_header(out: &mut BytesMut, kind: Kind, id: u32, len: usize) {
-    // Payload sizes are a command-line setting far below the u32 length limit.
-    out.put_u32((len + HEADER_LEN - 4) as u32);
-    out.put_u8(kind as u8);
-    out.put_u32(id);
+    put_header(out, Kind::Oneway, id, len);
 }
 
 /// The plain-framing length prefix of a `len`-byte message.

@@ -623,13 +623,20 @@ impl Encoder<Frame> for Codec {
             });
         }
         dst.reserve(frame.encoded_len());
-        // Cannot truncate: checked against MAX_PAYLOAD_LIMIT just above.
-        dst.put_u32((frame.payload.len() + LENGTH_OVERHEAD) as u32);
-        dst.put_u8(frame.kind as u8);
-        dst.put_u32(frame.id);
+        put_header(dst, frame.kind, frame.id, frame.payload.len());
         dst.put_slice(&frame.payload);
         Ok(())
     }
+}
+
+/// Appends the 9-byte header of a frame whose payload is `payload_len` bytes; the payload
+/// must follow. For writers that build the payload in place (the load generator) and for
+/// the encoder above. `payload_len` must not exceed [`MAX_PAYLOAD_LIMIT`].
+pub fn put_header(dst: &mut BytesMut, kind: Kind, id: u32, payload_len: usize) {
+    // Cannot truncate for lengths within MAX_PAYLOAD_LIMIT, which callers guarantee.
+    dst.put_u32((payload_len + LENGTH_OVERHEAD) as u32);
+    dst.put_u8(kind as u8);
+    dst.put_u32(id);
 }
 
 /// Plain framing: a 4-byte big-endian length, then that many payload bytes; nothing else.

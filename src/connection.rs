@@ -234,8 +234,6 @@ where
             }
         }
         if can_read {
-            // Room for a read of a useful size: FramedRead alone would reserve a byte at a
-            // time on a buffer that starts empty.
             // Room for a read of a useful size: FramedRead alone reserves a single byte,
             // and would then read a few bytes at a time.
             let buffer = self.reader.read_buffer_mut();
@@ -290,21 +288,25 @@ where
     /// Writes what is left, closes the write side, then reads and discards until the peer
     /// closes or `LINGER` passes, so that the peer can read every byte sent before the
     /// socket goes.
-    pub(crate) async fn close(self) {
+    ///
+    /// The future is boxed: the closing state exists only at the end, but inline it would
+    /// be part of every connection's future for its whole life (2822 -> 2175 bytes per
+    /// idle connection, bench/idle_memory).
+    pub(crate) fn close(self) -> Pin<Box<impl Future<Output = ()>>> {
         let mut reader = self.reader;
         let mut out = self.out;
-        let result = tokio::time::timeout(LINGER, async {
-            poll_fn(|cx| out.poll_flush(cx)).await?;
-            out.writer.shutdown().await?;
-            // On the heap and only now: an array here would be part of every connection's
-            // future for its whole life, idle or not.
-            let mut sink = vec![0u8; 1024];
-            while reader.get_mut().read(&mut sink).await? > 0 {}
-            Ok::<(), io::Error>(())
+        Box::pin(async move {
+            let result = tokio::time::timeout(LINGER, async {
+                poll_fn(|cx| out.poll_flush(cx)).await?;
+                out.writer.shutdown().await?;
+                let mut sink = [0u8; 1024];
+                while reader.get_mut().read(&mut sink).await? > 0 {}
+                Ok::<(), io::Error>(())
+            })
+            .await;
+            if let Ok(Err(err)) = result {
+                debug!(cause = %err, "error while closing");
+            }
         })
-        .await;
-        if let Ok(Err(err)) = result {
-            debug!(cause = %err, "error while closing");
-        }
     }
 }

@@ -123,19 +123,23 @@ pub enum Builtin {
     Fixed(Bytes),
 }
 
+impl Builtin {
+    /// The reply to `request`, which never needs waiting for.
+    fn answer(&self, request: &Request) -> Bytes {
+        match self {
+            Builtin::Echo => request.payload.clone(),
+            Builtin::Fixed(reply) => reply.clone(),
+        }
+    }
+}
+
 impl Handler for Builtin {
     fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        std::future::ready(Ok(match self {
-            Builtin::Echo => request.payload,
-            Builtin::Fixed(reply) => reply.clone(),
-        }))
+        std::future::ready(Ok(self.answer(&request)))
     }
 
     fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
-        Some(Ok(match self {
-            Builtin::Echo => request.payload.clone(),
-            Builtin::Fixed(reply) => reply.clone(),
-        }))
+        Some(Ok(self.answer(request)))
     }
 }
 
@@ -466,10 +470,7 @@ where
     // Requests still in flight here belong to a connection closed for a protocol error or
     // a limit; they are dropped with it.
     drop(in_flight);
-    // Boxed: the closing state exists only at the end, but inline it would be part of
-    // every connection's future for its whole life (2822 -> 2175 bytes per idle
-    // connection, bench/idle_memory).
-    Box::pin(conn.close()).await;
+    conn.close().await;
     Ok(close)
 }
 
