@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::codec::{
     parse_goaway, Codec, CodecError, ErrorBody, ErrorCode, Frame, Hello, Kind, PROTOCOL_VERSION,
 };
+use crate::stats::Snapshot;
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -211,6 +212,17 @@ impl Client {
     /// As [`Client::call`].
     pub async fn ping(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         self.exchange(Kind::Ping, payload.into()).await
+    }
+
+    /// Asks the server for its counters (a STATS frame).
+    ///
+    /// # Errors
+    /// As [`Client::call`], and [`ClientError::Protocol`] when the answer is not the JSON
+    /// a courier server sends.
+    pub async fn stats(&self) -> Result<Snapshot, ClientError> {
+        let json = self.exchange(Kind::Stats, Bytes::new()).await?;
+        serde_json::from_slice(&json)
+            .map_err(|err| ClientError::Protocol(format!("cannot read the STATS reply: {err}")))
     }
 
     /// Sends `payload` as a ONEWAY message; returns once it is queued for writing. Call
@@ -546,7 +558,7 @@ impl Task {
                 let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());
                 None
             }
-            Kind::Hello | Kind::Request | Kind::Oneway => {
+            Kind::Hello | Kind::Request | Kind::Oneway | Kind::Stats => {
                 warn!(kind = %frame.kind, "server sent a frame a server does not send");
                 Some(ClientError::Protocol(format!(
                     "the server sent {}, which only clients send",

@@ -63,11 +63,14 @@ pub enum Kind {
     Pong = 0x07,
     /// The server is draining; the payload names the last request id it will answer.
     GoAway = 0x08,
+    /// Asks the server for its counters; answered by a REPLY with the same id whose
+    /// payload is a JSON object (see `stats::Snapshot`).
+    Stats = 0x09,
 }
 
 impl Kind {
     /// Every kind, in wire order. Handy for tests and documentation.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Hello,
         Kind::Request,
         Kind::Reply,
@@ -76,6 +79,7 @@ impl Kind {
         Kind::Ping,
         Kind::Pong,
         Kind::GoAway,
+        Kind::Stats,
     ];
 
     /// The kind for a wire byte, or `None` for a byte no kind uses.
@@ -94,6 +98,7 @@ impl Kind {
             Kind::Ping => "PING",
             Kind::Pong => "PONG",
             Kind::GoAway => "GOAWAY",
+            Kind::Stats => "STATS",
         }
     }
 }
@@ -995,7 +1000,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected_with_its_byte_and_id() {
-        for kind in [0x00, 0x09, 0x7f, 0xff] {
+        for kind in [0x00, 0x0a, 0x7f, 0xff] {
             let mut buf =
                 BytesMut::from(&unhex(&format!("00 00 00 05 {kind:02x} 00 00 00 0c"))[..]);
             let err = Codec::new(100).decode(&mut buf).unwrap_err();

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::client::{connect_tcp, ClientError};
 use crate::codec::{CodecError, PlainCodec, RawCodec};
@@ -27,6 +27,7 @@ use crate::connection::{Conn, Io};
 use crate::server::{
     call, into_io, slow_reader, Close, Finished, Handler, LogHex, Request, Shared,
 };
+use crate::stats::{CloseReason, Tally};
 
 /// Serves one connection in plain or raw framing (`shared.config.framing`).
 pub(crate) async fn serve<S, H>(
@@ -78,21 +79,24 @@ where
     let mut draining = false;
     let mut peer_done = false;
     let mut in_flight = FuturesOrdered::new();
+    let mut tally = Tally::default();
 
     let close = loop {
+        shared.stats.add(&mut tally);
         if conn.out.overflowed {
             return Ok(slow_reader(conn.out.pending(), config));
         }
         draining |= token.is_cancelled();
         let enough = config.close_after > 0 && received >= config.close_after;
         if (peer_done || draining || enough) && in_flight.is_empty() && conn.out.pending() == 0 {
-            break Close::Clean(if enough {
-                "close_after reached"
+            let reason = if enough {
+                CloseReason::CloseAfter
             } else if draining {
-                "drained"
+                CloseReason::Drained
             } else {
-                "peer closed"
-            });
+                CloseReason::PeerClosed
+            };
+            break Close::new(reason, "");
         }
         let can_read = !peer_done && !draining && !enough && in_flight.len() < config.max_in_flight;
         let idle = in_flight.is_empty();
@@ -104,14 +108,16 @@ where
                 match result {
                     // In raw framing an empty reply is no reply at all.
                     Ok(reply) if raw && reply.is_empty() => {}
-                    Ok(reply) => conn.out.push(reply),
+                    Ok(reply) => {
+                        tally.replies += 1;
+                        conn.out.push(reply);
+                    }
                     Err(err) => {
                         let reason = format!(
                             "handler failed ({}): {}; {:?} framing cannot report errors, so the connection is closed",
                             err.code, err.message, config.framing
                         );
-                        warn!(%reason, "closing connection");
-                        break Close::Limit(reason);
+                        break Close::new(CloseReason::HandlerFailed, reason);
                     }
                 }
                 continue;
@@ -134,16 +140,13 @@ where
             // I/O failures and EOF mid-message are reported as connection errors, as in
             // the courier loop; the rest are limits the peer broke.
             Io::Read(Some(Err(err))) if err.error_code().is_none() => return Err(into_io(err)),
-            Io::Read(Some(Err(err))) => {
-                let reason = err.to_string();
-                warn!(%reason, "closing connection");
-                break Close::Limit(reason);
-            }
-            Io::Deadline(which) => break Close::Limit(which.describe(config).1),
+            Io::Read(Some(Err(err))) => break Close::for_codec(&err),
+            Io::Deadline(which) => break Close::new(which.reason(), which.describe(config).1),
             Io::Read(Some(Ok(payload))) => payload,
         };
         conn.received();
         received += 1;
+        tally.requests += 1;
         if raw {
             info!(len = payload.len(), data = %LogHex(&payload), "received");
         } else {
@@ -158,6 +161,7 @@ where
     };
 
     drop(in_flight);
+    shared.stats.add(&mut tally);
     conn.close().await;
     Ok(close)
 }

@@ -22,6 +22,7 @@ use tracing::{debug, error};
 
 use crate::codec::{CodecError, ErrorCode};
 use crate::config::Config;
+use crate::stats::CloseReason;
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.
@@ -63,6 +64,15 @@ pub(crate) enum Deadline {
 }
 
 impl Deadline {
+    /// The reason the close is counted under.
+    pub(crate) fn reason(self) -> CloseReason {
+        match self {
+            Deadline::Handshake => CloseReason::HandshakeTimeout,
+            Deadline::Frame => CloseReason::FrameTimeout,
+            Deadline::Idle => CloseReason::IdleTimeout,
+        }
+    }
+
     /// The ERROR code and the text that tell a peer which deadline closed its connection.
     pub(crate) fn describe(self, config: &Config) -> (ErrorCode, String) {
         let (code, what, setting, limit) = match self {

@@ -34,6 +34,8 @@
 //! - `connection.rs` (private): the I/O plumbing every connection loop shares: the outbox
 //!   bounding unwritten output, the poller for reads, writes and deadlines, the graceful
 //!   close.
+//! - [`stats`]: the server's counters (connections by close reason, requests, replies),
+//!   read with a STATS frame (`courier stats ADDR`) and logged at shutdown.
 //! - [`client`]: [`client::Client`], which many tasks can call through at once.
 //! - [`compat`]: plain framing (4-byte length + payload) and raw framing (none), for
 //!   programs written against a bare socket: the server loop for both, and their clients.
@@ -53,6 +55,7 @@ pub mod config;
 mod connection;
 pub mod exec;
 pub mod server;
+pub mod stats;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.
 #[cfg(doctest)]

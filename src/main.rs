@@ -77,6 +77,27 @@ enum Command {
     /// Exits 0 when every reply arrived; otherwise prints one line on stderr saying what
     /// went wrong and exits 1.
     Send(SendArgs),
+    /// Print a running server's counters: connections accepted, rejected and closed by
+    /// reason, protocol errors, requests and replies.
+    ///
+    /// Asks with a STATS frame (courier framing only). Prints one `name value` line per
+    /// counter, or the server's JSON with --json.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// Server address.
+    #[arg(value_name = "ADDR", default_value = "127.0.0.1:12345")]
+    addr: String,
+
+    /// Print the JSON object the server sent.
+    #[arg(long)]
+    json: bool,
+
+    /// Time allowed to connect and for the answer.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +336,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Send(args) => send(args).await,
             Command::Bench(args) => bench(args).await,
+            Command::Stats(args) => stats(args).await,
         }
     });
     match result {
@@ -501,6 +523,41 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             };
             raw_exchange(addr, &payload, args.count, &options, print).await?;
         }
+    }
+    Ok(())
+}
+
+async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let config = ClientConfig {
+        connect_timeout: args.timeout,
+        call_timeout: args.timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(args.addr.as_str(), config).await?;
+    let snapshot = client.stats().await?;
+    client.close().await;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&snapshot)?)?;
+        return Ok(());
+    }
+    let lines = [
+        ("accepted", snapshot.accepted),
+        ("rejected_busy", snapshot.rejected_busy),
+        ("accept_errors", snapshot.accept_errors),
+        ("open", snapshot.open),
+        ("protocol_errors", snapshot.protocol_errors),
+        ("requests", snapshot.requests),
+        ("oneway", snapshot.oneway),
+        ("replies", snapshot.replies),
+        ("errors", snapshot.errors),
+        ("pings", snapshot.pings),
+    ];
+    for (name, value) in lines {
+        writeln!(stdout, "{name} {value}")?;
+    }
+    for (reason, value) in &snapshot.closed {
+        writeln!(stdout, "closed.{reason} {value}")?;
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ use crate::codec::{
 use crate::compat;
 use crate::config::{Config, Framing};
 use crate::connection::{Conn, Io, Outbox};
+use crate::stats::{CloseReason, Stats, Tally};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).
@@ -156,91 +157,160 @@ const LOG_PAYLOAD_BYTES: usize = 256;
 ///
 /// Accept errors never end the loop: errors about one connection are skipped, others (such
 /// as running out of file descriptors) are logged and followed by a pause of up to a second.
+///
+/// The same as `Server::new(config, handler).run(listener, shutdown)`; use [`Server`] to
+/// read the counters while it runs.
 pub async fn run<H: Handler>(
     listener: TcpListener,
     config: Config,
     handler: H,
     shutdown: impl Future,
 ) {
-    let shared = Arc::new(Shared { config, handler });
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "listening");
-    }
+    Server::new(config, handler).run(listener, shutdown).await;
+}
 
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = Duration::ZERO;
-                accepted
-            }
-            Err(err) if is_connection_error(&err) => {
-                debug!(cause = %err, "accept failed for one connection");
-                continue;
-            }
-            Err(err) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                error!(cause = %err, pause = ?backoff, "accept failed; pausing before the next accept");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => continue,
-                    _ = &mut shutdown => break,
-                }
-            }
-        };
-        // Small requests and replies must leave at once rather than wait for Nagle's
-        // algorithm; batching is done by the connection task instead.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
+/// A server before it runs: its settings, its handler, and its counters.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use courier::server::{Builtin, Server};
+/// let server = Server::new(courier::config::Config::default(), Builtin::Echo);
+/// let stats = server.stats();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// tokio::spawn(server.run(listener, tokio::signal::ctrl_c()));
+/// println!("{}", stats.snapshot());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server<H> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.shared.config)
+            .field("stats", &self.shared.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// A server with `config` answering through `handler`.
+    pub fn new(config: Config, handler: H) -> Server<H> {
+        Server {
+            shared: Arc::new(Shared {
+                config,
+                handler,
+                stats: Arc::new(Stats::new()),
+            }),
         }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            reject_busy(&stream, peer, &shared.config);
-            continue;
-        };
-        let shared = shared.clone();
-        let token = token.clone();
-        tracker.spawn(
-            async move {
-                // The permit lives exactly as long as the connection.
-                let _permit = permit;
-                debug!("accepted");
-                let served = match shared.config.framing {
-                    Framing::Courier => serve(stream, &shared, token).await,
-                    Framing::Plain | Framing::Raw => compat::serve(stream, &shared, token).await,
-                };
-                match served {
-                    Ok(Close::Clean(reason)) => debug!(reason, "connection closed"),
-                    Ok(Close::Limit(reason)) => info!(reason, "connection closed"),
-                    Err(err) => info!(cause = %err, "connection closed with error"),
-                }
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
     }
 
-    drop(listener);
-    token.cancel();
-    tracker.close();
-    if !tracker.is_empty() {
-        info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
+    /// The server's counters, readable while it runs and after.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
     }
-    if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            connections = tracker.len(),
-            "drain timeout passed; closing the remaining connections"
-        );
-    } else {
-        info!("shut down cleanly");
+
+    /// Serves connections from `listener` until `shutdown` completes, then drains; see
+    /// [`run`]. Logs the counters when it returns.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future) {
+        let shared = self.shared;
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "listening");
+        }
+
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::ZERO;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff = Duration::ZERO;
+                    accepted
+                }
+                Err(err) if is_connection_error(&err) => {
+                    debug!(cause = %err, "accept failed for one connection");
+                    continue;
+                }
+                Err(err) => {
+                    shared.stats.accept_error();
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    error!(cause = %err, pause = ?backoff, "accept failed; pausing before the next accept");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => continue,
+                        _ = &mut shutdown => break,
+                    }
+                }
+            };
+            // Small requests and replies must leave at once rather than wait for Nagle's
+            // algorithm; batching is done by the connection task instead.
+            if let Err(err) = stream.set_nodelay(true) {
+                debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
+            }
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                shared.stats.rejected_busy();
+                reject_busy(&stream, peer, &shared.config);
+                continue;
+            };
+            shared.stats.opened();
+            let shared = shared.clone();
+            let token = token.clone();
+            tracker.spawn(
+                async move {
+                    // The permit lives exactly as long as the connection.
+                    let _permit = permit;
+                    debug!("accepted");
+                    let served = match shared.config.framing {
+                        Framing::Courier => serve(stream, &shared, token).await,
+                        Framing::Plain | Framing::Raw => {
+                            compat::serve(stream, &shared, token).await
+                        }
+                    };
+                    let reason = match served {
+                        Ok(close) if close.reason.is_clean() => {
+                            debug!(reason = %close.reason, "connection closed");
+                            close.reason
+                        }
+                        Ok(close) => {
+                            info!(reason = %close.reason, detail = %close.detail, "connection closed");
+                            close.reason
+                        }
+                        Err(err) => {
+                            info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
+                            CloseReason::IoError
+                        }
+                    };
+                    shared.stats.closed(reason);
+                }
+                .instrument(info_span!("conn", %peer)),
+            );
+        }
+
+        drop(listener);
+        token.cancel();
+        tracker.close();
+        if !tracker.is_empty() {
+            info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
+        }
+        if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = tracker.len(),
+                "drain timeout passed; closing the remaining connections"
+            );
+        } else {
+            info!("shut down cleanly");
+        }
+        info!(counters = %shared.stats.snapshot(), "counters at shutdown");
     }
 }
 
@@ -340,14 +410,32 @@ fn reject_busy(stream: &TcpStream, peer: SocketAddr, config: &Config) {
 pub(crate) struct Shared<H> {
     pub(crate) config: Config,
     pub(crate) handler: H,
+    pub(crate) stats: Arc<Stats>,
 }
 
-/// Why a connection ended without an I/O error.
-pub(crate) enum Close {
-    /// The peer finished, or the server drained: nothing went wrong.
-    Clean(&'static str),
-    /// A limit or a protocol rule ended it; logged at info.
-    Limit(String),
+/// Why a connection ended without an I/O error: the counted reason and, for limits and
+/// faults, the text that was logged (and usually sent to the peer).
+pub(crate) struct Close {
+    pub(crate) reason: CloseReason,
+    pub(crate) detail: String,
+}
+
+impl Close {
+    pub(crate) fn new(reason: CloseReason, detail: impl Into<String>) -> Close {
+        Close {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The close a decoding error calls for: an oversize frame, or a protocol error.
+    pub(crate) fn for_codec(err: &CodecError) -> Close {
+        let reason = match err.error_code() {
+            Some(ErrorCode::FrameTooLarge) => CloseReason::FrameTooLarge,
+            _ => CloseReason::Protocol,
+        };
+        Close::new(reason, err.to_string())
+    }
 }
 
 /// A handler's result, tagged with what it answers.
@@ -378,6 +466,7 @@ where
     let mut in_flight = InFlight::default();
 
     let close = 'conn: loop {
+        shared.stats.add(&mut session.tally);
         if conn.out.overflowed {
             // The peer is not reading, so an ERROR would not reach it either.
             return Ok(slow_reader(conn.out.pending(), config));
@@ -388,7 +477,14 @@ where
             conn.out.push(Frame::goaway(session.last_id));
         }
         if (session.peer_done || draining) && in_flight.is_empty() && conn.out.pending() == 0 {
-            break Close::Clean(if draining { "drained" } else { "peer closed" });
+            break Close::new(
+                if draining {
+                    CloseReason::Drained
+                } else {
+                    CloseReason::PeerClosed
+                },
+                "",
+            );
         }
         let can_read = !session.peer_done && !draining && in_flight.len() < config.max_in_flight;
         let idle = in_flight.is_empty();
@@ -398,7 +494,7 @@ where
         let event = tokio::select! {
             biased;
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                finish(finished, &mut session.ids, session.peer_max_frame, &mut conn.out);
+                session.finish(finished, &mut conn.out);
                 continue;
             }
             event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
@@ -419,7 +515,7 @@ where
             Io::Deadline(which) => {
                 let (code, reason) = which.describe(config);
                 conn.out.push(Frame::error(0, code, &reason));
-                break Close::Limit(reason);
+                break Close::new(which.reason(), reason);
             }
             Io::Read(Some(item)) => item,
         };
@@ -433,23 +529,25 @@ where
                     let Some(code) = err.error_code() else {
                         return Err(into_io(err));
                     };
-                    let reason = err.to_string();
-                    conn.out.push(Frame::error(err.request_id(), code, &reason));
-                    break 'conn Close::Limit(reason);
+                    let close = Close::for_codec(&err);
+                    conn.out
+                        .push(Frame::error(err.request_id(), code, &close.detail));
+                    break 'conn close;
                 }
             };
             match session.on_frame(frame, &mut conn, config) {
                 Action::Nothing => {}
                 Action::Close(close) => break 'conn close,
+                Action::Stats(id) => {
+                    shared.stats.add(&mut session.tally);
+                    let snapshot = shared.stats.snapshot();
+                    // Serializing plain integers and strings cannot fail.
+                    let json = serde_json::to_vec(&snapshot).unwrap_or_default();
+                    conn.out.push(Frame::reply(id, Bytes::from(json)));
+                }
                 Action::Dispatch(request) => {
                     if let Some(result) = shared.handler.ready(&request) {
-                        let done = (request.id, request.oneway, result);
-                        finish(
-                            done,
-                            &mut session.ids,
-                            session.peer_max_frame,
-                            &mut conn.out,
-                        );
+                        session.finish((request.id, request.oneway, result), &mut conn.out);
                     } else {
                         if !request.oneway {
                             session.ids.insert(request.id);
@@ -470,6 +568,7 @@ where
     // Requests still in flight here belong to a connection closed for a protocol error or
     // a limit; they are dropped with it.
     drop(in_flight);
+    shared.stats.add(&mut session.tally);
     conn.close().await;
     Ok(close)
 }
@@ -521,12 +620,16 @@ struct Session {
     last_id: u32,
     /// Ids of requests being handled, to refuse duplicates.
     ids: HashSet<u32>,
+    /// Counts not yet added to the server's counters.
+    tally: Tally,
 }
 
 /// What the connection loop does after a frame.
 enum Action {
     Nothing,
     Dispatch(Request),
+    /// Answer a STATS frame with this id.
+    Stats(u32),
     Close(Close),
 }
 
@@ -559,7 +662,7 @@ impl Session {
                 }
                 Err((code, reason)) => {
                     out.push(Frame::error(0, code, &reason));
-                    Action::Close(Close::Limit(reason))
+                    Action::Close(Close::new(CloseReason::Protocol, reason))
                 }
             };
         }
@@ -570,10 +673,12 @@ impl Session {
                     if frame.id == 0 {
                         let reason = "protocol error: request id 0 is reserved for the connection";
                         out.push(Frame::error(0, ErrorCode::Protocol, reason));
-                        return Action::Close(Close::Limit(reason.into()));
+                        return Action::Close(Close::new(CloseReason::Protocol, reason));
                     }
                     if self.ids.contains(&frame.id) {
                         debug!(id = frame.id, "duplicate request id");
+                        self.tally.protocol_errors += 1;
+                        self.tally.errors += 1;
                         let text = format!(
                             "duplicate request id {}: a request with this id is still in flight",
                             frame.id
@@ -582,6 +687,9 @@ impl Session {
                         return Action::Nothing;
                     }
                     self.last_id = frame.id;
+                    self.tally.requests += 1;
+                } else {
+                    self.tally.oneway += 1;
                 }
                 debug!(
                     id = frame.id,
@@ -597,9 +705,11 @@ impl Session {
                 })
             }
             Kind::Ping => {
+                self.tally.pings += 1;
                 out.push(Frame::new(Kind::Pong, frame.id, frame.payload));
                 Action::Nothing
             }
+            Kind::Stats => Action::Stats(frame.id),
             Kind::Pong => Action::Nothing,
             Kind::GoAway => {
                 debug!("peer sent GOAWAY: finishing its requests");
@@ -609,7 +719,7 @@ impl Session {
             Kind::Error => {
                 let body = crate::codec::ErrorBody::parse(&frame.payload);
                 warn!(?body, "peer sent ERROR; closing");
-                Action::Close(Close::Limit("peer sent ERROR".into()))
+                Action::Close(Close::new(CloseReason::PeerError, "peer sent ERROR"))
             }
             Kind::Hello | Kind::Reply => {
                 let reason = format!(
@@ -617,20 +727,67 @@ impl Session {
                     frame.kind
                 );
                 out.push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
-                Action::Close(Close::Limit(reason))
+                Action::Close(Close::new(CloseReason::Protocol, reason))
             }
         }
     }
+
+    /// Queues the outcome of a finished handler call.
+    fn finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        (id, oneway, result): Finished,
+        out: &mut Outbox<W, Codec>,
+    ) {
+        let peer_max_frame = self.peer_max_frame;
+        if oneway {
+            if let Err(err) = result {
+                warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+            }
+            return;
+        }
+        self.ids.remove(&id);
+        let frame = match result {
+            Ok(payload) if payload.len() > peer_max_frame => {
+                warn!(
+                    id,
+                    len = payload.len(),
+                    peer_max_frame,
+                    "reply larger than the client accepts"
+                );
+                self.tally.errors += 1;
+                Frame::error(
+                    id,
+                    ErrorCode::FrameTooLarge,
+                    &format!(
+                        "frame too large: the reply is {} bytes, the client's max_frame is {peer_max_frame} bytes",
+                        payload.len()
+                    ),
+                )
+            }
+            Ok(payload) => {
+                debug!(id, len = payload.len(), payload = %LogHex(&payload), "reply");
+                self.tally.replies += 1;
+                Frame::reply(id, payload)
+            }
+            Err(err) => {
+                debug!(id, code = %err.code, message = %err.message, "handler failed");
+                self.tally.errors += 1;
+                Frame::error(id, err.code, &err.message)
+            }
+        };
+        out.push(frame);
+    }
 }
 
-/// Logs and describes the close of a connection whose peer does not read its output.
+/// Describes the close of a connection whose peer does not read its output.
 pub(crate) fn slow_reader(pending: usize, config: &Config) -> Close {
-    warn!(
-        pending,
-        limit = config.max_pending_output,
-        "closing slow reader: output is not being read (max_pending_output)"
-    );
-    Close::Limit("slow reader (max_pending_output)".into())
+    Close::new(
+        CloseReason::SlowReader,
+        format!(
+            "slow reader: {pending} bytes of output unread, more than max_pending_output ({})",
+            config.max_pending_output
+        ),
+    )
 }
 
 /// Checks the client's HELLO; on failure returns the ERROR code and text to send.
@@ -674,49 +831,6 @@ pub(crate) fn call<H: Handler>(
             let result = result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked")));
             (id, oneway, result)
         })
-}
-
-/// Queues the outcome of a finished handler call.
-fn finish<W: AsyncWrite + Unpin>(
-    (id, oneway, result): Finished,
-    ids: &mut HashSet<u32>,
-    peer_max_frame: usize,
-    out: &mut Outbox<W, Codec>,
-) {
-    if oneway {
-        if let Err(err) = result {
-            warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
-        }
-        return;
-    }
-    ids.remove(&id);
-    let frame = match result {
-        Ok(payload) if payload.len() > peer_max_frame => {
-            warn!(
-                id,
-                len = payload.len(),
-                peer_max_frame,
-                "reply larger than the client accepts"
-            );
-            Frame::error(
-                id,
-                ErrorCode::FrameTooLarge,
-                &format!(
-                    "frame too large: the reply is {} bytes, the client's max_frame is {peer_max_frame} bytes",
-                    payload.len()
-                ),
-            )
-        }
-        Ok(payload) => {
-            debug!(id, len = payload.len(), payload = %LogHex(&payload), "reply");
-            Frame::reply(id, payload)
-        }
-        Err(err) => {
-            debug!(id, code = %err.code, message = %err.message, "handler failed");
-            Frame::error(id, err.code, &err.message)
-        }
-    };
-    out.push(frame);
 }
 
 pub(crate) fn into_io(err: CodecError) -> io::Error {
