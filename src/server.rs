@@ -212,6 +212,19 @@ impl<H: Handler> Server<H> {
         self.shared.stats.clone()
     }
 
+    /// Serves one connection that was accepted elsewhere (any byte stream: an in-memory
+    /// pipe, a transport of the embedder's own) until it ends, with the same limits,
+    /// deadlines, logging and counters as connections from [`Server::run`]. Cancelling
+    /// `shutdown` drains it (GOAWAY, then every received request answered).
+    ///
+    /// Returns why the connection ended.
+    pub async fn serve_connection<S>(&self, stream: S, shutdown: CancellationToken) -> CloseReason
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        serve_connection(stream, &self.shared, shutdown).await
+    }
+
     /// Serves connections from `listener` until `shutdown` completes, then drains; see
     /// [`run`]. Logs the counters when it returns.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future) {
@@ -259,35 +272,13 @@ impl<H: Handler> Server<H> {
                 reject_busy(&stream, peer, &shared.config);
                 continue;
             };
-            shared.stats.opened();
             let shared = shared.clone();
             let token = token.clone();
             tracker.spawn(
                 async move {
                     // The permit lives exactly as long as the connection.
                     let _permit = permit;
-                    debug!("accepted");
-                    let served = match shared.config.framing {
-                        Framing::Courier => serve(stream, &shared, token).await,
-                        Framing::Plain | Framing::Raw => {
-                            compat::serve(stream, &shared, token).await
-                        }
-                    };
-                    let reason = match served {
-                        Ok(close) if close.reason.is_clean() => {
-                            debug!(reason = %close.reason, "connection closed");
-                            close.reason
-                        }
-                        Ok(close) => {
-                            info!(reason = %close.reason, detail = %close.detail, "connection closed");
-                            close.reason
-                        }
-                        Err(err) => {
-                            info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
-                            CloseReason::IoError
-                        }
-                    };
-                    shared.stats.closed(reason);
+                    serve_connection(stream, &shared, token).await;
                 }
                 .instrument(info_span!("conn", %peer)),
             );
@@ -312,6 +303,41 @@ impl<H: Handler> Server<H> {
         }
         info!(counters = %shared.stats.snapshot(), "counters at shutdown");
     }
+}
+
+/// Serves one accepted connection to its end in the configured framing, logs why it ended
+/// (at debug for an ordinary end, at info for a limit or a fault) and counts it.
+async fn serve_connection<S, H>(
+    stream: S,
+    shared: &Shared<H>,
+    token: CancellationToken,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
+{
+    shared.stats.opened();
+    debug!("accepted");
+    let served = match shared.config.framing {
+        Framing::Courier => serve(stream, shared, token).await,
+        Framing::Plain | Framing::Raw => compat::serve(stream, shared, token).await,
+    };
+    let reason = match served {
+        Ok(close) if close.reason.is_clean() => {
+            debug!(reason = %close.reason, "connection closed");
+            close.reason
+        }
+        Ok(close) => {
+            info!(reason = %close.reason, detail = %close.detail, "connection closed");
+            close.reason
+        }
+        Err(err) => {
+            info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
+            CloseReason::IoError
+        }
+    };
+    shared.stats.closed(reason);
+    reason
 }
 
 /// Binds a TCP listener on `addr` (`HOST:PORT`; a name resolves to its first address)
@@ -671,9 +697,7 @@ impl Session {
                 let oneway = frame.kind == Kind::Oneway;
                 if !oneway {
                     if frame.id == 0 {
-                        let reason = "protocol error: request id 0 is reserved for the connection";
-                        out.push(Frame::error(0, ErrorCode::Protocol, reason));
-                        return Action::Close(Close::new(CloseReason::Protocol, reason));
+                        return id_zero(frame.kind, out);
                     }
                     if self.ids.contains(&frame.id) {
                         debug!(id = frame.id, "duplicate request id");
@@ -709,6 +733,7 @@ impl Session {
                 out.push(Frame::new(Kind::Pong, frame.id, frame.payload));
                 Action::Nothing
             }
+            Kind::Stats if frame.id == 0 => id_zero(frame.kind, out),
             Kind::Stats => Action::Stats(frame.id),
             Kind::Pong => Action::Nothing,
             Kind::GoAway => {
@@ -777,6 +802,14 @@ impl Session {
         };
         out.push(frame);
     }
+}
+
+/// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an answer
+/// to it would be taken for one about the whole connection).
+fn id_zero<W: AsyncWrite + Unpin>(kind: Kind, out: &mut Outbox<W, Codec>) -> Action {
+    let reason = format!("protocol error: {kind} with id 0; id 0 is reserved for the connection");
+    out.push(Frame::error(0, ErrorCode::Protocol, &reason));
+    Action::Close(Close::new(CloseReason::Protocol, reason))
 }
 
 /// Describes the close of a connection whose peer does not read its output.

@@ -1,0 +1,278 @@
+//! What the fuzz targets run, shared by `fuzz/fuzz_targets/*.rs` and by the test that
+//! replays the saved corpus in CI (`tests/fuzz_corpus.rs`), which include this file.
+//! Needs Tokio's `test-util` feature (paused time).
+//!
+//! Each function panics when it finds a bug: a crash in the code under test, a frame the
+//! server wrote that does not decode, a request left unanswered on a clean close, or a
+//! connection that never ends.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use courier::codec::{Codec, ErrorBody, Frame, Hello, Kind, PlainCodec, MAX_PAYLOAD_LIMIT};
+use courier::config::{Config, Framing};
+use courier::server::{Builtin, HandlerError, Request, Server};
+use courier::stats::CloseReason;
+
+/// Decodes `data` as a stream of courier frames (and as plain framing), checking that
+/// every frame decoded re-encodes to exactly the bytes it came from, and that HELLO and
+/// ERROR bodies parse or fail without panicking.
+pub(crate) fn decode(data: &[u8]) {
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
+    // The first byte picks the limit, so small limits (and their errors) are reachable.
+    let max = usize::from(first) * 16;
+    let mut codec = Codec::new(max);
+    let mut buf = BytesMut::from(data);
+    let mut consumed = 0;
+    loop {
+        let before = buf.len();
+        match codec.decode(&mut buf) {
+            Ok(Some(frame)) => {
+                let used = before - buf.len();
+                assert!(frame.payload.len() <= max, "payload above the limit");
+                let mut again = BytesMut::new();
+                Codec::new(0)
+                    .encode(frame.clone(), &mut again)
+                    .expect("a decoded frame encodes");
+                assert_eq!(
+                    &again[..],
+                    &data[consumed..consumed + used],
+                    "re-encoding differs"
+                );
+                consumed += used;
+                match frame.kind {
+                    Kind::Hello => {
+                        let _ = Hello::parse(&frame.payload);
+                    }
+                    Kind::Error => {
+                        let _ = ErrorBody::parse(&frame.payload);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "no frame, but bytes were taken");
+                let _ = codec.decode_eof(&mut buf);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+
+    let mut plain = PlainCodec::new(max);
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(message)) = plain.decode(&mut buf) {
+        assert!(message.len() <= max);
+    }
+}
+
+/// The settings the connection target runs with: limits small enough that a fuzzer
+/// reaches every one of them.
+fn fuzz_config(framing: Framing) -> Config {
+    Config {
+        framing,
+        max_frame: 1024,
+        max_in_flight: 4,
+        max_pending_output: 4096,
+        handshake_timeout: Duration::from_secs(5),
+        frame_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        ..Config::default()
+    }
+}
+
+/// The handler of the connection target when it asks for one that waits: payloads
+/// starting with 0xff fail, 0xfe sleep a second first, others echo.
+async fn slow_handler(request: Request) -> Result<Bytes, HandlerError> {
+    match request.payload.first() {
+        Some(0xff) => Err(HandlerError::new("asked to fail")),
+        Some(0xfe) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(request.payload)
+        }
+        _ => Ok(request.payload),
+    }
+}
+
+/// Runs one server connection fed by `data`, on a single-thread runtime with paused time.
+///
+/// `data[0]` holds flags: bit 0 sends a valid HELLO first; bit 1 uses plain framing;
+/// bit 2 uses a handler that waits (`slow_handler`) instead of the inline echo; bit 3
+/// makes the client never read (a slow reader); bit 4 keeps the connection open after the
+/// input (no EOF), so only a deadline can end it; bit 5 starts a server shutdown after the
+/// input. The rest is a list of chunks, each a length byte and that many bytes, written
+/// one write each; a length of 0 is a pause of (next byte x 100 ms).
+pub(crate) fn connection(data: &[u8]) {
+    let Some((&flags, script)) = data.split_first() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let run = drive(flags, script);
+        // Every deadline is far below this; reaching it means the connection hangs.
+        if tokio::time::timeout(Duration::from_secs(3600), run)
+            .await
+            .is_err()
+        {
+            panic!("the connection did not end within an hour of (virtual) time");
+        }
+    });
+}
+
+async fn drive(flags: u8, script: &[u8]) {
+    let framing = if flags & 0b10 != 0 {
+        Framing::Plain
+    } else {
+        Framing::Courier
+    };
+    let config = fuzz_config(framing);
+    let (server_side, client_side) = tokio::io::duplex(16 * 1024);
+    let token = CancellationToken::new();
+    let (server, stats) = if flags & 0b100 != 0 {
+        let server = Server::new(config, slow_handler);
+        let stats = server.stats();
+        let token = token.clone();
+        let task = async move { server.serve_connection(server_side, token).await };
+        (tokio::spawn(task), stats)
+    } else {
+        let server = Server::new(config, Builtin::Echo);
+        let stats = server.stats();
+        let token = token.clone();
+        let task = async move { server.serve_connection(server_side, token).await };
+        (tokio::spawn(task), stats)
+    };
+
+    let (read_half, mut write_half) = tokio::io::split(client_side);
+    let reader = tokio::spawn(read_all(read_half, framing, flags & 0b1000 != 0));
+
+    let mut chunks = Vec::new();
+    if flags & 1 != 0 && framing == Framing::Courier {
+        let mut hello = BytesMut::new();
+        let _ = Codec::new(0).encode(Frame::hello(&Hello::new(1 << 20)), &mut hello);
+        chunks.push(Chunk::Bytes(hello.freeze()));
+    }
+    chunks.extend(parse_script(script));
+    for chunk in chunks {
+        let result = match chunk {
+            Chunk::Bytes(bytes) => write_half.write_all(&bytes).await,
+            Chunk::Pause(pause) => {
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            // The server closed the connection; the rest of the input goes nowhere.
+            break;
+        }
+    }
+    if flags & 0b10_0000 != 0 {
+        token.cancel();
+    }
+    if flags & 0b1_0000 == 0 {
+        let _ = write_half.shutdown().await;
+    }
+
+    let close = server.await.expect("the server task panicked");
+    // Once the server is done its side is dropped, so the reader sees the end.
+    drop(write_half);
+    reader.await.expect("the server wrote something invalid");
+
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.open, 0, "the connection is still counted as open");
+    if matches!(close, CloseReason::PeerClosed | CloseReason::Drained)
+        && framing == Framing::Courier
+    {
+        // A clean close answers every request: with a REPLY or an ERROR, or (for a
+        // duplicate id, the one protocol error that does not close) an ERROR.
+        assert_eq!(
+            snapshot.requests + snapshot.protocol_errors,
+            snapshot.replies + snapshot.errors,
+            "a clean close left requests unanswered: {snapshot}"
+        );
+    }
+}
+
+enum Chunk {
+    Bytes(Bytes),
+    Pause(Duration),
+}
+
+fn parse_script(mut script: &[u8]) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    while let Some((&len, rest)) = script.split_first() {
+        if len == 0 {
+            let tenths = rest.first().copied().unwrap_or(1);
+            chunks.push(Chunk::Pause(Duration::from_millis(100 * u64::from(tenths))));
+            script = rest.get(1..).unwrap_or_default();
+            continue;
+        }
+        let take = usize::from(len).min(rest.len());
+        chunks.push(Chunk::Bytes(Bytes::copy_from_slice(&rest[..take])));
+        script = &rest[take..];
+    }
+    chunks
+}
+
+/// Reads everything the server writes and checks it: courier output starts with HELLO,
+/// every frame decodes, nothing follows an ERROR about the whole connection, replies carry
+/// request ids other than 0. A reader that `stalls` reads nothing until the server is done.
+async fn read_all(read_half: tokio::io::ReadHalf<DuplexStream>, framing: Framing, stalls: bool) {
+    if stalls {
+        // Hold the half open without reading: the server must give up on its own. The
+        // server's close lingers for a bounded time, so this ends once its side is gone.
+        let mut read_half = read_half;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut read_half, &mut sink).await;
+        return;
+    }
+    match framing {
+        Framing::Courier => {
+            let mut frames = FramedRead::new(read_half, Codec::new(MAX_PAYLOAD_LIMIT));
+            let mut first = true;
+            let mut ended = false;
+            while let Some(frame) = frames.next().await {
+                let frame = frame.expect("the server's output decodes");
+                assert!(!ended, "a frame after the connection's ERROR: {frame:?}");
+                if first {
+                    assert_eq!(
+                        frame.kind,
+                        Kind::Hello,
+                        "the server speaks first with HELLO"
+                    );
+                    first = false;
+                    continue;
+                }
+                match frame.kind {
+                    Kind::Reply => assert_ne!(frame.id, 0, "a REPLY to id 0"),
+                    Kind::Error if frame.id == 0 => {
+                        ErrorBody::parse(&frame.payload).expect("an ERROR body parses");
+                        ended = true;
+                    }
+                    Kind::Error => {
+                        ErrorBody::parse(&frame.payload).expect("an ERROR body parses");
+                    }
+                    Kind::Pong | Kind::GoAway => {}
+                    other => panic!("the server sent {other}"),
+                }
+            }
+        }
+        _ => {
+            let mut messages = FramedRead::new(read_half, PlainCodec::new(MAX_PAYLOAD_LIMIT));
+            while let Some(message) = messages.next().await {
+                message.expect("the server's plain output decodes");
+            }
+        }
+    }
+}
