@@ -5,7 +5,8 @@
 //! request an id, writes requests in batches, and routes every REPLY or ERROR back to its
 //! caller by id, so replies may come back in any order. `Client` is a handle to that task:
 //! cloning it is cheap, and the connection closes when the last clone is dropped or
-//! [`Client::close`] is called.
+//! [`Client::close`] is called. [`Reconnecting`] wraps it for long-lived programs: when the
+//! connection ends, the next call connects again, with backoff and jitter.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -252,6 +253,12 @@ impl Client {
         if self.commands.send(Command::Close { done }).await.is_ok() {
             let _ = tokio::time::timeout(self.call_timeout, wait).await;
         }
+    }
+
+    /// Whether the connection has ended (the server closed it, or it failed); calls on a
+    /// closed client fail at once.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get().is_some() || self.commands.is_closed()
     }
 
     /// The largest payload the server accepts, from its HELLO.
@@ -565,6 +572,136 @@ impl Task {
                     frame.kind
                 )))
             }
+        }
+    }
+}
+
+/// How long a [`Reconnecting`] client waits between failed connection attempts: a random
+/// time between zero and a ceiling that doubles from `initial` up to `max` with each
+/// failure ("full jitter"), so that many clients of a restarted server do not all reconnect
+/// in the same instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Ceiling of the first wait.
+    pub initial: Duration,
+    /// Largest ceiling.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `failures` consecutive failed attempts (at least 1).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        let ceiling = self.initial.saturating_mul(1 << doublings).min(self.max);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// A client that reconnects. Calls go through one connection while it lasts; when it ends
+/// (the server closed it, went away, or died), the next call connects again, after a
+/// [`Backoff`] wait if the previous attempt failed.
+///
+/// Nothing is retried behind the caller's back: a call that fails returns its error, so
+/// the caller decides. [`ClientError::GoingAway`] means the request was not processed and
+/// is safe to send again; [`ClientError::Closed`] means its fate is unknown; connection
+/// errors ([`ClientError::Refused`] and the like) mean nothing was sent.
+#[derive(Debug, Clone)]
+pub struct Reconnecting {
+    inner: Arc<ReconnectingInner>,
+}
+
+#[derive(Debug)]
+struct ReconnectingInner {
+    addr: String,
+    config: ClientConfig,
+    backoff: Backoff,
+    state: tokio::sync::Mutex<ConnState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    client: Option<Client>,
+    failures: u32,
+    next_attempt: Option<tokio::time::Instant>,
+}
+
+impl Reconnecting {
+    /// A client for `addr` that connects on its first call.
+    pub fn new(addr: impl Into<String>, config: ClientConfig, backoff: Backoff) -> Reconnecting {
+        Reconnecting {
+            inner: Arc::new(ReconnectingInner {
+                addr: addr.into(),
+                config,
+                backoff,
+                state: tokio::sync::Mutex::new(ConnState::default()),
+            }),
+        }
+    }
+
+    /// Sends `payload` as a REQUEST and waits for its reply, connecting first if needed.
+    ///
+    /// # Errors
+    /// As [`Client::connect`] when there is no connection and making one fails, then as
+    /// [`Client::call`].
+    pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        let client = self.connection().await?;
+        let result = client.call(payload).await;
+        if matches!(
+            result,
+            Err(ClientError::GoingAway | ClientError::Closed { .. } | ClientError::Protocol(_))
+        ) {
+            self.forget(&client).await;
+        }
+        result
+    }
+
+    /// The current connection, or a new one.
+    async fn connection(&self) -> Result<Client, ClientError> {
+        let mut state = self.inner.state.lock().await;
+        if let Some(client) = &state.client {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+            state.client = None;
+        }
+        if let Some(at) = state.next_attempt {
+            tokio::time::sleep_until(at).await;
+        }
+        match Client::connect_with(self.inner.addr.as_str(), self.inner.config.clone()).await {
+            Ok(client) => {
+                state.failures = 0;
+                state.next_attempt = None;
+                state.client = Some(client.clone());
+                Ok(client)
+            }
+            Err(err) => {
+                state.failures = state.failures.saturating_add(1);
+                let wait = self.inner.backoff.delay(state.failures);
+                debug!(addr = %self.inner.addr, cause = %err, ?wait, "connect failed");
+                state.next_attempt = Some(tokio::time::Instant::now() + wait);
+                Err(err)
+            }
+        }
+    }
+
+    /// Drops `client` as the current connection, unless another call already replaced it.
+    async fn forget(&self, client: &Client) {
+        let mut state = self.inner.state.lock().await;
+        if state
+            .client
+            .as_ref()
+            .is_some_and(|current| current.commands.same_channel(&client.commands))
+        {
+            state.client = None;
         }
     }
 }

@@ -274,3 +274,75 @@ async fn calls_that_timed_out_do_not_use_up_the_in_flight_limit() {
     assert_eq!(client.call("answered").await.unwrap(), "answered");
     server.shutdown().await;
 }
+
+#[test]
+fn backoff_waits_are_jittered_below_a_doubling_capped_ceiling() {
+    use courier::client::Backoff;
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    for (failures, ceiling_ms) in [
+        (1, 100),
+        (2, 200),
+        (3, 400),
+        (4, 800),
+        (5, 1000),
+        (40, 1000),
+    ] {
+        let waits: Vec<Duration> = (0..200).map(|_| backoff.delay(failures)).collect();
+        let ceiling = Duration::from_millis(ceiling_ms);
+        assert!(
+            waits.iter().all(|wait| *wait <= ceiling),
+            "{failures}: {waits:?}"
+        );
+        // Jitter: the waits spread over the range rather than all being the ceiling.
+        let low = waits.iter().filter(|wait| **wait < ceiling / 2).count();
+        assert!(low > 20 && low < 180, "{failures}: {low} of 200 below half");
+    }
+}
+
+#[tokio::test]
+async fn reconnecting_client_connects_again_after_the_server_restarts() {
+    use courier::client::{Backoff, Reconnecting};
+    let server = common::start_echo().await;
+    let addr = server.addr;
+    let client = Reconnecting::new(
+        addr.to_string(),
+        ClientConfig::default(),
+        Backoff::default(),
+    );
+    assert_eq!(client.call("one").await.unwrap(), "one");
+    server.shutdown().await;
+    // Nothing listens now: the failure is reported, not hidden.
+    let err = client.call("two").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused { .. } | ClientError::GoingAway | ClientError::Closed { .. }
+        ),
+        "{err}"
+    );
+    // A new server on the same port; the client finds it after its backoff.
+    let listener = courier::server::bind(&addr.to_string(), 128).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(courier::server::run(
+        listener,
+        common::test_config(),
+        courier::server::Builtin::Echo,
+        stop.clone().cancelled_owned(),
+    ));
+    let mut reply = None;
+    for _ in 0..100 {
+        match client.call("three").await {
+            Ok(bytes) => {
+                reply = Some(bytes);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(reply.as_deref(), Some(&b"three"[..]));
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -173,9 +173,14 @@ pub struct Served {
 impl Served {
     /// Starts `courier serve --listen 127.0.0.1:0 ARGS` and waits for its "listening" line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        Served::start_at("127.0.0.1:0", args, env)
+    }
+
+    /// Starts `courier serve --listen LISTEN ARGS` and waits for its "listening" line.
+    pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -230,6 +235,19 @@ impl Served {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The value of `name=N` in the server's "counters at shutdown" log line.
+pub fn shutdown_counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|line| line.contains("counters at shutdown"))
+        .unwrap_or_else(|| panic!("no counters line in the log:\n{log}"));
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&key))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
 }
 
 impl Drop for Served {
