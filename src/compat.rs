@@ -24,9 +24,7 @@ use crate::client::{connect_tcp, ClientError};
 use crate::codec::{CodecError, PlainCodec, RawCodec};
 use crate::config::Framing;
 use crate::connection::{Conn, Io};
-use crate::server::{
-    call, into_io, slow_reader, Close, Finished, Handler, LogHex, Request, Shared,
-};
+use crate::server::{call, slow_reader, Close, Finished, Handler, LogHex, Request, Shared};
 use crate::stats::{CloseReason, Tally};
 
 /// Serves one connection in plain or raw framing (`shared.config.framing`).
@@ -139,7 +137,7 @@ where
             }
             // I/O failures and EOF mid-message are reported as connection errors, as in
             // the courier loop; the rest are limits the peer broke.
-            Io::Read(Some(Err(err))) if err.error_code().is_none() => return Err(into_io(err)),
+            Io::Read(Some(Err(CodecError::Io(err)))) => return Err(err),
             Io::Read(Some(Err(err))) => break Close::for_codec(&err),
             Io::Deadline(which) => break Close::new(which.reason(), which.describe(config).1),
             Io::Read(Some(Ok(payload))) => payload,

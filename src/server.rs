@@ -454,11 +454,16 @@ impl Close {
         }
     }
 
-    /// The close a decoding error calls for: an oversize frame, or a protocol error.
+    /// The close a decoding error calls for: an oversize frame, a frame cut short by the
+    /// peer's close, or a protocol error.
     pub(crate) fn for_codec(err: &CodecError) -> Close {
-        let reason = match err.error_code() {
-            Some(ErrorCode::FrameTooLarge) => CloseReason::FrameTooLarge,
-            _ => CloseReason::Protocol,
+        let reason = match err {
+            CodecError::FrameTooLarge { .. } | CodecError::MessageTooLarge { .. } => {
+                CloseReason::FrameTooLarge
+            }
+            CodecError::Truncated { .. } => CloseReason::Truncated,
+            CodecError::Io(_) => CloseReason::IoError,
+            CodecError::BadLength { .. } | CodecError::UnknownKind { .. } => CloseReason::Protocol,
         };
         Close::new(reason, err.to_string())
     }
@@ -551,13 +556,13 @@ where
         while let Some(item) = next {
             let frame = match item {
                 Ok(frame) => frame,
+                Err(CodecError::Io(err)) => return Err(err),
                 Err(err) => {
-                    let Some(code) = err.error_code() else {
-                        return Err(into_io(err));
-                    };
                     let close = Close::for_codec(&err);
-                    conn.out
-                        .push(Frame::error(err.request_id(), code, &close.detail));
+                    if let Some(code) = err.error_code() {
+                        conn.out
+                            .push(Frame::error(err.request_id(), code, &close.detail));
+                    }
                     break 'conn close;
                 }
             };
@@ -864,13 +869,6 @@ pub(crate) fn call<H: Handler>(
             let result = result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked")));
             (id, oneway, result)
         })
-}
-
-pub(crate) fn into_io(err: CodecError) -> io::Error {
-    match err {
-        CodecError::Io(err) => err,
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
-    }
 }
 
 /// Formats a payload as lowercase hex for debug logs, cut at `LOG_PAYLOAD_BYTES`.

@@ -30,6 +30,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// The peer did not read its replies (`max_pending_output`).
     SlowReader,
+    /// The peer closed its side in the middle of a frame.
+    Truncated,
     /// The peer broke the protocol (bad HELLO, unknown kind, a frame out of place).
     Protocol,
     /// The peer sent an ERROR about the whole connection.
@@ -42,7 +44,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in the order [`Snapshot::closed`] lists them.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::PeerClosed,
         CloseReason::Drained,
         CloseReason::CloseAfter,
@@ -51,6 +53,7 @@ impl CloseReason {
         CloseReason::FrameTimeout,
         CloseReason::IdleTimeout,
         CloseReason::SlowReader,
+        CloseReason::Truncated,
         CloseReason::Protocol,
         CloseReason::PeerError,
         CloseReason::HandlerFailed,
@@ -68,6 +71,7 @@ impl CloseReason {
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::SlowReader => "slow_reader",
+            CloseReason::Truncated => "truncated",
             CloseReason::Protocol => "protocol_error",
             CloseReason::PeerError => "peer_error",
             CloseReason::HandlerFailed => "handler_failed",

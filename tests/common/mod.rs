@@ -132,6 +132,15 @@ impl RawPeer {
         (frame, body)
     }
 
+    /// Closes the write side (a TCP half-close); reading goes on.
+    pub async fn shutdown_write(&mut self) {
+        self.framed
+            .get_mut()
+            .shutdown()
+            .await
+            .expect("shutdown(Write)");
+    }
+
     /// Expects the server to close the connection.
     pub async fn expect_closed(&mut self) {
         if let Some(frame) = self.recv().await {
@@ -182,13 +191,25 @@ impl Served {
         command
             .args(["serve", "--listen", listen])
             .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("RUST_LOG");
         for (key, value) in env {
             command.env(key, value);
         }
+        Served::spawn(command)
+    }
+
+    /// Runs `sh -c COMMAND`, which must `exec` a `courier serve` (after a `ulimit`, say).
+    pub fn start_shell(shell_command: &str) -> Served {
+        let mut command = Command::new("sh");
+        command.args(["-c", shell_command]).env_remove("RUST_LOG");
+        Served::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Served {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn courier serve");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -208,6 +229,11 @@ impl Served {
             .recv_timeout(Duration::from_secs(30))
             .expect("server logs its address within 30 s");
         Served { child, addr, log }
+    }
+
+    /// Whether the process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn log_text(&self) -> String {
