@@ -29,7 +29,8 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 use crate::client::{connect_tcp, ClientError};
 use crate::codec::{
-    put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, MAX_HELLO_PAYLOAD,
+    put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HELLO_AUTH_TOKEN,
+    MAX_HELLO_PAYLOAD,
 };
 use crate::config::Framing;
 
@@ -58,6 +59,29 @@ pub struct BenchConfig {
     pub framing: Framing,
     /// Time allowed to connect, and for any one reply.
     pub timeout: Duration,
+    /// The token to present in HELLO, for a server that requires one.
+    pub auth_token: Option<Bytes>,
+}
+
+impl Default for BenchConfig {
+    /// The `courier bench` defaults: 50 connections, no pipelining, 64-byte payloads, 10 s
+    /// after a 1 s warm-up, against 127.0.0.1:12345.
+    fn default() -> BenchConfig {
+        BenchConfig {
+            addr: "127.0.0.1:12345".into(),
+            connections: 50,
+            pipeline: 1,
+            size: 64,
+            duration: Duration::from_secs(10),
+            requests: None,
+            warmup: Duration::from_secs(1),
+            rate: None,
+            oneway: false,
+            framing: Framing::Courier,
+            timeout: Duration::from_secs(10),
+            auth_token: None,
+        }
+    }
 }
 
 /// Latency percentiles, in microseconds.
@@ -262,8 +286,12 @@ async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
         }
         _ => return Err(ClientError::Protocol("no HELLO from the server".into())),
     }
+    let mut hello = Hello::new(u32::MAX - 5);
+    if let Some(token) = &config.auth_token {
+        hello.fields.push((HELLO_AUTH_TOKEN, token.clone()));
+    }
     framed_write
-        .send(Frame::hello(&Hello::new(u32::MAX - 5)))
+        .send(Frame::hello(&hello))
         .await
         .map_err(|err| ClientError::Protocol(err.to_string()))?;
     Ok((framed_read.into_inner(), framed_write.into_inner()))

@@ -23,7 +23,8 @@ use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
 use crate::codec::{
-    parse_goaway, Codec, CodecError, ErrorBody, ErrorCode, Frame, Hello, Kind, PROTOCOL_VERSION,
+    parse_goaway, Codec, CodecError, ErrorBody, ErrorCode, Frame, Hello, Kind, HELLO_AUTH_TOKEN,
+    PROTOCOL_VERSION,
 };
 use crate::stats::Snapshot;
 
@@ -38,6 +39,8 @@ pub struct ClientConfig {
     pub max_frame: usize,
     /// Requests this client keeps in flight at once; further calls wait their turn.
     pub max_in_flight: usize,
+    /// The token to present in HELLO, for a server that requires one.
+    pub auth_token: Option<Bytes>,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +50,7 @@ impl Default for ClientConfig {
             call_timeout: Duration::from_secs(30),
             max_frame: 16 << 20,
             max_in_flight: 1024,
+            auth_token: None,
         }
     }
 }
@@ -370,7 +374,10 @@ async fn handshake(
             hello.version
         )));
     }
-    let ours = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
+    let mut ours = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
+    if let Some(token) = &config.auth_token {
+        ours.fields.push((HELLO_AUTH_TOKEN, token.clone()));
+    }
     writer
         .send(Frame::hello(&ours))
         .await

@@ -36,6 +36,9 @@ pub const MAGIC: [u8; 4] = *b"COUR";
 /// The protocol version this implementation speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The HELLO field tag that carries the client's auth token.
+pub const HELLO_AUTH_TOKEN: u8 = 0x01;
+
 /// Largest HELLO payload either side accepts. Until the handshake is done a peer is
 /// unknown, so it gets this small limit instead of the configured frame size.
 pub const MAX_HELLO_PAYLOAD: usize = 4096;
@@ -213,6 +216,8 @@ pub enum ErrorCode {
     /// 14: the handler cannot take the request now (every process busy and the queue
     /// full). The connection survives; the request may be sent again later.
     Busy,
+    /// 15: the HELLO carried no auth token, or the wrong one. The connection is closed.
+    AuthFailed,
     /// Any other code: 1000 and above are for applications' own handlers; codes below
     /// 1000 that this version does not know are passed through as they are.
     Other(u16),
@@ -236,6 +241,7 @@ impl ErrorCode {
             ErrorCode::BadLength => 12,
             ErrorCode::MalformedBody => 13,
             ErrorCode::Busy => 14,
+            ErrorCode::AuthFailed => 15,
             ErrorCode::Other(code) => code,
         }
     }
@@ -257,6 +263,7 @@ impl ErrorCode {
             12 => ErrorCode::BadLength,
             13 => ErrorCode::MalformedBody,
             14 => ErrorCode::Busy,
+            15 => ErrorCode::AuthFailed,
             other => ErrorCode::Other(other),
         }
     }
@@ -279,6 +286,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::BadLength => "bad length",
             ErrorCode::MalformedBody => "malformed body",
             ErrorCode::Busy => "busy",
+            ErrorCode::AuthFailed => "authentication failed",
             ErrorCode::Other(_) => "application error",
         };
         write!(f, "{name} ({})", self.as_u16())
@@ -351,6 +359,14 @@ impl Hello {
             max_frame,
             fields: Vec::new(),
         }
+    }
+
+    /// The value of the first field with `tag`.
+    pub fn field(&self, tag: u8) -> Option<&Bytes> {
+        self.fields
+            .iter()
+            .find(|(found, _)| *found == tag)
+            .map(|(_, value)| value)
     }
 
     /// The payload bytes.
@@ -874,7 +890,7 @@ mod tests {
         assert_eq!(body.code, ErrorCode::Other(1234));
         assert_eq!(body.message, "no such key");
         assert!(ErrorBody::parse(&[0]).is_err());
-        for code in 1..=14 {
+        for code in 1..=15 {
             assert_eq!(ErrorCode::from_u16(code).as_u16(), code);
             assert!(!matches!(ErrorCode::from_u16(code), ErrorCode::Other(_)));
         }

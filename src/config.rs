@@ -4,7 +4,8 @@
 //! The command line layers flags and `COURIER_*` variables on top of a [`Config`]; this
 //! module only knows about files and values.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +36,16 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/courier.toml");
 pub struct Config {
     /// Address to listen on, `HOST:PORT`.
     pub listen: String,
+    /// A file holding the token clients must present in their HELLO (the whole file,
+    /// less a trailing newline). `COURIER_AUTH_TOKEN` takes precedence over it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Listen on an address other than loopback with neither TLS nor a token. Without it
+    /// the server refuses to start there.
+    pub allow_insecure: bool,
+    /// The token itself, loaded by [`Config::load_token`]; never written out.
+    #[serde(skip)]
+    pub auth_token: Option<AuthToken>,
     /// Length of the queue of connections the kernel has accepted but the server has not
     /// yet taken (the kernel caps it at `net.core.somaxconn`).
     pub backlog: u32,
@@ -88,6 +99,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "127.0.0.1:12345".to_owned(),
+            auth_token_file: None,
+            allow_insecure: false,
+            auth_token: None,
             backlog: 1024,
             framing: Framing::Courier,
             reply: "echo".to_owned(),
@@ -107,6 +121,95 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Longest token accepted: it travels in the HELLO, whose payload is at most 4096 bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// A shared secret that clients present in their HELLO. Its `Debug` form does not show
+/// it, so configurations can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(Bytes);
+
+impl AuthToken {
+    /// A token of these bytes.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when it is empty or longer than [`MAX_TOKEN_LEN`].
+    pub fn new(bytes: impl Into<Bytes>) -> Result<AuthToken, ConfigError> {
+        let bytes = bytes.into();
+        if bytes.is_empty() || bytes.len() > MAX_TOKEN_LEN {
+            return Err(ConfigError::Invalid(format!(
+                "the auth token must be 1 to {MAX_TOKEN_LEN} bytes, it is {}",
+                bytes.len()
+            )));
+        }
+        Ok(AuthToken(bytes))
+    }
+
+    /// The token's bytes, to send.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Whether `offered` is this token, compared in constant time (the time taken does
+    /// not tell an attacker how many leading bytes were right).
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        // ct_eq on slices of different lengths is false without looking at the bytes;
+        // the length of a token is not the secret.
+        bool::from(self.0.as_ref().ct_eq(offered))
+    }
+
+    /// Reads a token file: the whole file less one trailing newline. Also returns a
+    /// warning when others than the owner may read the file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when it cannot be read, [`ConfigError::Invalid`] when the
+    /// token is empty or too long.
+    pub fn from_file(path: &Path) -> Result<(AuthToken, Option<String>), ConfigError> {
+        let mut bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        let token = AuthToken::new(bytes)?;
+        Ok((token, readable_by_others(path)))
+    }
+}
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthToken(<{} bytes, hidden>)", self.0.len())
+    }
+}
+
+/// A warning when a secret's file (a token, a private key) can be read by its group or by
+/// everyone; `None` when only the owner can, or the permissions cannot be known.
+pub fn readable_by_others(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "{} holds a secret but its permissions are {:o}: other users may read it (chmod 600 {})",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -173,6 +276,52 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Serialising a struct of strings, integers and durations cannot fail.
         toml::to_string(self).expect("Config serialises to TOML")
+    }
+
+    /// Loads the auth token: `env_token` (the value of `COURIER_AUTH_TOKEN`) when given,
+    /// else `auth_token_file` when set. Returns warnings to log (a token file others can
+    /// read).
+    ///
+    /// # Errors
+    /// When the file cannot be read or the token is empty or too long.
+    pub fn load_token(&mut self, env_token: Option<String>) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        if let Some(token) = env_token {
+            self.auth_token = Some(AuthToken::new(token.into_bytes())?);
+        } else if let Some(path) = &self.auth_token_file {
+            let (token, warning) = AuthToken::from_file(path)?;
+            warnings.extend(warning);
+            self.auth_token = Some(token);
+        }
+        Ok(warnings)
+    }
+
+    /// Refuses a listen address that anyone on a network could reach when nothing
+    /// protects it (neither TLS nor a token), unless `allow_insecure` says that is wanted.
+    /// Loopback addresses and names that resolve only to loopback pass.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] explaining the risk and naming `--allow-insecure`.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.allow_insecure || self.auth_token.is_some() || self.listen.starts_with("unix:") {
+            return Ok(());
+        }
+        if self.listen.starts_with("pipe:") {
+            return Ok(());
+        }
+        let resolved: Vec<std::net::SocketAddr> =
+            match std::net::ToSocketAddrs::to_socket_addrs(&self.listen) {
+                Ok(addrs) => addrs.collect(),
+                // Binding will report the bad address.
+                Err(_) => return Ok(()),
+            };
+        if resolved.iter().all(|addr| addr.ip().is_loopback()) {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "refusing to listen on {}: it is reachable from other machines, and nothing protects it (no TLS, no auth token), so anyone who can reach it could use this server. Set an auth token (--auth-token-file FILE or COURIER_AUTH_TOKEN), or pass --allow-insecure (allow_insecure = true) to accept the risk",
+            self.listen
+        )))
     }
 
     /// Checks that every value is usable.

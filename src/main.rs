@@ -18,7 +18,7 @@ use std::sync::Arc;
 use courier::bench::{BenchConfig, Progress, Report};
 use courier::client::{Client, ClientConfig};
 use courier::compat::{raw_exchange, PlainClient, RawOptions};
-use courier::config::{parse_hex, Config, Framing};
+use courier::config::{parse_hex, AuthToken, Config, Framing};
 use courier::exec::{Exec, ExecPool};
 use courier::server;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -98,6 +98,9 @@ struct StatsArgs {
     /// Time allowed to connect and for the answer.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+
+    #[command(flatten)]
+    auth: ClientAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +197,43 @@ struct ServeArgs {
     /// Time allowed on shutdown for requests in flight to be answered [default: 30s]
     #[arg(long, value_name = "DUR", env = "COURIER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
+
+    /// Require clients to present the token in this file (the whole file, less a trailing
+    /// newline) in their HELLO. COURIER_AUTH_TOKEN, holding the token itself, takes
+    /// precedence; no flag takes the token itself, since other users can read a command line
+    #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address even with neither TLS nor an auth token (without
+    /// it the server refuses to start there) [default: false]
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+/// How a client proves itself to a server that requires a token.
+#[derive(Debug, Args)]
+struct ClientAuthArgs {
+    /// Present the token in this file (less a trailing newline) in HELLO; the variable
+    /// COURIER_AUTH_TOKEN, holding the token itself, takes precedence.
+    #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+}
+
+impl ClientAuthArgs {
+    /// The token to send, if any, warning when its file is readable by others.
+    fn token(&self) -> anyhow::Result<Option<Bytes>> {
+        if let Ok(token) = std::env::var("COURIER_AUTH_TOKEN") {
+            return Ok(Some(AuthToken::new(token.into_bytes())?.as_bytes().clone()));
+        }
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        let (token, warning) = AuthToken::from_file(path)?;
+        if let Some(warning) = warning {
+            warn!("{warning}");
+        }
+        Ok(Some(token.as_bytes().clone()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +288,9 @@ struct SendArgs {
     /// on one line.
     #[arg(long, value_enum, default_value_t = Output::Hex)]
     output: Output,
+
+    #[command(flatten)]
+    auth: ClientAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +344,9 @@ struct BenchArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    auth: ClientAuthArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -400,15 +446,26 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         idle_timeout,
         drain_timeout
     );
+    if args.auth_token_file.is_some() {
+        config.auth_token_file.clone_from(&args.auth_token_file);
+    }
+    config.allow_insecure |= args.allow_insecure;
     config.validate()?;
     Ok(config)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = effective_config(&args)?;
+    let mut config = effective_config(&args)?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
+    }
+    for warning in config.load_token(std::env::var("COURIER_AUTH_TOKEN").ok())? {
+        warn!("{warning}");
+    }
+    config.check_exposure()?;
+    if config.auth_token.is_some() {
+        info!("clients must present the auth token in their HELLO");
     }
     let listener = server::bind(&config.listen, config.backlog)
         .await
@@ -493,6 +550,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             let config = ClientConfig {
                 connect_timeout: args.connect_timeout,
                 call_timeout: args.timeout,
+                auth_token: args.auth.token()?,
                 ..ClientConfig::default()
             };
             let client = Client::connect_with(addr, config).await?;
@@ -531,6 +589,7 @@ async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let config = ClientConfig {
         connect_timeout: args.timeout,
         call_timeout: args.timeout,
+        auth_token: args.auth.token()?,
         ..ClientConfig::default()
     };
     let client = Client::connect_with(args.addr.as_str(), config).await?;
@@ -584,6 +643,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         oneway: args.oneway,
         framing: args.framing,
         timeout: args.timeout,
+        auth_token: args.auth.token()?,
     };
     let progress = Arc::new(Progress::default());
     let bar = if std::io::stderr().is_terminal() {

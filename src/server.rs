@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::codec::{
-    Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, MAX_HELLO_PAYLOAD,
-    PROTOCOL_VERSION,
+    Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
+    MAX_HELLO_PAYLOAD, PROTOCOL_VERSION,
 };
 use crate::compat;
 use crate::config::{Config, Framing};
@@ -678,7 +678,7 @@ impl Session {
     {
         let out = &mut conn.out;
         if !self.handshaken {
-            return match accept_hello(&frame) {
+            return match accept_hello(&frame, config) {
                 Ok(hello) => {
                     self.handshaken = true;
                     conn.handshake_done();
@@ -693,7 +693,12 @@ impl Session {
                 }
                 Err((code, reason)) => {
                     out.push(Frame::error(0, code, &reason));
-                    Action::Close(Close::new(CloseReason::Protocol, reason))
+                    let why = if code == ErrorCode::AuthFailed {
+                        CloseReason::AuthFailed
+                    } else {
+                        CloseReason::Protocol
+                    };
+                    Action::Close(Close::new(why, reason))
                 }
             };
         }
@@ -828,8 +833,9 @@ pub(crate) fn slow_reader(pending: usize, config: &Config) -> Close {
     )
 }
 
-/// Checks the client's HELLO; on failure returns the ERROR code and text to send.
-fn accept_hello(frame: &Frame) -> Result<Hello, (ErrorCode, String)> {
+/// Checks the client's HELLO (and its token, where the server requires one); on failure
+/// returns the ERROR code and text to send.
+fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, String)> {
     if frame.kind != Kind::Hello {
         return Err((
             ErrorCode::Protocol,
@@ -851,6 +857,15 @@ fn accept_hello(frame: &Frame) -> Result<Hello, (ErrorCode, String)> {
                 hello.version
             ),
         ));
+    }
+    if let Some(token) = &config.auth_token {
+        let offered = hello
+            .field(HELLO_AUTH_TOKEN)
+            .map_or(&[][..], |value| &value[..]);
+        if !token.matches(offered) {
+            // The same text whether the token was missing or wrong.
+            return Err((ErrorCode::AuthFailed, "authentication failed".into()));
+        }
     }
     Ok(hello)
 }

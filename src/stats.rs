@@ -32,6 +32,8 @@ pub enum CloseReason {
     SlowReader,
     /// The peer closed its side in the middle of a frame.
     Truncated,
+    /// The HELLO carried no auth token or a wrong one.
+    AuthFailed,
     /// The peer broke the protocol (bad HELLO, unknown kind, a frame out of place).
     Protocol,
     /// The peer sent an ERROR about the whole connection.
@@ -44,7 +46,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in the order [`Snapshot::closed`] lists them.
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::PeerClosed,
         CloseReason::Drained,
         CloseReason::CloseAfter,
@@ -54,6 +56,7 @@ impl CloseReason {
         CloseReason::IdleTimeout,
         CloseReason::SlowReader,
         CloseReason::Truncated,
+        CloseReason::AuthFailed,
         CloseReason::Protocol,
         CloseReason::PeerError,
         CloseReason::HandlerFailed,
@@ -72,6 +75,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::Truncated => "truncated",
+            CloseReason::AuthFailed => "auth_failed",
             CloseReason::Protocol => "protocol_error",
             CloseReason::PeerError => "peer_error",
             CloseReason::HandlerFailed => "handler_failed",

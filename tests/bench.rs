@@ -20,10 +20,7 @@ fn bench_config(addr: std::net::SocketAddr) -> BenchConfig {
         duration: Duration::from_secs(1),
         requests: Some(2000),
         warmup: Duration::ZERO,
-        rate: None,
-        oneway: false,
-        framing: Framing::Courier,
-        timeout: Duration::from_secs(10),
+        ..BenchConfig::default()
     }
 }
 
