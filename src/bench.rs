@@ -23,16 +23,16 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
-use crate::client::{connect_tcp, ClientError};
+use crate::client::{connect_stream, ClientError};
 use crate::codec::{
     put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HELLO_AUTH_TOKEN,
     MAX_HELLO_PAYLOAD,
 };
 use crate::config::Framing;
+use crate::transport::{BoxRead, BoxWrite};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -267,12 +267,11 @@ impl Outcome {
     }
 }
 
-type Streams = (OwnedReadHalf, OwnedWriteHalf);
+type Streams = (BoxRead, BoxWrite);
 
 /// Opens one connection, with the HELLO exchange in courier framing.
 async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
-    let stream = connect_tcp(config.addr.as_str(), config.timeout).await?;
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = connect_stream(config.addr.as_str(), config.timeout).await?;
     if config.framing != Framing::Courier {
         return Ok((reader, writer));
     }
@@ -339,7 +338,7 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self, reader: OwnedReadHalf, writer: OwnedWriteHalf) -> (Outcome, Instant) {
+    async fn run(self, reader: BoxRead, writer: BoxWrite) -> (Outcome, Instant) {
         tokio::time::sleep_until(self.start).await;
         let mut outcome = Outcome::new();
         let result = match self.config.framing {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
@@ -27,6 +27,7 @@ use crate::codec::{
     PROTOCOL_VERSION,
 };
 use crate::stats::Snapshot;
+use crate::transport::{BoxRead, BoxWrite, UNIX_PREFIX};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -167,8 +168,8 @@ impl Client {
     {
         let name = addr.to_string();
         let connect = async {
-            let stream = connect_tcp(addr, config.connect_timeout).await?;
-            handshake(stream, &config).await
+            let halves = connect_stream(addr, config.connect_timeout).await?;
+            handshake(halves, &config).await
         };
         let (reader, writer, server_max_frame) =
             tokio::time::timeout(config.connect_timeout, connect)
@@ -337,15 +338,63 @@ where
     Ok(stream)
 }
 
-type Reader = FramedRead<ReadHalf<TcpStream>, Codec>;
-type Writer = FramedWrite<WriteHalf<TcpStream>, Codec>;
+/// Connects to `addr`: `unix:PATH` for a Unix domain socket, otherwise TCP (see
+/// [`connect_tcp`]). Returns the stream's two halves, boxed so that everything above works
+/// the same on every transport.
+pub(crate) async fn connect_stream<A>(
+    addr: A,
+    timeout: Duration,
+) -> Result<(BoxRead, BoxWrite), ClientError>
+where
+    A: ToSocketAddrs + fmt::Display,
+{
+    let name = addr.to_string();
+    if let Some(path) = name.strip_prefix(UNIX_PREFIX) {
+        #[cfg(unix)]
+        {
+            let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr: name.clone(),
+                    after: timeout,
+                })?
+                .map_err(|err| match err.kind() {
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+                        ClientError::Refused { addr: name.clone() }
+                    }
+                    _ => ClientError::Connect {
+                        addr: name.clone(),
+                        source: Arc::new(err),
+                    },
+                })?;
+            let (read_half, write_half) = stream.into_split();
+            return Ok((Box::pin(read_half), Box::pin(write_half)));
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            return Err(ClientError::Connect {
+                addr: name,
+                source: Arc::new(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "unix: addresses need a Unix system",
+                )),
+            });
+        }
+    }
+    let stream = connect_tcp(addr, timeout).await?;
+    let (read_half, write_half) = stream.into_split();
+    Ok((Box::pin(read_half), Box::pin(write_half)))
+}
+
+type Reader = FramedRead<BoxRead, Codec>;
+type Writer = FramedWrite<BoxWrite, Codec>;
 
 /// Reads the server's HELLO (or its ERROR) and answers with ours.
 async fn handshake(
-    stream: TcpStream,
+    (read_half, write_half): (BoxRead, BoxWrite),
     config: &ClientConfig,
 ) -> Result<(Reader, Writer, usize), ClientError> {
-    let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read_half, Codec::new(crate::codec::MAX_HELLO_PAYLOAD));
     let mut writer = FramedWrite::new(write_half, Codec::new(0));
     let first = match reader.next().await {

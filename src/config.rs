@@ -34,8 +34,10 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/courier.toml");
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on, `HOST:PORT`.
+    /// Address to listen on: `HOST:PORT` (TCP) or `unix:/path/to.sock`.
     pub listen: String,
+    /// Permissions of a Unix socket file, in octal ("0600": only the owner may connect).
+    pub socket_mode: String,
     /// A file holding the token clients must present in their HELLO (the whole file,
     /// less a trailing newline). `COURIER_AUTH_TOKEN` takes precedence over it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +101,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "127.0.0.1:12345".to_owned(),
+            socket_mode: "0600".to_owned(),
             auth_token_file: None,
             allow_insecure: false,
             auth_token: None,
@@ -324,12 +327,18 @@ impl Config {
         )))
     }
 
+    /// The Unix socket file mode as a number (validated by [`Config::validate`]).
+    pub fn socket_mode(&self) -> u32 {
+        crate::transport::parse_mode(&self.socket_mode).unwrap_or(0o600)
+    }
+
     /// Checks that every value is usable.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first value out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        crate::transport::parse_mode(&self.socket_mode).map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());
         }

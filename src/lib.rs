@@ -36,6 +36,7 @@
 //!   close.
 //! - [`stats`]: the server's counters (connections by close reason, requests, replies),
 //!   read with a STATS frame (`courier stats ADDR`) and logged at shutdown.
+//! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`) and the listeners behind them.
 //! - [`client`]: [`client::Client`], which many tasks can call through at once.
 //! - [`compat`]: plain framing (4-byte length + payload) and raw framing (none), for
 //!   programs written against a bare socket: the server loop for both, and their clients.
@@ -56,6 +57,7 @@ mod connection;
 pub mod exec;
 pub mod server;
 pub mod stats;
+pub mod transport;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.
 #[cfg(doctest)]

@@ -21,6 +21,7 @@ use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{parse_hex, AuthToken, Config, Framing};
 use courier::exec::{Exec, ExecPool};
 use courier::server;
+use courier::transport::Listener;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Whole messages between programs over TCP: a length-prefixed request/reply protocol.
@@ -66,7 +67,7 @@ enum Command {
     ///
     /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
     /// then the built-in defaults (config/courier.toml, shown by --print-config).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a server: requests/s, latency percentiles, errors, and this tool's own CPU.
     ///
     /// Every reply is checked against its request (id and content); errors or mismatches
@@ -156,9 +157,14 @@ struct ServeArgs {
     #[arg(long, value_name = "N", env = "COURIER_EXEC_QUEUE")]
     exec_queue: Option<usize>,
 
-    /// Address to listen on; port 0 picks a free one (logged) [default: 127.0.0.1:12345]
-    #[arg(long, value_name = "HOST:PORT", env = "COURIER_LISTEN")]
+    /// Address to listen on: HOST:PORT, or unix:PATH for a Unix domain socket; port 0
+    /// picks a free one (logged) [default: 127.0.0.1:12345]
+    #[arg(long, value_name = "ADDR", env = "COURIER_LISTEN")]
     listen: Option<String>,
+
+    /// Permissions of a unix: socket file, in octal [default: 0600]
+    #[arg(long, value_name = "MODE", env = "COURIER_SOCKET_MODE")]
+    socket_mode: Option<String>,
 
     /// Connections the kernel may queue before they are accepted [default: 1024]
     #[arg(long, value_name = "N", env = "COURIER_BACKLOG")]
@@ -379,7 +385,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Send(args) => send(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Stats(args) => stats(args).await,
@@ -436,6 +442,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         exec_max_children,
         exec_queue,
         listen,
+        socket_mode,
         backlog,
         max_connections,
         max_frame,
@@ -467,7 +474,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.auth_token.is_some() {
         info!("clients must present the auth token in their HELLO");
     }
-    let listener = server::bind(&config.listen, config.backlog)
+    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();

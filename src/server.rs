@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +18,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +33,7 @@ use crate::compat;
 use crate::config::{Config, Framing};
 use crate::connection::{Conn, Io, Outbox};
 use crate::stats::{CloseReason, Stats, Tally};
+use crate::transport::{Accepted, Listener};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).
@@ -161,7 +161,7 @@ const LOG_PAYLOAD_BYTES: usize = 256;
 /// The same as `Server::new(config, handler).run(listener, shutdown)`; use [`Server`] to
 /// read the counters while it runs.
 pub async fn run<H: Handler>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     config: Config,
     handler: H,
     shutdown: impl Future,
@@ -227,7 +227,8 @@ impl<H: Handler> Server<H> {
 
     /// Serves connections from `listener` until `shutdown` completes, then drains; see
     /// [`run`]. Logs the counters when it returns.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future) {
+    pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
+        let listener = listener.into();
         let shared = self.shared;
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let token = CancellationToken::new();
@@ -243,7 +244,7 @@ impl<H: Handler> Server<H> {
                 accepted = listener.accept() => accepted,
                 _ = &mut shutdown => break,
             };
-            let (stream, peer) = match accepted {
+            let accepted = match accepted {
                 Ok(accepted) => {
                     backoff = Duration::ZERO;
                     accepted
@@ -262,26 +263,33 @@ impl<H: Handler> Server<H> {
                     }
                 }
             };
-            // Small requests and replies must leave at once rather than wait for Nagle's
-            // algorithm; batching is done by the connection task instead.
-            if let Err(err) = stream.set_nodelay(true) {
-                debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
-            }
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                shared.stats.rejected_busy();
-                reject_busy(&stream, peer, &shared.config);
-                continue;
+            let admit = Admit {
+                shared: &shared,
+                limit: &limit,
+                token: &token,
+                tracker: &tracker,
             };
-            let shared = shared.clone();
-            let token = token.clone();
-            tracker.spawn(
-                async move {
-                    // The permit lives exactly as long as the connection.
-                    let _permit = permit;
-                    serve_connection(stream, &shared, token).await;
+            match accepted {
+                Accepted::Tcp(stream, peer) => {
+                    // Small requests and replies must leave at once rather than wait for
+                    // Nagle's algorithm; batching is done by the connection task instead.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
+                    }
+                    let busy = |bytes: &[u8]| stream.try_write(bytes);
+                    if let Some(permit) = admit.permit(&peer, busy) {
+                        admit.spawn(stream, peer.to_string(), permit);
+                    }
                 }
-                .instrument(info_span!("conn", %peer)),
-            );
+                #[cfg(unix)]
+                Accepted::Unix(stream) => {
+                    let peer = crate::transport::UnixPeer(stream.peer_cred().ok()).to_string();
+                    let busy = |bytes: &[u8]| stream.try_write(bytes);
+                    if let Some(permit) = admit.permit(&peer, busy) {
+                        admit.spawn(stream, peer, permit);
+                    }
+                }
+            }
         }
 
         drop(listener);
@@ -408,27 +416,65 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// Tells a connection over the limit why it is being closed, without waiting for it: the
-/// ERROR is a few dozen bytes into a fresh socket's empty send buffer, so a non-blocking
-/// write takes it whole, and the accept loop never stalls on a rejected peer.
-///
-/// Plain and raw framing have no way to say why, so those peers are only closed.
-fn reject_busy(stream: &TcpStream, peer: SocketAddr, config: &Config) {
-    let limit = config.max_connections;
-    info!(%peer, limit, "rejected connection: server busy");
-    if config.framing != Framing::Courier {
-        return;
+/// What the accept loop needs to let a connection in or turn it away.
+struct Admit<'a, H> {
+    shared: &'a Arc<Shared<H>>,
+    limit: &'a Arc<Semaphore>,
+    token: &'a CancellationToken,
+    tracker: &'a TaskTracker,
+}
+
+impl<H: Handler> Admit<'_, H> {
+    /// A connection slot, or `None` after telling the peer the server is busy.
+    ///
+    /// The busy ERROR is written without waiting (`try_write`): it is a few dozen bytes
+    /// into a fresh socket's empty send buffer, so a non-blocking write takes it whole,
+    /// and the accept loop never stalls on a rejected peer. Plain and raw framing have no
+    /// way to say why, so those peers are only closed.
+    fn permit(
+        &self,
+        peer: &dyn std::fmt::Display,
+        try_write: impl Fn(&[u8]) -> io::Result<usize>,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.limit.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let config = &self.shared.config;
+        self.shared.stats.rejected_busy();
+        let limit = config.max_connections;
+        info!(%peer, limit, "rejected connection: server busy");
+        if config.framing == Framing::Courier {
+            let frame = Frame::error(
+                0,
+                ErrorCode::ServerBusy,
+                &format!(
+                    "server busy: {limit} connections, the configured limit (max_connections)"
+                ),
+            );
+            let mut bytes = BytesMut::new();
+            // Encoding a short ERROR into a BytesMut cannot fail.
+            let _ = Codec::new(0).encode(frame, &mut bytes);
+            if let Err(err) = try_write(&bytes) {
+                debug!(%peer, cause = %err, "could not send the busy ERROR");
+            }
+        }
+        None
     }
-    let frame = Frame::error(
-        0,
-        ErrorCode::ServerBusy,
-        &format!("server busy: {limit} connections, the configured limit (max_connections)"),
-    );
-    let mut bytes = BytesMut::new();
-    // Encoding a short ERROR into a BytesMut cannot fail.
-    let _ = Codec::new(0).encode(frame, &mut bytes);
-    if let Err(err) = stream.try_write(&bytes) {
-        debug!(%peer, cause = %err, "could not send the busy ERROR");
+
+    /// Serves the connection on a task of its own, holding `permit` until it ends.
+    fn spawn<S>(&self, stream: S, peer: String, permit: OwnedSemaphorePermit)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let token = self.token.clone();
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                serve_connection(stream, &shared, token).await;
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
     }
 }
 

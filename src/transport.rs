@@ -1,0 +1,212 @@
+//! Transports: what an address names and how the server listens on it and a client
+//! connects to it.
+//!
+//! - `HOST:PORT`: TCP (the default).
+//! - `unix:/path/to.sock`: a Unix domain socket (Unix only). The socket file is created
+//!   with mode `socket_mode` (0600, owner only, by default); a stale file left by a dead
+//!   server is replaced, a live server's is not; the file is removed when the listener is
+//!   dropped (at shutdown). On Linux the server logs each peer's uid and pid.
+//!
+//! Everything above the byte stream (the protocol, handlers, limits, shutdown) is the same
+//! code for every transport: the connection loop is generic over the stream type.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A stream's reading half, whatever the transport.
+pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+/// A stream's writing half, whatever the transport.
+pub(crate) type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// The prefix of Unix socket addresses.
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// A bound listener of any transport; `server::run` takes one (or a `TcpListener`).
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix domain socket.
+    #[cfg(unix)]
+    Unix(UnixSocket),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Listener {
+        Listener::Tcp(listener)
+    }
+}
+
+impl Listener {
+    /// Listens on `addr`: `unix:PATH` (with `mode` for the socket file) or `HOST:PORT`
+    /// (with an accept queue of `backlog`).
+    ///
+    /// # Errors
+    /// When the address cannot be bound, a live server already has the Unix socket, or
+    /// the path exists and is not a socket.
+    pub async fn bind(addr: &str, backlog: u32, mode: u32) -> io::Result<Listener> {
+        if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
+            #[cfg(unix)]
+            return UnixSocket::bind(path.as_ref(), mode).map(Listener::Unix);
+            #[cfg(not(unix))]
+            {
+                let _ = (path, mode);
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "unix: addresses need a Unix system",
+                ));
+            }
+        }
+        let _ = mode;
+        crate::server::bind(addr, backlog).await.map(Listener::Tcp)
+    }
+
+    /// The address as `--listen` would name it (the chosen port for port 0).
+    pub fn local_addr(&self) -> io::Result<String> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().map(|addr| addr.to_string()),
+            #[cfg(unix)]
+            Listener::Unix(socket) => Ok(format!("{UNIX_PREFIX}{}", socket.path.display())),
+        }
+    }
+
+    pub(crate) async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok(Accepted::Tcp(stream, peer))
+            }
+            #[cfg(unix)]
+            Listener::Unix(socket) => {
+                let (stream, _) = socket.listener.accept().await?;
+                Ok(Accepted::Unix(stream))
+            }
+        }
+    }
+}
+
+/// A connection just accepted.
+pub(crate) enum Accepted {
+    Tcp(TcpStream, std::net::SocketAddr),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// Who is at the other end of a Unix socket, for the logs.
+#[cfg(unix)]
+pub(crate) struct UnixPeer(pub(crate) Option<tokio::net::unix::UCred>);
+
+#[cfg(unix)]
+impl fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(cred) => {
+                write!(f, "unix uid={}", cred.uid())?;
+                if let Some(pid) = cred.pid() {
+                    write!(f, " pid={pid}")?;
+                }
+                Ok(())
+            }
+            None => f.write_str("unix (peer unknown)"),
+        }
+    }
+}
+
+/// A listening Unix domain socket whose file is removed when it is dropped.
+#[cfg(unix)]
+#[derive(Debug)]
+pub struct UnixSocket {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    /// Device and inode of the file this listener created, so that drop removes only
+    /// that file, not one a later server put at the same path.
+    identity: Option<(u64, u64)>,
+}
+
+#[cfg(unix)]
+impl UnixSocket {
+    /// Binds `path` with permissions `mode`.
+    ///
+    /// A socket file already at `path` is tried first: if a server answers there, binding
+    /// fails with `AddrInUse`; if nothing does (a server died without cleaning up), the
+    /// stale file is removed. A path that exists and is not a socket is never touched.
+    ///
+    /// # Errors
+    /// As above, and when the directory does not allow creating the socket.
+    pub fn bind(path: &std::path::Path, mode: u32) -> io::Result<UnixSocket> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("a server is already listening on {}", path.display()),
+                        ))
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                        tracing::info!(path = %path.display(), "removing a stale socket file left by a server that is gone");
+                        std::fs::remove_file(path)?;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; not replacing it",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        // Create the file with no access for anyone but the owner, so that no other user
+        // can connect in the moment before the mode below is set.
+        let old_mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = tokio::net::UnixListener::bind(path);
+        nix::sys::stat::umask(old_mask);
+        let listener = bound?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let identity = std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        Ok(UnixSocket {
+            listener,
+            path: path.to_owned(),
+            identity,
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        if ours.is_some() && ours == self.identity {
+            if let Err(err) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), cause = %err, "cannot remove the socket file");
+            }
+        }
+    }
+}
+
+/// Parses an octal permission string such as "0600" or "660".
+///
+/// # Errors
+/// A message naming the value when it is not octal or above 0777.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("socket_mode {text:?} is not an octal mode such as \"0600\""))
+}
