@@ -61,6 +61,8 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// The token to present in HELLO, for a server that requires one.
     pub auth_token: Option<Bytes>,
+    /// Speak TLS.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for BenchConfig {
@@ -80,6 +82,7 @@ impl Default for BenchConfig {
             framing: Framing::Courier,
             timeout: Duration::from_secs(10),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -271,7 +274,8 @@ type Streams = (BoxRead, BoxWrite);
 
 /// Opens one connection, with the HELLO exchange in courier framing.
 async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
-    let (reader, writer) = connect_stream(config.addr.as_str(), config.timeout).await?;
+    let (reader, writer) =
+        connect_stream(config.addr.as_str(), config.timeout, config.tls.as_ref()).await?;
     if config.framing != Framing::Courier {
         return Ok((reader, writer));
     }

@@ -27,6 +27,7 @@ use crate::codec::{
     PROTOCOL_VERSION,
 };
 use crate::stats::Snapshot;
+use crate::tls::ClientTls;
 use crate::transport::{BoxRead, BoxWrite, UNIX_PREFIX};
 
 /// Settings of a [`Client`].
@@ -42,6 +43,8 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// The token to present in HELLO, for a server that requires one.
     pub auth_token: Option<Bytes>,
+    /// Speak TLS (TCP addresses only).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +55,7 @@ impl Default for ClientConfig {
             max_frame: 16 << 20,
             max_in_flight: 1024,
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -67,13 +71,12 @@ pub enum ClientError {
         addr: String,
     },
     /// The connection could not be made for another reason.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {cause}")]
     Connect {
         /// The address tried.
         addr: String,
         /// What the OS said.
-        #[source]
-        source: Arc<io::Error>,
+        cause: Arc<io::Error>,
     },
     /// The TCP connect or the HELLO exchange took longer than the connect timeout.
     #[error("connecting to {addr} timed out after {}", humantime::format_duration(*after))]
@@ -168,7 +171,7 @@ impl Client {
     {
         let name = addr.to_string();
         let connect = async {
-            let halves = connect_stream(addr, config.connect_timeout).await?;
+            let halves = connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
             handshake(halves, &config).await
         };
         let (reader, writer, server_max_frame) =
@@ -330,7 +333,7 @@ where
             } else {
                 ClientError::Connect {
                     addr: name,
-                    source: Arc::new(err),
+                    cause: Arc::new(err),
                 }
             }
         })?;
@@ -344,6 +347,7 @@ where
 pub(crate) async fn connect_stream<A>(
     addr: A,
     timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<(BoxRead, BoxWrite), ClientError>
 where
     A: ToSocketAddrs + fmt::Display,
@@ -364,7 +368,7 @@ where
                     }
                     _ => ClientError::Connect {
                         addr: name.clone(),
-                        source: Arc::new(err),
+                        cause: Arc::new(err),
                     },
                 })?;
             let (read_half, write_half) = stream.into_split();
@@ -375,7 +379,7 @@ where
             let _ = path;
             return Err(ClientError::Connect {
                 addr: name,
-                source: Arc::new(io::Error::new(
+                cause: Arc::new(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "unix: addresses need a Unix system",
                 )),
@@ -383,6 +387,26 @@ where
         }
     }
     let stream = connect_tcp(addr, timeout).await?;
+    if let Some(tls) = tls {
+        let failed = |err: io::Error| {
+            ClientError::Connect {
+            addr: name.clone(),
+            cause: Arc::new(io::Error::new(
+                err.kind(),
+                format!("TLS handshake failed: {err} (does the server speak TLS, with a certificate from this CA?)"),
+            )),
+        }
+        };
+        let stream = tokio::time::timeout(timeout, tls.connect(&name, stream))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr: name.clone(),
+                after: timeout,
+            })?
+            .map_err(failed)?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        return Ok((Box::pin(read_half), Box::pin(write_half)));
+    }
     let (read_half, write_half) = stream.into_split();
     Ok((Box::pin(read_half), Box::pin(write_half)))
 }
@@ -481,6 +505,11 @@ impl Task {
         let end = loop {
             if closing.is_some() && self.writer.write_buffer().is_empty() {
                 if self.pending.is_empty() {
+                    // Close the write side properly (a TLS close_notify), so the server
+                    // sees an orderly end rather than a cut connection.
+                    if !write_shut {
+                        let _ = self.writer.get_mut().shutdown().await;
+                    }
                     break ClientError::Closed {
                         reason: "the client closed the connection".into(),
                     };

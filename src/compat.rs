@@ -9,6 +9,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,19 +33,21 @@ pub(crate) async fn serve<S, H>(
     stream: S,
     shared: &Shared<H>,
     token: CancellationToken,
+    identity: Option<Arc<str>>,
 ) -> io::Result<Close>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
     match shared.config.framing {
-        Framing::Raw => serve_ordered(stream, shared, token, RawCodec).await,
+        Framing::Raw => serve_ordered(stream, shared, token, RawCodec, identity).await,
         _ => {
             serve_ordered(
                 stream,
                 shared,
                 token,
                 PlainCodec::new(shared.config.max_frame),
+                identity,
             )
             .await
         }
@@ -58,6 +61,7 @@ async fn serve_ordered<S, H, C>(
     shared: &Shared<H>,
     token: CancellationToken,
     codec: C,
+    identity: Option<Arc<str>>,
 ) -> io::Result<Close>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -154,6 +158,7 @@ where
             id: received as u32,
             payload,
             oneway: false,
+            peer_identity: identity.clone(),
         };
         in_flight.push_back(call(&shared.handler, request));
     };

@@ -45,6 +45,15 @@ pub struct Config {
     /// Listen on an address other than loopback with neither TLS nor a token. Without it
     /// the server refuses to start there.
     pub allow_insecure: bool,
+    /// TLS: the server's certificate chain (PEM). With `tls_key`, the server speaks TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: require client certificates signed by a CA in this file (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
     /// The token itself, loaded by [`Config::load_token`]; never written out.
     #[serde(skip)]
     pub auth_token: Option<AuthToken>,
@@ -104,6 +113,9 @@ impl Default for Config {
             socket_mode: "0600".to_owned(),
             auth_token_file: None,
             allow_insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             auth_token: None,
             backlog: 1024,
             framing: Framing::Courier,
@@ -306,7 +318,11 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] explaining the risk and naming `--allow-insecure`.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.allow_insecure || self.auth_token.is_some() || self.listen.starts_with("unix:") {
+        if self.allow_insecure
+            || self.auth_token.is_some()
+            || self.tls_cert.is_some()
+            || self.listen.starts_with("unix:")
+        {
             return Ok(());
         }
         if self.listen.starts_with("pipe:") {
@@ -339,6 +355,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         crate::transport::parse_mode(&self.socket_mode).map_err(ConfigError::Invalid)?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together: set both, or neither".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca needs TLS: set tls_cert and tls_key too".into());
+        }
+        if self.tls_cert.is_some() && self.listen.starts_with("unix:") {
+            return invalid(
+                "TLS applies to TCP; a unix: socket is protected by its file permissions".into(),
+            );
+        }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());
         }

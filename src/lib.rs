@@ -36,6 +36,7 @@
 //!   close.
 //! - [`stats`]: the server's counters (connections by close reason, requests, replies),
 //!   read with a STATS frame (`courier stats ADDR`) and logged at shutdown.
+//! - [`tls`]: TLS with rustls: server certificates, client CAs, client certificates.
 //! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`) and the listeners behind them.
 //! - [`client`]: [`client::Client`], which many tasks can call through at once.
 //! - [`compat`]: plain framing (4-byte length + payload) and raw framing (none), for
@@ -57,6 +58,7 @@ mod connection;
 pub mod exec;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.

@@ -21,6 +21,7 @@ use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{parse_hex, AuthToken, Config, Framing};
 use courier::exec::{Exec, ExecPool};
 use courier::server;
+use courier::tls::{ClientTls, ServerTls};
 use courier::transport::Listener;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -210,15 +211,44 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
 
+    /// Speak TLS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "PEM", env = "COURIER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PEM", env = "COURIER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS)
+    #[arg(long, value_name = "PEM", env = "COURIER_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+
     /// Listen on a non-loopback address even with neither TLS nor an auth token (without
     /// it the server refuses to start there) [default: false]
     #[arg(long)]
     allow_insecure: bool,
 }
 
-/// How a client proves itself to a server that requires a token.
+/// How a client proves itself to a server that requires a token, and its TLS.
 #[derive(Debug, Args)]
 struct ClientAuthArgs {
+    /// Speak TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM", env = "COURIER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// With --tls-ca: the name the server's certificate must carry, when it differs from
+    /// the host in ADDR.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+
+    /// With --tls-ca: present this client certificate (PEM), for servers that require one.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Present the token in this file (less a trailing newline) in HELLO; the variable
     /// COURIER_AUTH_TOKEN, holding the token itself, takes precedence.
     #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
@@ -226,6 +256,27 @@ struct ClientAuthArgs {
 }
 
 impl ClientAuthArgs {
+    /// The TLS settings, when --tls-ca is given.
+    fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let cert_and_key = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Some(warning) = courier::config::readable_by_others(key) {
+                    warn!("{warning}");
+                }
+                Some((cert.as_path(), key.as_path()))
+            }
+            _ => None,
+        };
+        Ok(Some(ClientTls::from_files(
+            ca,
+            cert_and_key,
+            self.tls_server_name.clone(),
+        )?))
+    }
+
     /// The token to send, if any, warning when its file is readable by others.
     fn token(&self) -> anyhow::Result<Option<Bytes>> {
         if let Ok(token) = std::env::var("COURIER_AUTH_TOKEN") {
@@ -453,8 +504,15 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         idle_timeout,
         drain_timeout
     );
-    if args.auth_token_file.is_some() {
-        config.auth_token_file.clone_from(&args.auth_token_file);
+    for (value, field) in [
+        (&args.auth_token_file, &mut config.auth_token_file),
+        (&args.tls_cert, &mut config.tls_cert),
+        (&args.tls_key, &mut config.tls_key),
+        (&args.tls_client_ca, &mut config.tls_client_ca),
+    ] {
+        if value.is_some() {
+            field.clone_from(value);
+        }
     }
     config.allow_insecure |= args.allow_insecure;
     config.validate()?;
@@ -471,6 +529,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     config.check_exposure()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (tls, warnings) =
+                ServerTls::from_files(cert, key, config.tls_client_ca.as_deref())?;
+            for warning in warnings {
+                warn!("{warning}");
+            }
+            info!(
+                client_certificates = tls.requires_client_certificates(),
+                "speaking TLS"
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
     if config.auth_token.is_some() {
         info!("clients must present the auth token in their HELLO");
     }
@@ -491,7 +564,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match (config.exec.clone(), config.exec_workers) {
         (None, _) => {
             let handler = config.builtin()?;
-            server::run(listener, config, handler, stop).await;
+            run_server(listener, config, handler, tls, stop).await;
         }
         (Some(command), 0) => {
             let handler = Exec::new(
@@ -501,7 +574,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config.exec_queue,
                 config.max_frame,
             );
-            server::run(listener, config, handler, stop).await;
+            run_server(listener, config, handler, tls, stop).await;
         }
         (Some(command), workers) => {
             let handler = ExecPool::start(
@@ -511,10 +584,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config.exec_queue,
                 config.max_frame,
             );
-            server::run(listener, config, handler, stop).await;
+            run_server(listener, config, handler, tls, stop).await;
         }
     }
     Ok(())
+}
+
+/// Runs the server, with TLS when configured.
+async fn run_server<H: server::Handler>(
+    listener: Listener,
+    config: Config,
+    handler: H,
+    tls: Option<ServerTls>,
+    stop: impl std::future::Future,
+) {
+    let mut server = server::Server::new(config, handler);
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
+    server.run(listener, stop).await;
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
@@ -558,6 +646,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
                 connect_timeout: args.connect_timeout,
                 call_timeout: args.timeout,
                 auth_token: args.auth.token()?,
+                tls: args.auth.tls()?,
                 ..ClientConfig::default()
             };
             let client = Client::connect_with(addr, config).await?;
@@ -597,6 +686,7 @@ async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         connect_timeout: args.timeout,
         call_timeout: args.timeout,
         auth_token: args.auth.token()?,
+        tls: args.auth.tls()?,
         ..ClientConfig::default()
     };
     let client = Client::connect_with(args.addr.as_str(), config).await?;
@@ -651,6 +741,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         framing: args.framing,
         timeout: args.timeout,
         auth_token: args.auth.token()?,
+        tls: args.auth.tls()?,
     };
     let progress = Arc::new(Progress::default());
     let bar = if std::io::stderr().is_terminal() {

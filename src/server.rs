@@ -33,6 +33,7 @@ use crate::compat;
 use crate::config::{Config, Framing};
 use crate::connection::{Conn, Io, Outbox};
 use crate::stats::{CloseReason, Stats, Tally};
+use crate::tls::ServerTls;
 use crate::transport::{Accepted, Listener};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
@@ -84,6 +85,9 @@ pub struct Request {
     pub payload: Bytes,
     /// `true` for a ONEWAY message, whose result nobody will see.
     pub oneway: bool,
+    /// The subject of the client's verified TLS certificate (`CN=...`), when the server
+    /// requires client certificates (`tls_client_ca`).
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// A handler's failure, sent to the client as an ERROR frame for that request. The
@@ -184,6 +188,7 @@ pub async fn run<H: Handler>(
 /// ```
 pub struct Server<H> {
     shared: Arc<Shared<H>>,
+    tls: Option<ServerTls>,
 }
 
 impl<H> std::fmt::Debug for Server<H> {
@@ -204,7 +209,16 @@ impl<H: Handler> Server<H> {
                 handler,
                 stats: Arc::new(Stats::new()),
             }),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS on TCP connections (Unix sockets stay plain: their file permissions
+    /// protect them).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ServerTls) -> Server<H> {
+        self.tls = Some(tls);
+        self
     }
 
     /// The server's counters, readable while it runs and after.
@@ -222,7 +236,7 @@ impl<H: Handler> Server<H> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        serve_connection(stream, &self.shared, shutdown).await
+        serve_connection(stream, &self.shared, shutdown, None).await
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then drains; see
@@ -230,6 +244,7 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
+        let tls = self.tls;
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -276,6 +291,15 @@ impl<H: Handler> Server<H> {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
                     }
+                    if let Some(tls) = &tls {
+                        // A busy ERROR in plain bytes would mean nothing to a TLS client;
+                        // it is closed.
+                        let busy = |_: &[u8]| Ok(0);
+                        if let Some(permit) = admit.permit(&peer, busy) {
+                            admit.spawn_tls(stream, peer.to_string(), permit, tls.clone());
+                        }
+                        continue;
+                    }
                     let busy = |bytes: &[u8]| stream.try_write(bytes);
                     if let Some(permit) = admit.permit(&peer, busy) {
                         admit.spawn(stream, peer.to_string(), permit);
@@ -319,6 +343,7 @@ async fn serve_connection<S, H>(
     stream: S,
     shared: &Shared<H>,
     token: CancellationToken,
+    identity: Option<Arc<str>>,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -327,8 +352,8 @@ where
     shared.stats.opened();
     debug!("accepted");
     let served = match shared.config.framing {
-        Framing::Courier => serve(stream, shared, token).await,
-        Framing::Plain | Framing::Raw => compat::serve(stream, shared, token).await,
+        Framing::Courier => serve(stream, shared, token, identity).await,
+        Framing::Plain | Framing::Raw => compat::serve(stream, shared, token, identity).await,
     };
     let reason = match served {
         Ok(close) if close.reason.is_clean() => {
@@ -471,10 +496,88 @@ impl<H: Handler> Admit<'_, H> {
         self.tracker.spawn(
             async move {
                 let _permit = permit;
-                serve_connection(stream, &shared, token).await;
+                serve_connection(stream, &shared, token, None).await;
             }
             .instrument(info_span!("conn", %peer)),
         );
+    }
+
+    /// As [`Admit::spawn`], after a TLS handshake bounded by `handshake_timeout`.
+    fn spawn_tls(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: String,
+        permit: OwnedSemaphorePermit,
+        tls: ServerTls,
+    ) {
+        let shared = self.shared.clone();
+        let token = self.token.clone();
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                match tls_handshake(stream, &tls, &shared.config).await {
+                    Ok((stream, identity)) => {
+                        match &identity {
+                            Some(subject) => {
+                                info!(client = %subject, "TLS client certificate verified")
+                            }
+                            None => debug!("TLS handshake done"),
+                        }
+                        serve_connection(stream, &shared, token, identity).await;
+                    }
+                    Err(detail) => {
+                        shared.stats.opened();
+                        info!(reason = %CloseReason::Tls, %detail, "connection closed");
+                        shared.stats.closed(CloseReason::Tls);
+                    }
+                }
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+}
+
+/// The server side of a TLS handshake, within `handshake_timeout`.
+///
+/// A courier client that does not speak TLS sends nothing at all (it waits for the
+/// server's HELLO), while a TLS client starts at once. So a peer that has sent nothing by
+/// the deadline is told, in a plain courier ERROR, that this port speaks TLS: a clear
+/// error instead of a silent close.
+async fn tls_handshake(
+    stream: tokio::net::TcpStream,
+    tls: &ServerTls,
+    config: &Config,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        Option<Arc<str>>,
+    ),
+    String,
+> {
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => {
+            let text = "this port speaks TLS: connect with TLS (courier: --tls-ca)";
+            let mut bytes = BytesMut::new();
+            let _ = Codec::new(0).encode(Frame::error(0, ErrorCode::Protocol, text), &mut bytes);
+            let _ = stream.try_write(&bytes);
+            return Err(format!(
+                "no TLS handshake within {} (handshake_timeout): the peer sent nothing, as a plaintext courier client does; told it this port speaks TLS",
+                humantime::format_duration(config.handshake_timeout)
+            ));
+        }
+        Ok(Err(err)) => return Err(format!("before the TLS handshake: {err}")),
+        Ok(Ok(0)) => return Err("closed before the TLS handshake".into()),
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+        Err(_) => Err(format!(
+            "TLS handshake not finished within {} (handshake_timeout)",
+            humantime::format_duration(config.handshake_timeout)
+        )),
+        Ok(Err(err)) => Err(format!("TLS handshake failed: {err}")),
+        Ok(Ok(done)) => Ok(done),
     }
 }
 
@@ -520,7 +623,12 @@ pub(crate) type Finished = (u32, bool, Result<Bytes, HandlerError>);
 
 /// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
 /// it, or shutdown drains it.
-async fn serve<S, H>(stream: S, shared: &Shared<H>, token: CancellationToken) -> io::Result<Close>
+async fn serve<S, H>(
+    stream: S,
+    shared: &Shared<H>,
+    token: CancellationToken,
+    identity: Option<Arc<str>>,
+) -> io::Result<Close>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
@@ -538,7 +646,10 @@ where
     let hello = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
     conn.out.push(Frame::hello(&hello));
 
-    let mut session = Session::default();
+    let mut session = Session {
+        identity,
+        ..Session::default()
+    };
     let mut draining = false;
     let mut in_flight = InFlight::default();
 
@@ -602,6 +713,16 @@ where
         while let Some(item) = next {
             let frame = match item {
                 Ok(frame) => frame,
+                Err(CodecError::Io(err))
+                    if err.kind() == io::ErrorKind::UnexpectedEof
+                        && conn.reader.read_buffer().is_empty() =>
+                {
+                    // A TLS peer that closed between frames without a close_notify: as
+                    // far as the protocol goes, an orderly end.
+                    debug!(cause = %err, "peer finished sending");
+                    session.peer_done = true;
+                    break;
+                }
                 Err(CodecError::Io(err)) => return Err(err),
                 Err(err) => {
                     let close = Close::for_codec(&err);
@@ -699,6 +820,8 @@ struct Session {
     ids: HashSet<u32>,
     /// Counts not yet added to the server's counters.
     tally: Tally,
+    /// The verified TLS client certificate's subject, for handlers.
+    identity: Option<Arc<str>>,
 }
 
 /// What the connection loop does after a frame.
@@ -782,6 +905,7 @@ impl Session {
                     id: frame.id,
                     payload: frame.payload,
                     oneway,
+                    peer_identity: self.identity.clone(),
                 })
             }
             Kind::Ping => {

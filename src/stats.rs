@@ -34,6 +34,8 @@ pub enum CloseReason {
     Truncated,
     /// The HELLO carried no auth token or a wrong one.
     AuthFailed,
+    /// The TLS handshake failed or did not finish within `handshake_timeout`.
+    Tls,
     /// The peer broke the protocol (bad HELLO, unknown kind, a frame out of place).
     Protocol,
     /// The peer sent an ERROR about the whole connection.
@@ -46,7 +48,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in the order [`Snapshot::closed`] lists them.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::PeerClosed,
         CloseReason::Drained,
         CloseReason::CloseAfter,
@@ -57,6 +59,7 @@ impl CloseReason {
         CloseReason::SlowReader,
         CloseReason::Truncated,
         CloseReason::AuthFailed,
+        CloseReason::Tls,
         CloseReason::Protocol,
         CloseReason::PeerError,
         CloseReason::HandlerFailed,
@@ -76,6 +79,7 @@ impl CloseReason {
             CloseReason::SlowReader => "slow_reader",
             CloseReason::Truncated => "truncated",
             CloseReason::AuthFailed => "auth_failed",
+            CloseReason::Tls => "tls_handshake",
             CloseReason::Protocol => "protocol_error",
             CloseReason::PeerError => "peer_error",
             CloseReason::HandlerFailed => "handler_failed",

@@ -15,12 +15,18 @@ use courier::codec::ErrorCode;
 use courier::config::Config;
 use courier::server::{HandlerError, Request, Server};
 use courier::stats::Stats;
+use courier::tls::{ClientTls, ServerTls};
 use courier::transport::Listener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Echo; a payload starting with "slow" is answered after 200 ms; "fail" fails.
+/// Echo; a payload starting with "slow" is answered after 200 ms; "fail" fails; "whoami"
+/// gets the client's verified TLS identity.
 async fn handler(request: Request) -> Result<Bytes, HandlerError> {
+    if &request.payload[..] == b"whoami" {
+        let who = request.peer_identity.as_deref().unwrap_or("anonymous");
+        return Ok(Bytes::from(who.to_owned()));
+    }
     if request.payload.starts_with(b"slow") {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -38,11 +44,18 @@ struct Running {
 }
 
 async fn serve(listen: &str, config: Config) -> Running {
+    serve_tls(listen, config, None).await
+}
+
+async fn serve_tls(listen: &str, config: Config, tls: Option<ServerTls>) -> Running {
     let listener = Listener::bind(listen, 128, config.socket_mode())
         .await
         .expect("bind");
     let addr = listener.local_addr().unwrap();
-    let server = Server::new(config, handler);
+    let mut server = Server::new(config, handler);
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
     let stats = server.stats();
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
@@ -63,13 +76,13 @@ fn socket_path(name: &str) -> PathBuf {
 }
 
 /// The exchange every transport must carry the same way.
-async fn core_exchange(listen: &str) {
+async fn core_exchange(listen: &str, tls: Option<ServerTls>, client_config: ClientConfig) {
     let config = Config {
         max_frame: 1024,
         ..common::test_config()
     };
-    let server = serve(listen, config).await;
-    let client = Client::connect(server.addr.as_str())
+    let server = serve_tls(listen, config, tls).await;
+    let client = Client::connect_with(server.addr.as_str(), client_config)
         .await
         .expect("connect");
 
@@ -123,14 +136,19 @@ async fn core_exchange(listen: &str) {
 
 #[tokio::test]
 async fn core_exchange_over_tcp() {
-    core_exchange("127.0.0.1:0").await;
+    core_exchange("127.0.0.1:0", None, ClientConfig::default()).await;
 }
 
 #[cfg(unix)]
 #[tokio::test]
 async fn core_exchange_over_a_unix_socket() {
     let path = socket_path("core");
-    core_exchange(&format!("unix:{}", path.display())).await;
+    core_exchange(
+        &format!("unix:{}", path.display()),
+        None,
+        ClientConfig::default(),
+    )
+    .await;
     assert!(!path.exists(), "the socket file is removed at shutdown");
 }
 
@@ -250,5 +268,262 @@ mod unix {
         let (status, _) = server.terminate();
         assert!(status.success());
         assert!(!path.exists());
+    }
+}
+
+mod tls {
+    use super::*;
+    use common::certs::{make, Certs};
+
+    fn certs(name: &str) -> Certs {
+        make(
+            &PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("certs-{name}-{}", std::process::id())),
+        )
+    }
+
+    fn server_tls(certs: &Certs, require_client_certs: bool) -> ServerTls {
+        let client_ca = require_client_certs.then_some(certs.ca.as_path());
+        ServerTls::from_files(&certs.server_cert, &certs.server_key, client_ca)
+            .expect("server TLS")
+            .0
+    }
+
+    fn client(
+        ca: &std::path::Path,
+        cert: Option<(&PathBuf, &PathBuf)>,
+        name: Option<&str>,
+    ) -> ClientConfig {
+        let tls = ClientTls::from_files(
+            ca,
+            cert.map(|(c, k)| (c.as_path(), k.as_path())),
+            name.map(str::to_owned),
+        )
+        .expect("client TLS");
+        ClientConfig {
+            tls: Some(tls),
+            connect_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn core_exchange_over_tls() {
+        let certs = certs("core");
+        core_exchange(
+            "127.0.0.1:0",
+            Some(server_tls(&certs, false)),
+            client(&certs.ca, None, None),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn core_exchange_over_mutual_tls_and_the_handler_sees_who_called() {
+        let certs = certs("mtls");
+        let pair = (&certs.client_cert, &certs.client_key);
+        core_exchange(
+            "127.0.0.1:0",
+            Some(server_tls(&certs, true)),
+            client(&certs.ca, Some(pair), None),
+        )
+        .await;
+
+        let server = serve_tls(
+            "127.0.0.1:0",
+            common::test_config(),
+            Some(server_tls(&certs, true)),
+        )
+        .await;
+        let client =
+            Client::connect_with(server.addr.as_str(), client(&certs.ca, Some(pair), None))
+                .await
+                .unwrap();
+        assert_eq!(client.call("whoami").await.unwrap(), "CN=client-a");
+        server.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_a_client_certificate_or_with_a_strangers_the_call_fails() {
+        let certs = certs("refused");
+        let server = serve_tls(
+            "127.0.0.1:0",
+            common::test_config(),
+            Some(server_tls(&certs, true)),
+        )
+        .await;
+        let stranger = (&certs.stranger_cert, &certs.stranger_key);
+        for config in [
+            client(&certs.ca, None, None),
+            client(&certs.ca, Some(stranger), None),
+        ] {
+            // TLS 1.3 finishes the client's side before the server has checked its
+            // certificate, so the refusal may come at connect or at the first call.
+            let result = match Client::connect_with(server.addr.as_str(), config).await {
+                Ok(client) => client.call("let me in").await.map(|_| ()),
+                Err(err) => Err(err),
+            };
+            assert!(
+                result.is_err(),
+                "a client without a valid certificate was served"
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server
+            .stats
+            .snapshot()
+            .closed(courier::stats::CloseReason::Tls)
+            < 2
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                server.stats.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.stats.snapshot().requests, 0);
+        server.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_on_a_tls_port_is_told_within_the_handshake_deadline() {
+        let certs = certs("plain-on-tls");
+        let config = Config {
+            handshake_timeout: Duration::from_millis(500),
+            ..common::test_config()
+        };
+        let server = serve_tls("127.0.0.1:0", config, Some(server_tls(&certs, false))).await;
+        let started = std::time::Instant::now();
+        let err = Client::connect(server.addr.as_str()).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        match err {
+            ClientError::Server { code, message } => {
+                assert_eq!(code, ErrorCode::Protocol);
+                assert!(message.contains("speaks TLS"), "{message}");
+            }
+            other => panic!("expected an ERROR naming TLS, got {other}"),
+        }
+        server.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_on_a_plaintext_port_fails_with_a_clear_error() {
+        let certs = certs("tls-on-plain");
+        let server = serve("127.0.0.1:0", common::test_config()).await;
+        let started = std::time::Instant::now();
+        let err = Client::connect_with(server.addr.as_str(), client(&certs.ca, None, None))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = err.to_string();
+        assert!(
+            text.contains("TLS handshake failed") && text.contains("does the server speak TLS"),
+            "{text}"
+        );
+        server.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_server_name_is_checked_and_can_be_overridden() {
+        let certs = certs("names");
+        let server = serve_tls(
+            "127.0.0.1:0",
+            common::test_config(),
+            Some(server_tls(&certs, false)),
+        )
+        .await;
+        let port = server.addr.rsplit(':').next().unwrap().to_owned();
+        // By name: the certificate is for localhost.
+        let by_name = format!("localhost:{port}");
+        let ok = Client::connect_with(by_name.as_str(), client(&certs.ca, None, None)).await;
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        // A name the certificate does not carry is refused; the override fixes it.
+        let wrong = Client::connect_with(
+            server.addr.as_str(),
+            client(&certs.ca, None, Some("example.org")),
+        )
+        .await;
+        assert!(wrong
+            .unwrap_err()
+            .to_string()
+            .contains("TLS handshake failed"));
+        let fixed = Client::connect_with(
+            server.addr.as_str(),
+            client(&certs.ca, None, Some("localhost")),
+        )
+        .await;
+        assert!(fixed.is_ok());
+        server.stop.cancel();
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let certs = certs("perms");
+        let (_, warnings) =
+            ServerTls::from_files(&certs.server_cert, &certs.server_key, None).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        std::fs::set_permissions(&certs.server_key, std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let (_, warnings) =
+            ServerTls::from_files(&certs.server_cert, &certs.server_key, None).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("other users may read it")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_cli_speaks_mutual_tls_end_to_end() {
+        let certs = certs("cli");
+        let server = common::Served::start(
+            &[
+                "--tls-cert",
+                certs.server_cert.to_str().unwrap(),
+                "--tls-key",
+                certs.server_key.to_str().unwrap(),
+                "--tls-client-ca",
+                certs.ca.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let output = std::process::Command::new(common::BIN)
+            .args([
+                "send",
+                "--tls-ca",
+                certs.ca.to_str().unwrap(),
+                "--tls-cert",
+                certs.client_cert.to_str().unwrap(),
+                "--tls-key",
+                certs.client_key.to_str().unwrap(),
+                "--data",
+                "over tls",
+                "--output",
+                "text",
+                &server.addr,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "over tls");
+        let (status, log) = server.terminate();
+        assert!(status.success());
+        assert!(
+            log.contains("TLS client certificate verified client=CN=client-a"),
+            "{log}"
+        );
+        // The client closed with a close_notify: an orderly end, not an I/O error.
+        assert!(!log.contains("io_error"), "{log}");
     }
 }
