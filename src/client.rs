@@ -28,7 +28,7 @@ use crate::codec::{
 };
 use crate::stats::Snapshot;
 use crate::tls::ClientTls;
-use crate::transport::{BoxRead, BoxWrite, UNIX_PREFIX};
+use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX, UNIX_PREFIX};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -386,6 +386,37 @@ where
             });
         }
     }
+    if let Some(pipe) = name.strip_prefix(PIPE_PREFIX) {
+        #[cfg(windows)]
+        {
+            let client = tokio::time::timeout(timeout, open_pipe(pipe))
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr: name.clone(),
+                    after: timeout,
+                })?
+                .map_err(|err| match err.kind() {
+                    io::ErrorKind::NotFound => ClientError::Refused { addr: name.clone() },
+                    _ => ClientError::Connect {
+                        addr: name.clone(),
+                        cause: Arc::new(err),
+                    },
+                })?;
+            let (read_half, write_half) = tokio::io::split(client);
+            return Ok((Box::pin(read_half), Box::pin(write_half)));
+        }
+        #[cfg(not(windows))]
+        {
+            let _ = pipe;
+            return Err(ClientError::Connect {
+                addr: name,
+                cause: Arc::new(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "pipe: addresses (named pipes) need Windows",
+                )),
+            });
+        }
+    }
     let stream = connect_tcp(addr, timeout).await?;
     if let Some(tls) = tls {
         let failed = |err: io::Error| {
@@ -409,6 +440,25 @@ where
     }
     let (read_half, write_half) = stream.into_split();
     Ok((Box::pin(read_half), Box::pin(write_half)))
+}
+
+/// Opens a named pipe, waiting while every server instance is busy (as the Windows
+/// documentation advises for ERROR_PIPE_BUSY).
+#[cfg(windows)]
+async fn open_pipe(name: &str) -> io::Result<tokio::net::windows::named_pipe::NamedPipeClient> {
+    use tokio::net::windows::named_pipe::ClientOptions;
+    /// ERROR_PIPE_BUSY: all instances are in use; another is created when one connects.
+    const ERROR_PIPE_BUSY: i32 = 231;
+    let path = crate::transport::pipe_path(name);
+    loop {
+        match ClientOptions::new().open(&path) {
+            Ok(client) => return Ok(client),
+            Err(err) if err.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 type Reader = FramedRead<BoxRead, Codec>;

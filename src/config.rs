@@ -34,7 +34,8 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/courier.toml");
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on: `HOST:PORT` (TCP) or `unix:/path/to.sock`.
+    /// Address to listen on: `HOST:PORT` (TCP), `unix:/path/to.sock`, or (Windows)
+    /// `pipe:NAME`.
     pub listen: String,
     /// Permissions of a Unix socket file, in octal ("0600": only the owner may connect).
     pub socket_mode: String,

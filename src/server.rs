@@ -305,6 +305,14 @@ impl<H: Handler> Server<H> {
                         admit.spawn(stream, peer.to_string(), permit);
                     }
                 }
+                #[cfg(windows)]
+                Accepted::Pipe(pipe) => {
+                    let peer = "named pipe".to_owned();
+                    let busy = |bytes: &[u8]| pipe.try_write(bytes);
+                    if let Some(permit) = admit.permit(&peer, busy) {
+                        admit.spawn(pipe, peer, permit);
+                    }
+                }
                 #[cfg(unix)]
                 Accepted::Unix(stream) => {
                     let peer = crate::transport::UnixPeer(stream.peer_cred().ok()).to_string();

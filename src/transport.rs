@@ -6,11 +6,15 @@
 //!   with mode `socket_mode` (0600, owner only, by default); a stale file left by a dead
 //!   server is replaced, a live server's is not; the file is removed when the listener is
 //!   dropped (at shutdown). On Linux the server logs each peer's uid and pid.
+//! - `pipe:NAME`: a Windows named pipe (`\\.\pipe\NAME`), Windows only. The server keeps
+//!   one idle pipe instance waiting and creates the next as each client connects; a second
+//!   server on the same name is refused (`first_pipe_instance`). This code is compiled for
+//!   Windows (`cargo check --target x86_64-pc-windows-gnu`) but has not been run: the
+//!   project's machines are Linux.
 //!
 //! Everything above the byte stream (the protocol, handlers, limits, shutdown) is the same
 //! code for every transport: the connection loop is generic over the stream type.
 
-use std::fmt;
 use std::io;
 use std::pin::Pin;
 
@@ -24,6 +28,8 @@ pub(crate) type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// The prefix of Unix socket addresses.
 pub const UNIX_PREFIX: &str = "unix:";
+/// The prefix of Windows named pipe addresses.
+pub const PIPE_PREFIX: &str = "pipe:";
 
 /// A bound listener of any transport; `server::run` takes one (or a `TcpListener`).
 #[derive(Debug)]
@@ -33,6 +39,9 @@ pub enum Listener {
     /// A Unix domain socket.
     #[cfg(unix)]
     Unix(UnixSocket),
+    /// A Windows named pipe.
+    #[cfg(windows)]
+    Pipe(NamedPipe),
 }
 
 impl From<TcpListener> for Listener {
@@ -61,6 +70,18 @@ impl Listener {
                 ));
             }
         }
+        if let Some(name) = addr.strip_prefix(PIPE_PREFIX) {
+            #[cfg(windows)]
+            return NamedPipe::bind(name).map(Listener::Pipe);
+            #[cfg(not(windows))]
+            {
+                let _ = name;
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "pipe: addresses (named pipes) need Windows; use unix:PATH here",
+                ));
+            }
+        }
         let _ = mode;
         crate::server::bind(addr, backlog).await.map(Listener::Tcp)
     }
@@ -71,6 +92,8 @@ impl Listener {
             Listener::Tcp(listener) => listener.local_addr().map(|addr| addr.to_string()),
             #[cfg(unix)]
             Listener::Unix(socket) => Ok(format!("{UNIX_PREFIX}{}", socket.path.display())),
+            #[cfg(windows)]
+            Listener::Pipe(pipe) => Ok(format!("{PIPE_PREFIX}{}", pipe.name)),
         }
     }
 
@@ -85,6 +108,8 @@ impl Listener {
                 let (stream, _) = socket.listener.accept().await?;
                 Ok(Accepted::Unix(stream))
             }
+            #[cfg(windows)]
+            Listener::Pipe(pipe) => pipe.accept().await.map(Accepted::Pipe),
         }
     }
 }
@@ -94,6 +119,8 @@ pub(crate) enum Accepted {
     Tcp(TcpStream, std::net::SocketAddr),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
+    #[cfg(windows)]
+    Pipe(tokio::net::windows::named_pipe::NamedPipeServer),
 }
 
 /// Who is at the other end of a Unix socket, for the logs.
@@ -101,8 +128,8 @@ pub(crate) enum Accepted {
 pub(crate) struct UnixPeer(pub(crate) Option<tokio::net::unix::UCred>);
 
 #[cfg(unix)]
-impl fmt::Display for UnixPeer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Some(cred) => {
                 write!(f, "unix uid={}", cred.uid())?;
@@ -198,6 +225,58 @@ impl Drop for UnixSocket {
             }
         }
     }
+}
+
+/// A Windows named pipe that clients connect to by name.
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct NamedPipe {
+    name: String,
+    path: String,
+    /// The instance waiting for the next client.
+    next: tokio::sync::Mutex<tokio::net::windows::named_pipe::NamedPipeServer>,
+}
+
+#[cfg(windows)]
+impl NamedPipe {
+    /// Creates the first instance of `\\.\pipe\NAME`.
+    ///
+    /// # Errors
+    /// When a server already serves that name, or the name is invalid.
+    pub fn bind(name: &str) -> io::Result<NamedPipe> {
+        use tokio::net::windows::named_pipe::ServerOptions;
+        let path = pipe_path(name);
+        let first = ServerOptions::new()
+            .first_pipe_instance(true)
+            .create(&path)
+            .map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot create the named pipe {path} (is a server already using it?): {err}"),
+                )
+            })?;
+        Ok(NamedPipe {
+            name: name.to_owned(),
+            path,
+            next: tokio::sync::Mutex::new(first),
+        })
+    }
+
+    /// Waits for a client on the waiting instance, puts a fresh instance in its place, and
+    /// returns the connected one.
+    async fn accept(&self) -> io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
+        use tokio::net::windows::named_pipe::ServerOptions;
+        let mut next = self.next.lock().await;
+        next.connect().await?;
+        let fresh = ServerOptions::new().create(&self.path)?;
+        Ok(std::mem::replace(&mut *next, fresh))
+    }
+}
+
+/// The full path of a pipe name.
+#[cfg(windows)]
+pub(crate) fn pipe_path(name: &str) -> String {
+    format!(r"\\.\pipe\{name}")
 }
 
 /// Parses an octal permission string such as "0600" or "660".

@@ -142,11 +142,13 @@ fn token_comparison_is_exact() {
     );
 }
 
+#[cfg(unix)]
 fn token_file(mode: u32) -> tempfile_path::TempPath {
     tempfile_path::write(TOKEN.as_bytes(), mode)
 }
 
 /// A file in the target directory, removed on drop (no extra dependency).
+#[cfg(unix)]
 mod tempfile_path {
     use std::path::PathBuf;
 
@@ -172,6 +174,7 @@ mod tempfile_path {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn the_cli_serves_with_a_token_file_and_sends_with_the_token() {
     let file = token_file(0o600);
@@ -214,6 +217,7 @@ fn the_cli_serves_with_a_token_file_and_sends_with_the_token() {
     assert!(log.contains("auth_failed"), "{log}");
 }
 
+#[cfg(unix)]
 #[test]
 fn a_token_file_readable_by_others_is_warned_about() {
     let file = token_file(0o644);

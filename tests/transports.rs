@@ -461,6 +461,7 @@ mod tls {
         server.stop.cancel();
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_key_readable_by_others_is_warned_about() {
         use std::os::unix::fs::PermissionsExt;

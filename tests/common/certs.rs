@@ -25,6 +25,7 @@ pub struct Certs {
 
 fn write(path: &Path, text: &str, private: bool) {
     std::fs::write(path, text).expect("write a PEM file");
+    let _ = private;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
