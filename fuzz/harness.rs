@@ -14,8 +14,10 @@ use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use courier::codec::{Codec, ErrorBody, Frame, Hello, Kind, PlainCodec, MAX_PAYLOAD_LIMIT};
-use courier::config::{Config, Framing};
+use courier::codec::{
+    Codec, ErrorBody, Frame, Hello, Kind, PlainCodec, HELLO_AUTH_TOKEN, MAX_PAYLOAD_LIMIT,
+};
+use courier::config::{AuthToken, Config, Framing};
 use courier::server::{Builtin, HandlerError, Request, Server};
 use courier::stats::CloseReason;
 
@@ -73,6 +75,9 @@ pub(crate) fn decode(data: &[u8]) {
     }
 }
 
+/// The token the server requires when flag bit 6 is set.
+const TOKEN: &[u8] = b"fuzz-token";
+
 /// The settings the connection target runs with: limits small enough that a fuzzer
 /// reaches every one of them.
 fn fuzz_config(framing: Framing) -> Config {
@@ -103,11 +108,12 @@ async fn slow_handler(request: Request) -> Result<Bytes, HandlerError> {
 
 /// Runs one server connection fed by `data`, on a single-thread runtime with paused time.
 ///
-/// `data[0]` holds flags: bit 0 sends a valid HELLO first; bit 1 uses plain framing;
+/// `data[0]` holds flags: bit 0 sends a valid HELLO first (carrying the token
+/// "fuzz-token"); bit 1 uses plain framing;
 /// bit 2 uses a handler that waits (`slow_handler`) instead of the inline echo; bit 3
 /// makes the client never read (a slow reader); bit 4 keeps the connection open after the
 /// input (no EOF), so only a deadline can end it; bit 5 starts a server shutdown after the
-/// input. The rest is a list of chunks, each a length byte and that many bytes, written
+/// input; bit 6 makes the server require the token "fuzz-token". The rest is a list of chunks, each a length byte and that many bytes, written
 /// one write each; a length of 0 is a pause of (next byte x 100 ms).
 pub(crate) fn connection(data: &[u8]) {
     let Some((&flags, script)) = data.split_first() else {
@@ -136,7 +142,10 @@ async fn drive(flags: u8, script: &[u8]) {
     } else {
         Framing::Courier
     };
-    let config = fuzz_config(framing);
+    let mut config = fuzz_config(framing);
+    if flags & 0b100_0000 != 0 {
+        config.auth_token = Some(AuthToken::new(TOKEN).expect("a valid token"));
+    }
     let (server_side, client_side) = tokio::io::duplex(16 * 1024);
     let token = CancellationToken::new();
     let (server, stats) = if flags & 0b100 != 0 {
@@ -159,7 +168,10 @@ async fn drive(flags: u8, script: &[u8]) {
     let mut chunks = Vec::new();
     if flags & 1 != 0 && framing == Framing::Courier {
         let mut hello = BytesMut::new();
-        let _ = Codec::new(0).encode(Frame::hello(&Hello::new(1 << 20)), &mut hello);
+        let mut ours = Hello::new(1 << 20);
+        ours.fields
+            .push((HELLO_AUTH_TOKEN, Bytes::from_static(TOKEN)));
+        let _ = Codec::new(0).encode(Frame::hello(&ours), &mut hello);
         chunks.push(Chunk::Bytes(hello.freeze()));
     }
     chunks.extend(parse_script(script));

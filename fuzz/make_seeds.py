@@ -46,7 +46,7 @@ write("decode", "stats", bytes([9]) + frame(9, 4))
 write("decode", "truncated", bytes([9]) + frame(2, 1, b"abcdef")[:-2])
 
 # flags: 1 hello first, 2 plain, 4 waiting handler, 8 client never reads,
-# 16 no EOF, 32 shutdown after the input
+# 16 no EOF, 32 shutdown after the input, 64 token required
 write("connection", "requests", bytes([1]) + chunks(requests, 200))
 write("connection", "split", bytes([1]) + chunks(requests, 3))
 write("connection", "waiting-handler", bytes([5]) + chunks(frame(2, 1, b"\xfeab") + frame(2, 2, b"\xffno"), 50))
@@ -60,3 +60,7 @@ write("connection", "drain", bytes([37]) + chunks(frame(2, 1, b"\xfewait") + fra
 write("connection", "plain", bytes([2]) + chunks(struct.pack(">I", 3) + b"abc" + struct.pack(">I", 5000), 9))
 write("connection", "oversize", bytes([1]) + chunks(frame(2, 1, b"o" * 2000), 255))
 write("connection", "stats", bytes([1]) + chunks(frame(9, 3) + frame(2, 4, b"q"), 30))
+# 64: the server requires the token "fuzz-token"; with bit 1 the valid HELLO carries it.
+write("connection", "token", bytes([65]) + chunks(frame(2, 1, b"in"), 30))
+WRONG = frame(1, 0, b"COUR" + struct.pack(">HI", 1, 1 << 20) + b"\x01" + struct.pack(">H", 5) + b"guess")
+write("connection", "wrong-token", bytes([64]) + chunks(WRONG + frame(2, 1, b"sneak"), 30))

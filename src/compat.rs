@@ -15,18 +15,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
+use tokio::io::Join;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::ToSocketAddrs;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::client::{connect_tcp, ClientError};
+use crate::client::{connect_stream, ClientError};
 use crate::codec::{CodecError, PlainCodec, RawCodec};
 use crate::config::Framing;
 use crate::connection::{Conn, Io};
 use crate::server::{call, slow_reader, Close, Finished, Handler, LogHex, Request, Shared};
 use crate::stats::{CloseReason, Tally};
+use crate::transport::{BoxRead, BoxWrite};
 
 /// Serves one connection in plain or raw framing (`shared.config.framing`).
 pub(crate) async fn serve<S, H>(
@@ -172,10 +174,17 @@ where
 /// A client for a server in plain framing: each call writes one length-prefixed message
 /// and reads one back. Calls go one at a time, since plain framing has no ids to match
 /// replies with.
-#[derive(Debug)]
 pub struct PlainClient {
-    framed: Framed<TcpStream, PlainCodec>,
+    framed: Framed<Join<BoxRead, BoxWrite>, PlainCodec>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for PlainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainClient")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PlainClient {
@@ -193,9 +202,9 @@ impl PlainClient {
     where
         A: ToSocketAddrs + std::fmt::Display,
     {
-        let stream = connect_tcp(addr, connect_timeout).await?;
+        let (reader, writer) = connect_stream(addr, connect_timeout, None).await?;
         Ok(PlainClient {
-            framed: Framed::new(stream, PlainCodec::new(max_frame)),
+            framed: Framed::new(tokio::io::join(reader, writer), PlainCodec::new(max_frame)),
             timeout,
         })
     }
@@ -265,7 +274,8 @@ pub async fn raw_exchange<A>(
 where
     A: ToSocketAddrs + std::fmt::Display,
 {
-    let mut stream = connect_tcp(addr, options.connect_timeout).await?;
+    let (reader, writer) = connect_stream(addr, options.connect_timeout, None).await?;
+    let mut stream = tokio::io::join(reader, writer);
     let mut buf = vec![0u8; 64 * 1024];
     let failed = |err: io::Error| ClientError::Closed {
         reason: err.to_string(),

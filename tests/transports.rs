@@ -209,6 +209,31 @@ mod unix {
     }
 
     #[tokio::test]
+    async fn plain_framing_works_over_a_unix_socket_too() {
+        let path = socket_path("plain");
+        let config = Config {
+            framing: courier::config::Framing::Plain,
+            ..common::test_config()
+        };
+        let server = serve(&format!("unix:{}", path.display()), config).await;
+        let mut client = courier::compat::PlainClient::connect(
+            server.addr.as_str(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            client.call(Bytes::from_static(b"plain")).await.unwrap(),
+            "plain"
+        );
+        drop(client);
+        server.stop.cancel();
+        server.task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_path_that_is_not_a_socket_is_left_alone() {
         let path = socket_path("regular");
         std::fs::write(&path, b"not a socket").unwrap();
