@@ -27,7 +27,7 @@ use crate::codec::{CodecError, PlainCodec, RawCodec};
 use crate::config::Framing;
 use crate::connection::{Conn, Io};
 use crate::server::{call, slow_reader, Close, Finished, Handler, LogHex, Request, Shared};
-use crate::stats::{CloseReason, Tally};
+use crate::stats::{CloseReason, Turn};
 use crate::transport::{BoxRead, BoxWrite};
 
 /// Serves one connection in plain or raw framing (`shared.config.framing`).
@@ -83,10 +83,7 @@ where
     let mut draining = false;
     let mut peer_done = false;
     let mut in_flight = FuturesOrdered::new();
-    let mut tally = Tally::default();
-
     let close = loop {
-        shared.stats.add(&mut tally);
         if conn.out.overflowed {
             return Ok(slow_reader(conn.out.pending(), config));
         }
@@ -113,7 +110,7 @@ where
                     // In raw framing an empty reply is no reply at all.
                     Ok(reply) if raw && reply.is_empty() => {}
                     Ok(reply) => {
-                        tally.replies += 1;
+                        Turn::new(&shared.stats).tally.replies += 1;
                         conn.out.push(reply);
                     }
                     Err(err) => {
@@ -150,7 +147,7 @@ where
         };
         conn.received();
         received += 1;
-        tally.requests += 1;
+        Turn::new(&shared.stats).tally.requests += 1;
         if raw {
             info!(len = payload.len(), data = %LogHex(&payload), "received");
         } else {
@@ -166,7 +163,6 @@ where
     };
 
     drop(in_flight);
-    shared.stats.add(&mut tally);
     conn.close().await;
     Ok(close)
 }

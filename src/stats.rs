@@ -237,6 +237,35 @@ impl Stats {
     }
 }
 
+/// Counts made during one turn of a connection's loop, added to [`Stats`] when the turn
+/// ends (when this is dropped). Created after the loop's await and dropped before the
+/// next, it never becomes part of an idle connection's state: 48 bytes less per idle
+/// connection than a tally kept for the connection's life (bench/idle_memory).
+pub(crate) struct Turn<'a> {
+    stats: &'a Stats,
+    pub(crate) tally: Tally,
+}
+
+impl<'a> Turn<'a> {
+    pub(crate) fn new(stats: &'a Stats) -> Turn<'a> {
+        Turn {
+            stats,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Adds the counts so far (before a STATS answer reads the counters).
+    pub(crate) fn flush(&mut self) {
+        self.stats.add(&mut self.tally);
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// One connection's counts since they were last added to [`Stats`].
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
