@@ -313,6 +313,40 @@ impl Client {
     }
 }
 
+/// Runs one connect attempt within `timeout`, naming `addr` in its errors. Nothing
+/// listening there (a refused TCP connect, no such socket file or pipe) is
+/// [`ClientError::Refused`].
+async fn attempt<T>(
+    addr: &str,
+    timeout: Duration,
+    connect: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            addr: addr.to_owned(),
+            after: timeout,
+        })?
+        .map_err(|err| match err.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ClientError::Refused {
+                addr: addr.to_owned(),
+            },
+            _ => ClientError::Connect {
+                addr: addr.to_owned(),
+                cause: Arc::new(err),
+            },
+        })
+}
+
+/// The error for an address form this system does not have (`unix:` on Windows,
+/// `pipe:` elsewhere).
+fn unsupported(addr: String, what: &str) -> ClientError {
+    ClientError::Connect {
+        addr,
+        cause: Arc::new(io::Error::new(io::ErrorKind::Unsupported, what.to_owned())),
+    }
+}
+
 /// Opens a TCP connection with `TCP_NODELAY` (requests are small and latency matters;
 /// batching is the caller's business), mapping failures to [`ClientError`]s that name the
 /// address.
@@ -321,29 +355,15 @@ where
     A: ToSocketAddrs + fmt::Display,
 {
     let name = addr.to_string();
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ClientError::ConnectTimeout {
-            addr: name.clone(),
-            after: timeout,
-        })?
-        .map_err(|err| {
-            if err.kind() == io::ErrorKind::ConnectionRefused {
-                ClientError::Refused { addr: name.clone() }
-            } else {
-                ClientError::Connect {
-                    addr: name,
-                    cause: Arc::new(err),
-                }
-            }
-        })?;
+    let stream = attempt(&name, timeout, TcpStream::connect(addr)).await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
-/// Connects to `addr`: `unix:PATH` for a Unix domain socket, otherwise TCP (see
-/// [`connect_tcp`]). Returns the stream's two halves, boxed so that everything above works
-/// the same on every transport.
+/// Connects to `addr`: `unix:PATH` for a Unix domain socket, `pipe:NAME` for a Windows
+/// named pipe, otherwise TCP (see [`connect_tcp`]), with TLS when `tls` is given. Returns
+/// the stream's two halves, boxed so that everything above works the same on every
+/// transport.
 pub(crate) async fn connect_stream<A>(
     addr: A,
     timeout: Duration,
@@ -356,65 +376,30 @@ where
     if let Some(path) = name.strip_prefix(UNIX_PREFIX) {
         #[cfg(unix)]
         {
-            let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
-                .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    addr: name.clone(),
-                    after: timeout,
-                })?
-                .map_err(|err| match err.kind() {
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
-                        ClientError::Refused { addr: name.clone() }
-                    }
-                    _ => ClientError::Connect {
-                        addr: name.clone(),
-                        cause: Arc::new(err),
-                    },
-                })?;
+            let stream = attempt(&name, timeout, tokio::net::UnixStream::connect(path)).await?;
             let (read_half, write_half) = stream.into_split();
             return Ok((Box::pin(read_half), Box::pin(write_half)));
         }
         #[cfg(not(unix))]
         {
             let _ = path;
-            return Err(ClientError::Connect {
-                addr: name,
-                cause: Arc::new(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "unix: addresses need a Unix system",
-                )),
-            });
+            return Err(unsupported(name, "unix: addresses need a Unix system"));
         }
     }
     if let Some(pipe) = name.strip_prefix(PIPE_PREFIX) {
         #[cfg(windows)]
         {
-            let client = tokio::time::timeout(timeout, open_pipe(pipe))
-                .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    addr: name.clone(),
-                    after: timeout,
-                })?
-                .map_err(|err| match err.kind() {
-                    io::ErrorKind::NotFound => ClientError::Refused { addr: name.clone() },
-                    _ => ClientError::Connect {
-                        addr: name.clone(),
-                        cause: Arc::new(err),
-                    },
-                })?;
+            let client = attempt(&name, timeout, open_pipe(pipe)).await?;
             let (read_half, write_half) = tokio::io::split(client);
             return Ok((Box::pin(read_half), Box::pin(write_half)));
         }
         #[cfg(not(windows))]
         {
             let _ = pipe;
-            return Err(ClientError::Connect {
-                addr: name,
-                cause: Arc::new(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "pipe: addresses (named pipes) need Windows",
-                )),
-            });
+            return Err(unsupported(
+                name,
+                "pipe: addresses (named pipes) need Windows",
+            ));
         }
     }
     let stream = connect_tcp(addr, timeout).await?;
