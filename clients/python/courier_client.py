@@ -35,6 +35,7 @@ VERSION = 1
 HEADER = struct.Struct(">IBI")  # length (of kind + id + payload), kind, request id
 HELLO, REQUEST, REPLY, ONEWAY, ERROR, PING, PONG, GOAWAY = range(1, 9)
 MAX_HELLO_PAYLOAD = 4096
+AUTH_TOKEN_FIELD = 0x01
 
 
 class CourierError(Exception):
@@ -78,10 +79,16 @@ class ProtocolError(CourierError):
 class Client:
     """A connection to a courier server."""
 
-    def __init__(self, host="127.0.0.1", port=12345, timeout=10.0, max_frame=16 << 20):
+    def __init__(self, host="127.0.0.1", port=12345, timeout=10.0, max_frame=16 << 20,
+                 auth_token=None):
         """Connects and does the HELLO exchange within `timeout` seconds. Replies larger
-        than `max_frame` bytes are refused (the server is told so in our HELLO)."""
+        than `max_frame` bytes are refused (the server is told so in our HELLO).
+        `auth_token` (bytes or str) is presented to a server that requires one; a missing
+        or wrong token makes the first call raise ServerError with code 15."""
         self._max_frame = max_frame
+        if isinstance(auth_token, str):
+            auth_token = auth_token.encode()
+        self._auth_token = auth_token
         self._timeout = timeout
         self._lock = threading.Lock()
         self._buffer = bytearray()
@@ -164,7 +171,11 @@ class Client:
         if version != VERSION:
             raise ProtocolError(f"the server speaks protocol version {version}, this client {VERSION}")
         self._server_max_frame = max_frame
-        self._send(HELLO, 0, MAGIC + struct.pack(">HI", VERSION, self._max_frame))
+        fields = b""
+        if self._auth_token is not None:
+            # HELLO field 0x01: the auth token (tag, 2-byte length, value).
+            fields = struct.pack(">BH", AUTH_TOKEN_FIELD, len(self._auth_token)) + self._auth_token
+        self._send(HELLO, 0, MAGIC + struct.pack(">HI", VERSION, self._max_frame) + fields)
 
     def _deadline(self, timeout):
         return time.monotonic() + (self._timeout if timeout is None else timeout)

@@ -29,9 +29,11 @@ BIN = os.environ.get("COURIER_BIN", "target/debug/courier")
 class Server:
     """`courier serve --listen 127.0.0.1:0 ARGS`, with the port it logs."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env_extra=None):
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
+        env.pop("COURIER_AUTH_TOKEN", None)
+        env.update(env_extra or {})
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", *args],
             stderr=subprocess.PIPE,
@@ -181,6 +183,22 @@ class ErrorTest(unittest.TestCase):
         # second signal would make the server exit at once, with status 130).
         self.assertEqual(server.proc.wait(timeout=20), 0)
         server.stop()
+
+
+class AuthTest(unittest.TestCase):
+    def test_the_token_opens_the_server_and_a_wrong_one_does_not(self):
+        server = Server(env_extra={"COURIER_AUTH_TOKEN": "py-secret"})
+        try:
+            with server.client(auth_token="py-secret") as client:
+                self.assertEqual(client.call(b"in"), b"in")
+            for token in (None, "wrong"):
+                with server.client(auth_token=token) as client:
+                    with self.assertRaises(ServerError) as caught:
+                        client.call(b"let me in")
+                    self.assertEqual(caught.exception.code, 15)
+                    self.assertEqual(caught.exception.text, "authentication failed")
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
