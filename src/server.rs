@@ -227,8 +227,9 @@ impl<H: Handler> Server<H> {
     }
 
     /// Serves one connection that was accepted elsewhere (any byte stream: an in-memory
-    /// pipe, a transport of the embedder's own) until it ends, with the same limits,
-    /// deadlines, logging and counters as connections from [`Server::run`]. Cancelling
+    /// pipe, a transport of the embedder's own) until it ends, with the same per-connection
+    /// limits, deadlines, logging and counters as connections from [`Server::run`]
+    /// (`max_connections` is the accept loop's, so it does not apply here). Cancelling
     /// `shutdown` drains it (GOAWAY, then every received request answered).
     ///
     /// Returns why the connection ended.
