@@ -178,6 +178,28 @@ impl AuthToken {
         bool::from(self.0.as_ref().ct_eq(offered))
     }
 
+    /// The token a server or client uses: `env_token` (the value of COURIER_AUTH_TOKEN)
+    /// when given, else the contents of `file` when given, else none. Also returns a
+    /// warning to log when the file is readable by others.
+    ///
+    /// # Errors
+    /// As [`AuthToken::from_file`] and [`AuthToken::new`].
+    pub fn load(
+        env_token: Option<String>,
+        file: Option<&Path>,
+    ) -> Result<(Option<AuthToken>, Option<String>), ConfigError> {
+        if let Some(token) = env_token {
+            return Ok((Some(AuthToken::new(token.into_bytes())?), None));
+        }
+        match file {
+            Some(path) => {
+                let (token, warning) = AuthToken::from_file(path)?;
+                Ok((Some(token), warning))
+            }
+            None => Ok((None, None)),
+        }
+    }
+
     /// Reads a token file: the whole file less one trailing newline. Also returns a
     /// warning when others than the owner may read the file.
     ///
@@ -301,15 +323,9 @@ impl Config {
     /// # Errors
     /// When the file cannot be read or the token is empty or too long.
     pub fn load_token(&mut self, env_token: Option<String>) -> Result<Vec<String>, ConfigError> {
-        let mut warnings = Vec::new();
-        if let Some(token) = env_token {
-            self.auth_token = Some(AuthToken::new(token.into_bytes())?);
-        } else if let Some(path) = &self.auth_token_file {
-            let (token, warning) = AuthToken::from_file(path)?;
-            warnings.extend(warning);
-            self.auth_token = Some(token);
-        }
-        Ok(warnings)
+        let (token, warning) = AuthToken::load(env_token, self.auth_token_file.as_deref())?;
+        self.auth_token = token;
+        Ok(warning.into_iter().collect())
     }
 
     /// Refuses a listen address that anyone on a network could reach when nothing
@@ -322,11 +338,8 @@ impl Config {
         if self.allow_insecure
             || self.auth_token.is_some()
             || self.tls_cert.is_some()
-            || self.listen.starts_with("unix:")
+            || self.is_local_transport()
         {
-            return Ok(());
-        }
-        if self.listen.starts_with("pipe:") {
             return Ok(());
         }
         let resolved: Vec<std::net::SocketAddr> =
@@ -342,6 +355,13 @@ impl Config {
             "refusing to listen on {}: it is reachable from other machines, and nothing protects it (no TLS, no auth token), so anyone who can reach it could use this server. Set an auth token (--auth-token-file FILE or COURIER_AUTH_TOKEN), or pass --allow-insecure (allow_insecure = true) to accept the risk",
             self.listen
         )))
+    }
+
+    /// Whether `listen` names a transport that never leaves the machine (a Unix socket or
+    /// a named pipe), protected by its permissions rather than by TLS or a token.
+    fn is_local_transport(&self) -> bool {
+        use crate::transport::{PIPE_PREFIX, UNIX_PREFIX};
+        self.listen.starts_with(UNIX_PREFIX) || self.listen.starts_with(PIPE_PREFIX)
     }
 
     /// The Unix socket file mode as a number (validated by [`Config::validate`]).
@@ -362,9 +382,9 @@ impl Config {
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return invalid("tls_client_ca needs TLS: set tls_cert and tls_key too".into());
         }
-        if self.tls_cert.is_some() && self.listen.starts_with("unix:") {
+        if self.tls_cert.is_some() && self.is_local_transport() {
             return invalid(
-                "TLS applies to TCP; a unix: socket is protected by its file permissions".into(),
+                "TLS applies to TCP; unix: sockets and pipe: names are local and protected by their permissions".into(),
             );
         }
         if self.max_connections == 0 {
@@ -512,6 +532,40 @@ mod tests {
         assert!(matches!(with("echo").builtin().unwrap(), Builtin::Echo));
         assert!(matches!(with("none").builtin().unwrap(), Builtin::Fixed(b) if b.is_empty()));
         assert!(matches!(with("0a0B").builtin().unwrap(), Builtin::Fixed(b) if b[..] == [10, 11]));
+    }
+
+    #[test]
+    fn tls_is_refused_on_local_transports_and_those_need_no_protection() {
+        for listen in ["unix:/tmp/x.sock", "pipe:courier"] {
+            let tls = Config {
+                listen: listen.into(),
+                tls_cert: Some("c.pem".into()),
+                tls_key: Some("k.pem".into()),
+                ..Config::default()
+            };
+            let err = tls.validate().unwrap_err().to_string();
+            assert!(err.contains("TLS applies to TCP"), "{listen}: {err}");
+            let plain = Config {
+                listen: listen.into(),
+                ..Config::default()
+            };
+            assert!(plain.check_exposure().is_ok(), "{listen}");
+        }
+        let open = Config {
+            listen: "0.0.0.0:0".into(),
+            ..Config::default()
+        };
+        assert!(open.check_exposure().is_err());
+    }
+
+    #[test]
+    fn auth_token_from_the_environment_wins_over_the_file() {
+        let (token, warning) =
+            AuthToken::load(Some("env".into()), Some(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(token.unwrap().as_bytes(), &Bytes::from_static(b"env"));
+        assert!(warning.is_none());
+        assert!(AuthToken::load(None, Some(Path::new("/nonexistent"))).is_err());
+        assert!(AuthToken::load(None, None).unwrap().0.is_none());
     }
 
     #[test]

@@ -279,17 +279,12 @@ impl ClientAuthArgs {
 
     /// The token to send, if any, warning when its file is readable by others.
     fn token(&self) -> anyhow::Result<Option<Bytes>> {
-        if let Ok(token) = std::env::var("COURIER_AUTH_TOKEN") {
-            return Ok(Some(AuthToken::new(token.into_bytes())?.as_bytes().clone()));
-        }
-        let Some(path) = &self.auth_token_file else {
-            return Ok(None);
-        };
-        let (token, warning) = AuthToken::from_file(path)?;
+        let env_token = std::env::var("COURIER_AUTH_TOKEN").ok();
+        let (token, warning) = AuthToken::load(env_token, self.auth_token_file.as_deref())?;
         if let Some(warning) = warning {
             warn!("{warning}");
         }
-        Ok(Some(token.as_bytes().clone()))
+        Ok(token.map(|token| token.as_bytes().clone()))
     }
 }
 
