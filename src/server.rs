@@ -481,16 +481,9 @@ impl<H: Handler> Admit<'_, H> {
         let limit = config.max_connections;
         info!(%peer, limit, "rejected connection: server busy");
         if config.framing == Framing::Courier {
-            let frame = Frame::error(
-                0,
-                ErrorCode::ServerBusy,
-                &format!(
-                    "server busy: {limit} connections, the configured limit (max_connections)"
-                ),
-            );
-            let mut bytes = BytesMut::new();
-            // Encoding a short ERROR into a BytesMut cannot fail.
-            let _ = Codec::new(0).encode(frame, &mut bytes);
+            let text =
+                format!("server busy: {limit} connections, the configured limit (max_connections)");
+            let bytes = connection_error(ErrorCode::ServerBusy, &text);
             if let Err(err) = try_write(&bytes) {
                 debug!(%peer, cause = %err, "could not send the busy ERROR");
             }
@@ -553,6 +546,16 @@ impl<H: Handler> Admit<'_, H> {
     }
 }
 
+/// An ERROR about the whole connection, encoded, for a peer that is about to be closed
+/// before its connection loop runs (written with a non-blocking `try_write`: a few dozen
+/// bytes into a fresh socket's empty send buffer).
+fn connection_error(code: ErrorCode, text: &str) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    // Encoding a short ERROR into a BytesMut cannot fail.
+    let _ = Codec::new(0).encode(Frame::error(0, code, text), &mut bytes);
+    bytes
+}
+
 /// The server side of a TLS handshake, within `handshake_timeout`.
 ///
 /// A courier client that does not speak TLS sends nothing at all (it waits for the
@@ -575,9 +578,7 @@ async fn tls_handshake(
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Err(_) => {
             let text = "this port speaks TLS: connect with TLS (courier: --tls-ca)";
-            let mut bytes = BytesMut::new();
-            let _ = Codec::new(0).encode(Frame::error(0, ErrorCode::Protocol, text), &mut bytes);
-            let _ = stream.try_write(&bytes);
+            let _ = stream.try_write(&connection_error(ErrorCode::Protocol, text));
             return Err(format!(
                 "no TLS handshake within {} (handshake_timeout): the peer sent nothing, as a plaintext courier client does; told it this port speaks TLS",
                 humantime::format_duration(config.handshake_timeout)
