@@ -570,11 +570,16 @@ impl Codec {
     }
 }
 
-impl Decoder for Codec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+impl Codec {
+    /// The frame at the front of `src`, once all of it is there: its kind, its request id
+    /// and its payload's length (the payload is `src[HEADER_LEN..HEADER_LEN + len]`).
+    /// Nothing is consumed; [`Decoder::decode`] is this plus taking the bytes. For readers
+    /// that look at a frame where it lies (the load generator checks replies in place).
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`]: a length below the header's, a payload over the limit, an
+    /// unknown kind.
+    pub fn peek(&self, src: &[u8]) -> Result<Option<(Kind, u32, usize)>, CodecError> {
         let Some(length) = src.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
             return Ok(None);
         };
@@ -604,10 +609,22 @@ impl Decoder for Codec {
             });
         };
         if src.len() < HEADER_LEN + payload_len {
+            return Ok(None);
+        }
+        Ok(Some((kind, id, payload_len)))
+    }
+}
+
+impl Decoder for Codec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some((kind, id, payload_len)) = self.peek(src)? else {
             // Deliberately no `reserve(payload_len)`: the buffer grows only as bytes
             // arrive, so a header alone cannot claim memory.
             return Ok(None);
-        }
+        };
         src.advance(HEADER_LEN);
         let payload = src.split_to(payload_len).freeze();
         Ok(Some(Frame { kind, id, payload }))
@@ -677,11 +694,13 @@ impl PlainCodec {
     }
 }
 
-impl Decoder for PlainCodec {
-    type Item = Bytes;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+impl PlainCodec {
+    /// The length of the message at the front of `src`, once all of it is there (the
+    /// message is `src[4..4 + len]`). Nothing is consumed, as with [`Codec::peek`].
+    ///
+    /// # Errors
+    /// A length over the limit.
+    pub fn peek(&self, src: &[u8]) -> Result<Option<usize>, CodecError> {
         let Some(len) = src
             .first_chunk::<4>()
             .map(|b| u32::from_be_bytes(*b) as usize)
@@ -694,9 +713,18 @@ impl Decoder for PlainCodec {
                 max: self.max,
             });
         }
-        if src.len() < 4 + len {
+        Ok((src.len() >= 4 + len).then_some(len))
+    }
+}
+
+impl Decoder for PlainCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        let Some(len) = self.peek(src)? else {
             return Ok(None);
-        }
+        };
         src.advance(4);
         Ok(Some(src.split_to(len).freeze()))
     }

@@ -114,3 +114,65 @@ async fn open_loop_never_sends_faster_than_its_schedule() {
     assert!(report.seconds >= 0.49, "finished in {} s", report.seconds);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_reply_under_a_reused_id_is_a_mismatch() {
+    // The bench reuses an id once its reply is in, so with one request in flight every
+    // request has the same id. A server that answers each request with the payload of the
+    // one before has every id right and every content wrong.
+    let previous = Arc::new(std::sync::Mutex::new(Bytes::from(vec![0; 64])));
+    let handler = move |request: Request| {
+        let previous = previous.clone();
+        async move {
+            let reply = std::mem::replace(&mut *previous.lock().unwrap(), request.payload);
+            Ok::<_, HandlerError>(reply)
+        }
+    };
+    let server = start_server(test_config(), handler).await;
+    let bench = BenchConfig {
+        connections: 1,
+        pipeline: 1,
+        requests: Some(500),
+        ..bench_config(server.addr)
+    };
+    let report = run(&bench, Arc::new(Progress::default())).await.unwrap();
+    assert_eq!(report.requests, 0, "no stale reply may count: {report:?}");
+    assert_eq!(report.mismatches, 500, "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_ends_the_run_with_errors() {
+    // Answers the first 100 requests, then never again: each connection must give up
+    // `timeout` after its last reply instead of waiting for ever.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = move |request: Request| {
+        let answered = answered.clone();
+        async move {
+            if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 100 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, HandlerError>(request.payload)
+        }
+    };
+    let server = start_server(test_config(), handler).await;
+    let bench = BenchConfig {
+        requests: None,
+        duration: Duration::from_secs(30),
+        timeout: Duration::from_millis(300),
+        ..bench_config(server.addr)
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(&bench, Arc::new(Progress::default())),
+    )
+    .await
+    .expect("the bench gave up on the silent server")
+    .unwrap();
+    assert_eq!(
+        report.errors, 4,
+        "one timed-out connection each: {report:?}"
+    );
+    assert!(report.requests <= 100, "{report:?}");
+    server.shutdown().await;
+}
