@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
-use crate::client::{connect_stream, ClientError};
+use crate::client::{connect_stream, BlockingStream, ClientError, Socket};
 use crate::codec::{
     put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HEADER_LEN,
     HELLO_AUTH_TOKEN, MAX_HELLO_PAYLOAD,
@@ -164,8 +164,14 @@ struct Outcome {
 pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report, ClientError> {
     let connections = config.connections.max(1);
     let mut streams = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        streams.push(open(config).await?);
+    if connections == 1 && one_at_a_time(config) {
+        if let Some(stream) = open_blocking(config).await? {
+            streams.push(Connection::Blocking(stream));
+        }
+    }
+    while streams.len() < connections {
+        let (reader, writer) = open(config).await?;
+        streams.push(Connection::Async(reader, writer));
     }
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + config.warmup;
@@ -175,7 +181,7 @@ pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report
     };
     let per_connection = config.requests.map(|n| n.div_ceil(connections as u64));
     let mut tasks = Vec::new();
-    for (index, (reader, writer)) in streams.into_iter().enumerate() {
+    for (index, stream) in streams.into_iter().enumerate() {
         let job = Job {
             config: config.clone(),
             index,
@@ -185,7 +191,12 @@ pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report
             quota: per_connection,
             progress: progress.clone(),
         };
-        tasks.push(tokio::spawn(job.run(reader, writer)));
+        tasks.push(match stream {
+            Connection::Async(reader, writer) => tokio::spawn(job.run(reader, writer)),
+            Connection::Blocking(stream) => {
+                tokio::task::spawn_blocking(move || job.run_blocking(stream))
+            }
+        });
     }
     // CPU is sampled over the measured window only, like the requests it is divided by.
     tokio::time::sleep_until(measure_from).await;
@@ -271,12 +282,58 @@ impl Outcome {
     }
 }
 
-type Streams = (BoxRead, BoxWrite);
+/// A connection, opened and past its HELLO exchange.
+enum Connection {
+    /// Driven by a task on the runtime.
+    Async(BoxRead, BoxWrite),
+    /// Driven by a thread of its own, blocking in `write` and `read`.
+    Blocking(Box<dyn BlockingStream>),
+}
+
+/// Whether the run keeps one request at a time in flight on each connection (closed loop,
+/// no pipelining, request/reply).
+fn one_at_a_time(config: &BenchConfig) -> bool {
+    config.pipeline <= 1 && config.rate.is_none() && !config.oneway
+}
 
 /// Opens one connection, with the HELLO exchange in courier framing.
-async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
+async fn open(config: &BenchConfig) -> Result<(BoxRead, BoxWrite), ClientError> {
     let (reader, writer) =
         connect_stream(config.addr.as_str(), config.timeout, config.tls.as_ref()).await?;
+    handshake(config, reader, writer).await
+}
+
+/// Opens the connection of a one-connection, one-request-at-a-time run as a blocking
+/// socket; `None` where there is none to open (TLS, a named pipe).
+///
+/// With one request in flight and one connection, a thread blocking in `write` then `read`
+/// is the cheapest client there is: two system calls per request where an event loop
+/// makes three (`epoll_wait` between), and no runtime scheduling a task for each reply.
+/// The load generator then costs less CPU per request than redis-benchmark's event loop and
+/// adds less to the round trip it measures, as the blocking floor client does.
+async fn open_blocking(
+    config: &BenchConfig,
+) -> Result<Option<Box<dyn BlockingStream>>, ClientError> {
+    if config.tls.is_some() {
+        return Ok(None);
+    }
+    let Some(mut socket) = Socket::connect(&config.addr, config.timeout).await? else {
+        return Ok(None);
+    };
+    let (reader, writer) = socket.halves();
+    handshake(config, reader, writer).await?;
+    let stream = socket
+        .into_blocking(config.timeout)
+        .map_err(|err| ClientError::Protocol(format!("cannot make the socket blocking: {err}")))?;
+    Ok(Some(stream))
+}
+
+/// The HELLO exchange in courier framing (nothing in plain framing); gives the stream back.
+async fn handshake<R, W>(config: &BenchConfig, reader: R, writer: W) -> Result<(R, W), ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     if config.framing != Framing::Courier {
         return Ok((reader, writer));
     }
@@ -298,6 +355,7 @@ async fn open(config: &BenchConfig) -> Result<Streams, ClientError> {
         .send(Frame::hello(&hello))
         .await
         .map_err(|err| ClientError::Protocol(err.to_string()))?;
+    // The server says nothing more until it has our HELLO, so nothing is left buffered.
     Ok((framed_read.into_inner(), framed_write.into_inner()))
 }
 
@@ -370,6 +428,124 @@ impl Job {
         (outcome, Instant::now())
     }
 
+    /// [`Job::run`] on a thread of its own, for a blocking socket.
+    fn run_blocking(self, mut stream: Box<dyn BlockingStream>) -> (Outcome, Instant) {
+        std::thread::sleep(self.start.saturating_duration_since(Instant::now()));
+        let mut outcome = Outcome::new();
+        let max = self.config.size.max(1 << 20);
+        let result = match self.config.framing {
+            Framing::Plain => {
+                let parser = PlainCodec::new(max);
+                self.drive_blocking(&mut stream, &parser, &mut outcome, plain_header, false)
+            }
+            _ => {
+                let parser = Codec::new(max);
+                self.drive_blocking(&mut stream, &parser, &mut outcome, request_header, true)
+            }
+        };
+        if result.is_err() {
+            outcome.errors += 1;
+            outcome.confirmed = false;
+        }
+        (outcome, Instant::now())
+    }
+
+    /// One request at a time over a blocking socket: write it, read until its reply is
+    /// whole, check it. A read that waits longer than `timeout` fails the connection.
+    fn drive_blocking(
+        &self,
+        stream: &mut dyn BlockingStream,
+        parser: &impl ReplyParser,
+        outcome: &mut Outcome,
+        header: fn(&mut BytesMut, u32, usize),
+        ids: bool,
+    ) -> Result<(), CodecError> {
+        let payloads = Payloads::new(self.config.size);
+        let mut pending = Outstanding::new(ids);
+        let mut out = BytesMut::with_capacity(HEADER_LEN + self.config.size);
+        // Read into a plain buffer: `filled` bytes have arrived, the first `start` of them
+        // are checked replies.
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut start, mut filled) = (0, 0);
+        let mut seq: u64 = 0;
+        let mut sent_measured: u64 = 0;
+        loop {
+            let now = Instant::now();
+            if self.stop_sending(sent_measured, now) {
+                return Ok(());
+            }
+            seq += 1;
+            if now >= self.measure_from {
+                sent_measured += 1;
+            }
+            let id = pending.push(seq, now);
+            header(&mut out, id, self.config.size);
+            payloads.write(seq, &mut out);
+            stream.write_all(&out)?;
+            out.clear();
+            while pending.len() > 0 {
+                let Some(reply) = parser.parse(&buf[start..filled])? else {
+                    if filled == buf.len() {
+                        // Make room: move the unchecked bytes to the front, then grow.
+                        buf.copy_within(start..filled, 0);
+                        (start, filled) = (0, filled - start);
+                        if filled == buf.len() {
+                            buf.resize(buf.len() * 2, 0);
+                        }
+                    }
+                    let read = stream.read(&mut buf[filled..])?;
+                    if read == 0 {
+                        return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    filled += read;
+                    continue;
+                };
+                let now = Instant::now();
+                let payload = reply
+                    .payload
+                    .map(|range| &buf[start + range.start..start + range.end]);
+                let answered = self.check(outcome, pending.take(reply.id), payload, &payloads, now);
+                self.progress
+                    .done
+                    .fetch_add(u64::from(answered), Ordering::Relaxed);
+                start += reply.len;
+            }
+            if start == filled {
+                (start, filled) = (0, 0);
+            }
+        }
+    }
+
+    /// Checks one reply against the request it answers (`expected`: its sequence number
+    /// and the instant latency counts from); counts it in `outcome`. Returns whether it
+    /// answered a request of ours.
+    fn check(
+        &self,
+        outcome: &mut Outcome,
+        expected: Option<(u64, Instant)>,
+        payload: Option<&[u8]>,
+        payloads: &Payloads,
+        now: Instant,
+    ) -> bool {
+        let Some((expected_seq, due)) = expected else {
+            outcome.mismatches += 1;
+            return false;
+        };
+        match payload {
+            None => outcome.errors += 1,
+            Some(payload) if !payloads.matches(expected_seq, payload) => outcome.mismatches += 1,
+            Some(_) => {
+                let in_window =
+                    due >= self.measure_from && self.until.is_none_or(|until| now <= until);
+                if in_window {
+                    outcome.requests += 1;
+                    outcome.record(now.duration_since(due));
+                }
+            }
+        }
+        true
+    }
+
     fn stop_sending(&self, sent_measured: u64, now: Instant) -> bool {
         match (self.until, self.quota) {
             (Some(until), _) => now >= until,
@@ -394,9 +570,7 @@ impl Job {
     {
         let mut out = BytesMut::with_capacity(64 * 1024);
         let payloads = Payloads::new(self.config.size);
-        // seq -> the instant latency counts from (sent, or due in open loop).
-        let mut by_id = InFlight::default();
-        let mut in_order: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut pending = Outstanding::new(ids);
         let mut seq: u64 = 0;
         let mut sent_measured: u64 = 0;
         let interval = self
@@ -421,7 +595,7 @@ impl Job {
         tokio::pin!(watchdog);
         let mut last_progress = Instant::now();
         loop {
-            let in_flight = if ids { by_id.len() } else { in_order.len() };
+            let in_flight = pending.len();
             // One clock reading serves the whole batch: its requests leave in one write.
             let now = Instant::now();
             let stopping = self.stop_sending(sent_measured, now);
@@ -433,7 +607,7 @@ impl Job {
             }
             // Send what is due.
             let mut queued = false;
-            while !stopping && (if ids { by_id.len() } else { in_order.len() }) < cap {
+            while !stopping && pending.len() < cap {
                 let due = match interval {
                     Some(interval) => {
                         if next_due > Instant::now() {
@@ -449,12 +623,7 @@ impl Job {
                 if due >= self.measure_from {
                     sent_measured += 1;
                 }
-                let id = if ids {
-                    by_id.insert(seq, due)
-                } else {
-                    in_order.push_back((seq, due));
-                    0
-                };
+                let id = pending.push(seq, due);
                 header(&mut out, id, self.config.size);
                 payloads.write(seq, &mut out);
                 queued = true;
@@ -465,7 +634,7 @@ impl Job {
             if queued {
                 writer.write_all_buf(&mut out).await?;
             }
-            let in_flight = if ids { by_id.len() } else { in_order.len() };
+            let in_flight = pending.len();
             // Wait for replies, or (open loop) for the next send time.
             let read = if in_flight == 0 && interval.is_some() && !stopping {
                 tokio::time::sleep_until(next_due).await;
@@ -498,31 +667,9 @@ impl Job {
             last_progress = now;
             let mut answered = 0;
             while let Some(reply) = replies.parse()? {
-                let expected = if ids {
-                    by_id.remove(reply.id)
-                } else {
-                    in_order.pop_front()
-                };
-                match expected {
-                    None => outcome.mismatches += 1,
-                    Some((expected_seq, due)) => {
-                        answered += 1;
-                        match reply.payload.map(|range| &replies.buf[range]) {
-                            None => outcome.errors += 1,
-                            Some(payload) if !payloads.matches(expected_seq, payload) => {
-                                outcome.mismatches += 1
-                            }
-                            Some(_) => {
-                                let in_window = due >= self.measure_from
-                                    && self.until.is_none_or(|until| now <= until);
-                                if in_window {
-                                    outcome.requests += 1;
-                                    outcome.record(now.duration_since(due));
-                                }
-                            }
-                        }
-                    }
-                }
+                let payload = reply.payload.map(|range| &replies.buf[range]);
+                let expected = pending.take(reply.id);
+                answered += u64::from(self.check(outcome, expected, payload, &payloads, now));
                 replies.consume(reply.len);
             }
             self.progress.done.fetch_add(answered, Ordering::Relaxed);
@@ -653,6 +800,49 @@ impl InFlight {
         self.free.push(index as u32);
         self.len -= 1;
         Some(entry)
+    }
+}
+
+/// The requests in flight on one connection: by id in courier framing, in order in plain
+/// framing (which has no ids, so replies come back in the order of the requests).
+enum Outstanding {
+    ById(InFlight),
+    InOrder(VecDeque<(u64, Instant)>),
+}
+
+impl Outstanding {
+    fn new(ids: bool) -> Outstanding {
+        if ids {
+            Outstanding::ById(InFlight::default())
+        } else {
+            Outstanding::InOrder(VecDeque::new())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Outstanding::ById(by_id) => by_id.len(),
+            Outstanding::InOrder(in_order) => in_order.len(),
+        }
+    }
+
+    /// Puts request `seq` (latency counted from `due`) in flight; returns the id to send.
+    fn push(&mut self, seq: u64, due: Instant) -> u32 {
+        match self {
+            Outstanding::ById(by_id) => by_id.insert(seq, due),
+            Outstanding::InOrder(in_order) => {
+                in_order.push_back((seq, due));
+                0
+            }
+        }
+    }
+
+    /// The request a reply with `id` answers.
+    fn take(&mut self, id: u32) -> Option<(u64, Instant)> {
+        match self {
+            Outstanding::ById(by_id) => by_id.remove(id),
+            Outstanding::InOrder(in_order) => in_order.pop_front(),
+        }
     }
 }
 

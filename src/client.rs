@@ -11,12 +11,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
@@ -358,6 +359,87 @@ where
     let stream = attempt(&name, timeout, TcpStream::connect(addr)).await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// A connected TCP or Unix socket, for a caller that drives it from a blocking thread.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+type BorrowedRead<'a> = Pin<Box<dyn AsyncRead + Send + 'a>>;
+type BorrowedWrite<'a> = Pin<Box<dyn AsyncWrite + Send + 'a>>;
+
+/// What a blocking thread reads and writes.
+pub(crate) trait BlockingStream: io::Read + io::Write + Send {}
+
+impl<T: io::Read + io::Write + Send> BlockingStream for T {}
+
+impl Socket {
+    /// Connects to a TCP or `unix:` address as [`connect_stream`] does; `None` for a
+    /// `pipe:` address, which has no blocking form here.
+    pub(crate) async fn connect(
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Option<Socket>, ClientError> {
+        if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
+            #[cfg(unix)]
+            {
+                let stream = attempt(addr, timeout, tokio::net::UnixStream::connect(path)).await?;
+                return Ok(Some(Socket::Unix(stream)));
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = path;
+                return Err(unsupported(
+                    addr.to_owned(),
+                    "unix: addresses need a Unix system",
+                ));
+            }
+        }
+        if addr.starts_with(PIPE_PREFIX) {
+            return Ok(None);
+        }
+        Ok(Some(Socket::Tcp(connect_tcp(addr, timeout).await?)))
+    }
+
+    /// The socket as a blocking stream whose reads give up after `read_timeout`.
+    pub(crate) fn into_blocking(
+        self,
+        read_timeout: Duration,
+    ) -> io::Result<Box<dyn BlockingStream>> {
+        match self {
+            Socket::Tcp(stream) => {
+                let stream = stream.into_std()?;
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(read_timeout))?;
+                Ok(Box::new(stream))
+            }
+            #[cfg(unix)]
+            Socket::Unix(stream) => {
+                let stream = stream.into_std()?;
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(read_timeout))?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+
+    /// The socket's two halves, borrowed.
+    pub(crate) fn halves(&mut self) -> (BorrowedRead<'_>, BorrowedWrite<'_>) {
+        match self {
+            Socket::Tcp(stream) => {
+                let (read_half, write_half) = stream.split();
+                (Box::pin(read_half), Box::pin(write_half))
+            }
+            #[cfg(unix)]
+            Socket::Unix(stream) => {
+                let (read_half, write_half) = stream.split();
+                (Box::pin(read_half), Box::pin(write_half))
+            }
+        }
+    }
 }
 
 /// Connects to `addr`: `unix:PATH` for a Unix domain socket, `pipe:NAME` for a Windows

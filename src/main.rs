@@ -72,7 +72,9 @@ enum Command {
     /// Measure a server: requests/s, latency percentiles, errors, and this tool's own CPU.
     ///
     /// Every reply is checked against its request (id and content); errors or mismatches
-    /// make the exit status 1. Prints a summary, or one JSON object with --json.
+    /// make the exit status 1. Prints a summary, or one JSON object with --json. With one
+    /// connection and one request at a time (-c 1 -P 1, no --rate), the connection blocks
+    /// in write and read on a thread of its own: the cheapest client for a round trip.
     Bench(BenchArgs),
     /// Send a message to a server and print the reply on stdout.
     ///

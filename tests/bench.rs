@@ -141,10 +141,9 @@ async fn a_stale_reply_under_a_reused_id_is_a_mismatch() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_stops_answering_ends_the_run_with_errors() {
-    // Answers the first 100 requests, then never again: each connection must give up
-    // `timeout` after its last reply instead of waiting for ever.
+/// Answers the first 100 requests, then never again: each connection must give up
+/// `timeout` after its last reply instead of waiting for ever.
+async fn a_server_that_stops_answering(connections: usize, pipeline: usize) {
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handler = move |request: Request| {
         let answered = answered.clone();
@@ -157,6 +156,8 @@ async fn a_server_that_stops_answering_ends_the_run_with_errors() {
     };
     let server = start_server(test_config(), handler).await;
     let bench = BenchConfig {
+        connections,
+        pipeline,
         requests: None,
         duration: Duration::from_secs(30),
         timeout: Duration::from_millis(300),
@@ -170,9 +171,79 @@ async fn a_server_that_stops_answering_ends_the_run_with_errors() {
     .expect("the bench gave up on the silent server")
     .unwrap();
     assert_eq!(
-        report.errors, 4,
+        report.errors, connections as u64,
         "one timed-out connection each: {report:?}"
     );
     assert!(report.requests <= 100, "{report:?}");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_ends_the_run_with_errors() {
+    a_server_that_stops_answering(4, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_ends_a_blocking_run_with_an_error() {
+    // One connection, one request at a time: the blocking client's read timeout.
+    a_server_that_stops_answering(1, 1).await;
+}
+
+/// One connection with one request at a time runs on a blocking socket of its own; the
+/// same checks hold there, in both framings (tests/transports.rs runs it over a Unix
+/// socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_one_request_at_a_time_is_verified_too() {
+    let server = start_echo().await;
+    let bench = BenchConfig {
+        connections: 1,
+        pipeline: 1,
+        requests: Some(300),
+        ..bench_config(server.addr)
+    };
+    let report = run(&bench, Arc::new(Progress::default())).await.unwrap();
+    assert_eq!(
+        (report.requests, report.errors, report.mismatches),
+        (300, 0, 0)
+    );
+    let latency = report.latency_us.expect("latency measured");
+    assert!(latency.p50 > 0.0 && latency.p50 <= latency.max);
+    server.shutdown().await;
+
+    let wrong = start_server(test_config(), Builtin::Fixed(Bytes::from(vec![0; 64]))).await;
+    let report = run(
+        &BenchConfig {
+            addr: wrong.addr.to_string(),
+            ..bench.clone()
+        },
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.requests, report.mismatches), (0, 300), "{report:?}");
+    wrong.shutdown().await;
+
+    let plain = start_server(
+        Config {
+            framing: Framing::Plain,
+            ..test_config()
+        },
+        Builtin::Echo,
+    )
+    .await;
+    let report = run(
+        &BenchConfig {
+            addr: plain.addr.to_string(),
+            framing: Framing::Plain,
+            ..bench.clone()
+        },
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.requests, report.errors, report.mismatches),
+        (300, 0, 0)
+    );
+    plain.shutdown().await;
 }

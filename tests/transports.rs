@@ -208,6 +208,31 @@ mod unix {
         assert!(!path.exists());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn courier_bench_loads_a_unix_socket() {
+        let path = socket_path("bench");
+        let server = serve(&format!("unix:{}", path.display()), common::test_config()).await;
+        // One connection at a time runs on a blocking socket; more on the runtime.
+        for (connections, pipeline) in [(1, 1), (3, 4)] {
+            let config = courier::bench::BenchConfig {
+                addr: server.addr.clone(),
+                connections,
+                pipeline,
+                requests: Some(300),
+                warmup: Duration::ZERO,
+                ..Default::default()
+            };
+            let report = courier::bench::run(&config, Arc::default()).await.unwrap();
+            assert_eq!(
+                (report.requests, report.errors, report.mismatches),
+                (300, 0, 0),
+                "{connections} connections x {pipeline}"
+            );
+        }
+        server.stop.cancel();
+        server.task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn plain_framing_works_over_a_unix_socket_too() {
         let path = socket_path("plain");
