@@ -105,6 +105,11 @@ pub struct Config {
     /// Time allowed for in-flight requests to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// After peers were last active, keep polling sockets for this long instead of
+    /// sleeping (0: never). Lower round-trip latency for a CPU kept busy; see
+    /// `busy_poll.rs`.
+    #[serde(with = "humantime_serde")]
+    pub busy_poll: Duration,
 }
 
 impl Default for Config {
@@ -136,6 +141,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
+            busy_poll: Duration::ZERO,
         }
     }
 }

@@ -34,6 +34,8 @@
 //! - `connection.rs` (private): the I/O plumbing every connection loop shares: the outbox
 //!   bounding unwritten output, the poller for reads, writes and deadlines, the graceful
 //!   close.
+//! - `busy_poll.rs` (private): `busy_poll`, polling sockets for a while after each
+//!   request instead of sleeping, for lower round-trip latency.
 //! - [`stats`]: the server's counters (connections by close reason, requests, replies),
 //!   read with a STATS frame (`courier stats ADDR`) and logged at shutdown.
 //! - [`tls`]: TLS with rustls: server certificates, client CAs, client certificates.
@@ -50,6 +52,7 @@
 //!   sets up logging and calls into this library.
 
 pub mod bench;
+mod busy_poll;
 pub mod client;
 pub mod codec;
 pub mod compat;

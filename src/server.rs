@@ -252,6 +252,10 @@ impl<H: Handler> Server<H> {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "listening");
         }
+        let polling = (!shared.config.busy_poll.is_zero()).then(|| {
+            info!(window = ?shared.config.busy_poll, "busy polling after each request");
+            crate::busy_poll::start(shared.config.busy_poll, &shared.stats, &token)
+        });
 
         tokio::pin!(shutdown);
         let mut backoff = Duration::ZERO;
@@ -327,6 +331,10 @@ impl<H: Handler> Server<H> {
 
         drop(listener);
         token.cancel();
+        if let Some(polling) = polling {
+            // Nothing to drain there: they stop at the cancel.
+            polling.wait().await;
+        }
         tracker.close();
         if !tracker.is_empty() {
             info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");

@@ -7,9 +7,10 @@
 //! pipelined batch costs one atomic add, not one per frame.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 /// Why a connection ended. Every close is logged with its reason and counted under it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,9 @@ pub struct Stats {
     replies: AtomicU64,
     errors: AtomicU64,
     pings: AtomicU64,
+    /// Tasks waiting in [`Stats::changed`]; while there are none, counting wakes nobody.
+    watchers: AtomicUsize,
+    moved: Notify,
 }
 
 /// The counters at one moment, as the STATS reply carries them (JSON, field names as
@@ -234,6 +238,48 @@ impl Stats {
             }
         }
         *tally = Tally::default();
+        if self.watchers.load(Relaxed) > 0 {
+            self.moved.notify_waiters();
+        }
+    }
+
+    /// A number that changes whenever a peer's message is counted (requests, one-way
+    /// messages, PINGs, protocol errors).
+    pub(crate) fn activity(&self) -> u64 {
+        [
+            &self.requests,
+            &self.oneway,
+            &self.pings,
+            &self.protocol_errors,
+        ]
+        .iter()
+        .map(|counter| counter.load(Relaxed))
+        .fold(0, u64::wrapping_add)
+    }
+
+    /// Waits until [`Stats::activity`] differs from `seen`.
+    ///
+    /// The counters are relaxed, so a count made just as a task starts waiting may not
+    /// wake it; the next count does. Busy polling, the one user, then starts one request
+    /// late, which costs that request a little latency and nothing else.
+    pub(crate) async fn changed(&self, seen: u64) {
+        let notified = self.moved.notified();
+        tokio::pin!(notified);
+        loop {
+            notified.as_mut().enable();
+            let _watching = Watching::new(&self.watchers);
+            if self.activity() != seen {
+                return;
+            }
+            notified.as_mut().await;
+            notified.set(self.moved.notified());
+        }
+    }
+
+    /// Tasks waiting in [`Stats::changed`] now.
+    #[cfg(test)]
+    pub(crate) fn watchers(&self) -> usize {
+        self.watchers.load(Relaxed)
     }
 }
 
@@ -257,6 +303,23 @@ impl<'a> Turn<'a> {
     /// Adds the counts so far (before a STATS answer reads the counters).
     pub(crate) fn flush(&mut self) {
         self.stats.add(&mut self.tally);
+    }
+}
+
+/// Counts one task in [`Stats::changed`] for as long as it waits there (a cancelled wait
+/// included).
+struct Watching<'a>(&'a AtomicUsize);
+
+impl<'a> Watching<'a> {
+    fn new(watchers: &'a AtomicUsize) -> Watching<'a> {
+        watchers.fetch_add(1, Relaxed);
+        Watching(watchers)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

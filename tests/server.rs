@@ -646,3 +646,35 @@ async fn non_reading_peer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     peer.send(client_hello()).await;
     peer.framed.into_inner()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_server_answers_every_client_and_shuts_down() {
+    // busy_poll changes how the workers wait, never what is answered: 20 clients' replies
+    // are each checked, and the polling tasks must not keep the server from returning.
+    let config = Config {
+        busy_poll: Duration::from_micros(200),
+        ..test_config()
+    };
+    let server = start_server(config, Builtin::Echo).await;
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(addr).await.expect("connect");
+            for call in 0..200 {
+                let payload = payload_for(n, call);
+                assert_eq!(client.call(payload.clone()).await.expect("call"), payload);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Quiet for longer than the window: the pollers sleep, and a new client still gets in.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    assert_eq!(client.call("after a pause").await.unwrap(), "after a pause");
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("a busy-polling server shuts down");
+}
