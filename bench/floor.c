@@ -1,10 +1,13 @@
 /* The floor for bench/compare: the best round trip this machine allows over loopback TCP.
  * Blocking sockets, no runtime, no framing beyond a fixed message size.
  *
- *   floor server PORT SIZE          accept one connection, echo SIZE-byte messages until EOF
+ *   floor server PORT SIZE [poll]   accept one connection, echo SIZE-byte messages until EOF;
+ *                                   with "poll", read with MSG_DONTWAIT in a loop instead of
+ *                                   blocking (the floor for a busy-polling server)
  *   floor client PORT SIZE COUNT    COUNT round trips; prints {"rps":..., "p50_us":..., ...}
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -25,10 +28,14 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static int poll_reads = 0;
+
 static int full(int fd, char *buf, size_t size, int writing) {
     size_t done = 0;
     while (done < size) {
-        ssize_t n = writing ? write(fd, buf + done, size - done) : read(fd, buf + done, size - done);
+        ssize_t n = writing ? write(fd, buf + done, size - done)
+                            : recv(fd, buf + done, size - done, poll_reads ? MSG_DONTWAIT : 0);
+        if (n < 0 && !writing && poll_reads && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
         if (n <= 0) return -1;
         done += n;
     }
@@ -47,6 +54,7 @@ int main(int argc, char **argv) {
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     int one = 1;
     if (!strcmp(argv[1], "server")) {
+        poll_reads = argc > 4 && !strcmp(argv[4], "poll");
         int l = socket(AF_INET, SOCK_STREAM, 0);
         setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (bind(l, (struct sockaddr *)&addr, sizeof addr) || listen(l, 1)) { perror("floor"); return 1; }

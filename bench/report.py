@@ -8,10 +8,13 @@ Standard library only; the plot is a hand-written SVG.
 import json
 import math
 import os
+import statistics
 import sys
 
 COLORS = {
     "courier": "#d62728",
+    "courier busy-poll": "#8c1010",
+    "floor busy-poll": "#7f7f7f",
     "redis": "#1f77b4",
     "zeromq": "#2ca02c",
     "floor": "#000000",
@@ -41,6 +44,25 @@ def load(path):
     return meta, rows
 
 
+def aggregate(rows):
+    """One row per (system, shape): the median of each figure over the rounds, and the
+    lowest and highest requests/s."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["system"], row["shape"]), []).append(row)
+    out = []
+    for (system, shape), group in groups.items():
+        merged = {"system": system, "shape": shape, "rounds": len(group)}
+        keys = [k for k in group[0] if k not in ("system", "shape", "round")]
+        for key in keys:
+            values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+            merged[key] = statistics.median(values) if values else None
+        merged["rps_min"] = min(r["rps"] for r in group)
+        merged["rps_max"] = max(r["rps"] for r in group)
+        out.append(merged)
+    return out
+
+
 def find(rows, system, shape):
     for row in rows:
         if row["system"] == system and row["shape"] == shape:
@@ -50,13 +72,13 @@ def find(rows, system, shape):
 
 def table(rows):
     lines = [
-        "| system | shape | requests/s | p50 µs | p99 µs | p99.9 µs | courier ÷ this, req/s | courier ÷ this, p50 | load generator busy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | shape | requests/s | range over rounds | p50 µs | p99 µs | p99.9 µs | courier ÷ this, req/s | courier ÷ this, p50 | load generator busy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         courier = find(rows, "courier", row["shape"])
         rps_ratio = p50_ratio = "–"
-        if row["system"] != "courier" and courier:
+        if not row["system"].startswith("courier") and courier:
             rps_ratio = f"{courier['rps'] / row['rps']:.2f}×"
             if courier.get("p50") and row.get("p50"):
                 p50_ratio = f"{courier['p50'] / row['p50']:.2f}×"
@@ -67,22 +89,23 @@ def table(rows):
             share = row["rps"] * row["client_cpu_us"] / 1e6
             busy = f"{share:.0%}" + (" ⚠" if share >= 0.9 else "")
         lines.append(
-            f"| {row['system']} | {row['shape']} | {fmt(row['rps'])} | {fmt(row.get('p50'), 1)} | "
+            f"| {row['system']} | {row['shape']} | {fmt(row['rps'])} | "
+            f"{fmt(row['rps_min'])} – {fmt(row['rps_max'])} | {fmt(row.get('p50'), 1)} | "
             f"{fmt(row.get('p99'), 1)} | {fmt(row.get('p999'), 1)} | {rps_ratio} | {p50_ratio} | {busy} |"
         )
     return "\n".join(lines)
 
 
-def goals(rows):
-    """The targets of the performance issue, checked against this run."""
+def goals(rows, busy_poll):
+    """The targets of the performance issue, checked against this run's medians."""
     out = []
 
     def check(name, ok, detail):
         mark = "met" if ok else "**not met**"
         out.append(f"| {name} | {detail} | {mark} |")
 
-    def ratio(system, shape, key="rps"):
-        c, a = find(rows, "courier", shape), find(rows, system, shape)
+    def ratio(system, shape, key="rps", courier="courier"):
+        c, a = find(rows, courier, shape), find(rows, system, shape)
         if not c or not a or not c.get(key) or not a.get(key):
             return None
         return c[key] / a[key]
@@ -97,16 +120,17 @@ def goals(rows):
     r = ratio("zeromq", "one-way")
     if r is not None:
         check("one-way streaming: ≥ 1.0 × ZeroMQ PUSH/PULL", r >= 1.0, f"{r:.2f}×")
-    r = ratio("floor", "1 conn", "p50")
-    if r is not None:
-        check("1 connection p50: ≤ 1.25 × the blocking floor", r <= 1.25, f"{r:.2f}×")
-    r = ratio("zeromq", "1 conn", "p50")
-    if r is not None:
-        check("1 connection p50: ≤ 0.5 × ZeroMQ REQ/REP", r <= 0.5, f"{r:.2f}×")
+    for courier, label in [("courier", "default server"), ("courier busy-poll", f"--busy-poll {busy_poll}")]:
+        r = ratio("floor", "1 conn", "p50", courier)
+        if r is not None:
+            check(f"1 connection p50 ({label}): ≤ 1.25 × the blocking floor", r <= 1.25, f"{r:.2f}×")
+        r = ratio("zeromq", "1 conn", "p50", courier)
+        if r is not None:
+            check(f"1 connection p50 ({label}): ≤ 0.5 × ZeroMQ REQ/REP", r <= 0.5, f"{r:.2f}×")
     for row in rows:
-        if row["system"] == "courier" and row.get("p999") and row.get("p50"):
+        if row["system"].startswith("courier") and row.get("p999") and row.get("p50"):
             t = row["p999"] / row["p50"]
-            check(f"tail, {row['shape']}: p99.9 ≤ 5 × p50", t <= 5, f"{t:.1f}×")
+            check(f"tail, {row['system']} {row['shape']}: p99.9 ≤ 5 × p50", t <= 5, f"{t:.1f}×")
     for shape in ("1 conn", "50 conn", "50 conn P16", "50 conn P64"):
         c, a = find(rows, "courier", shape), find(rows, "redis", shape)
         if c and a and c.get("client_cpu_us") and a.get("client_cpu_us"):
@@ -120,7 +144,7 @@ def goals(rows):
         r = ratio("toy", shape)
         if r is not None:
             check(f"cost of features, {shape}: ≥ 0.95 × the Tokio toy", r >= 0.95, f"{r:.2f}×")
-    return "\n".join(["| goal | this run | |", "|---|---:|---|"] + out)
+    return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
 
 
 def svg(rows, path):
@@ -185,7 +209,9 @@ def svg(rows, path):
 
 def main():
     raw = sys.argv[1]
-    meta, rows = load(raw)
+    meta, measured = load(raw)
+    rows = aggregate(measured)
+    busy_poll = meta.get("busy_poll", "?")
     results = os.path.dirname(os.path.abspath(raw))
     svg(rows, os.path.join(results, "latency.svg"))
     courier_cpu = [
@@ -197,19 +223,26 @@ def main():
 
 Measured {meta.get('date', '?')} on {meta.get('cpu_model', '?')} ({meta.get('machine', '?')}),
 {meta.get('placement', '')}. Payload {meta.get('size', '?')} bytes, {meta.get('seconds', '?')} s
-measured per shape after a 1 s warm-up (courier bench loads). Produced by
-`{meta.get('command', 'bench/compare')}` in {meta.get('elapsed_s', '?')} s; raw figures in
-[raw.jsonl](raw.jsonl).
+measured per shape after a 1 s warm-up (courier bench loads). Every system was measured
+{meta.get('rounds', 1)} times, one round after another; each figure below is the median of
+its rounds, with the lowest and highest requests/s beside it. Produced by
+`{meta.get('command', 'bench/compare')}` in {meta.get('elapsed_s', '?')} s; every round's
+figures are in [raw.jsonl](raw.jsonl).
 
-- **courier**: `courier serve` (echo), loaded by `courier bench`, every reply verified.
-  "one-way" is one connection streaming ONEWAY frames.
+- **courier**: `courier serve` (echo) with its default settings, loaded by `courier bench`,
+  every reply verified. "one-way" is one connection streaming ONEWAY frames.
+- **courier busy-poll**: the same server with `--busy-poll {busy_poll}`: after each request
+  it polls its sockets instead of sleeping (off by default; it keeps a CPU busy while
+  requests keep coming).
 - **redis**: Debian's redis-server, `redis-benchmark -t ping_mbulk` with the same `-c` and
   `-P` (PING carries no payload; the reply is `+PONG`). redis-benchmark reports p50, p99
   and max only.
 - **zeromq**: bench/zmq_perf.c, measured as libzmq's perf tools do: PUSH/PULL on one
   connection, clock started at the first message ("one-way"); REQ/REP round trips ("1 conn").
 - **floor**: bench/floor.c, blocking ping-pong over loopback with no runtime: the best round
-  trip this placement allows.
+  trip this placement allows to programs that sleep while they wait.
+- **floor busy-poll**: the same with the server reading with `MSG_DONTWAIT` in a loop
+  instead of blocking (the client still blocks): the floor for a polling server.
 - **toy**: examples/toy_echo.rs, Tokio's `LengthDelimitedCodec` echo in 20 lines, loaded by
   `courier bench --framing plain`.
 - **python**: bench/py_echo.py, an asyncio length-prefixed echo server, loaded the same way.
@@ -225,7 +258,7 @@ and a ratio between two such rows compares load generators.
 
 ## Against the performance goals
 
-{goals(rows)}
+{goals(rows, busy_poll)}
 
 courier bench's own CPU per request (measured window): {', '.join(courier_cpu)}. Where a
 shape's throughput is close to 1 / (that CPU time), the load generator, not the server, is
