@@ -460,30 +460,21 @@ impl Job {
         header: fn(&mut BytesMut, u32, usize),
         ids: bool,
     ) -> Result<(), CodecError> {
-        let payloads = Payloads::new(self.config.size);
-        let mut pending = Outstanding::new(ids);
+        let mut requests = Requests::new(self.config.size, header, ids);
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.config.size);
         // Read into a plain buffer: `filled` bytes have arrived, the first `start` of them
         // are checked replies.
         let mut buf = vec![0u8; 64 * 1024];
         let (mut start, mut filled) = (0, 0);
-        let mut seq: u64 = 0;
-        let mut sent_measured: u64 = 0;
         loop {
             let now = Instant::now();
-            if self.stop_sending(sent_measured, now) {
+            if self.stop_sending(requests.measured, now) {
                 return Ok(());
             }
-            seq += 1;
-            if now >= self.measure_from {
-                sent_measured += 1;
-            }
-            let id = pending.push(seq, now);
-            header(&mut out, id, self.config.size);
-            payloads.write(seq, &mut out);
+            requests.queue(now, self.measure_from, &mut out);
             stream.write_all(&out)?;
             out.clear();
-            while pending.len() > 0 {
+            while requests.pending.len() > 0 {
                 let Some(reply) = parser.parse(&buf[start..filled])? else {
                     if filled == buf.len() {
                         // Make room: move the unchecked bytes to the front, then grow.
@@ -504,7 +495,8 @@ impl Job {
                 let payload = reply
                     .payload
                     .map(|range| &buf[start + range.start..start + range.end]);
-                let answered = self.check(outcome, pending.take(reply.id), payload, &payloads, now);
+                let expected = requests.pending.take(reply.id);
+                let answered = self.check(outcome, expected, payload, &requests.payloads, now);
                 self.progress
                     .done
                     .fetch_add(u64::from(answered), Ordering::Relaxed);
@@ -569,10 +561,7 @@ impl Job {
         P: ReplyParser,
     {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        let payloads = Payloads::new(self.config.size);
-        let mut pending = Outstanding::new(ids);
-        let mut seq: u64 = 0;
-        let mut sent_measured: u64 = 0;
+        let mut requests = Requests::new(self.config.size, header, ids);
         let interval = self
             .config
             .rate
@@ -595,10 +584,10 @@ impl Job {
         tokio::pin!(watchdog);
         let mut last_progress = Instant::now();
         loop {
-            let in_flight = pending.len();
+            let in_flight = requests.pending.len();
             // One clock reading serves the whole batch: its requests leave in one write.
             let now = Instant::now();
-            let stopping = self.stop_sending(sent_measured, now);
+            let stopping = self.stop_sending(requests.measured, now);
             if stopping && in_flight == 0 {
                 return Ok(());
             }
@@ -607,7 +596,7 @@ impl Job {
             }
             // Send what is due.
             let mut queued = false;
-            while !stopping && pending.len() < cap {
+            while !stopping && requests.pending.len() < cap {
                 let due = match interval {
                     Some(interval) => {
                         if next_due > Instant::now() {
@@ -619,22 +608,16 @@ impl Job {
                     }
                     None => now,
                 };
-                seq += 1;
-                if due >= self.measure_from {
-                    sent_measured += 1;
-                }
-                let id = pending.push(seq, due);
-                header(&mut out, id, self.config.size);
-                payloads.write(seq, &mut out);
+                requests.queue(due, self.measure_from, &mut out);
                 queued = true;
-                if self.stop_sending(sent_measured, now) {
+                if self.stop_sending(requests.measured, now) {
                     break;
                 }
             }
             if queued {
                 writer.write_all_buf(&mut out).await?;
             }
-            let in_flight = pending.len();
+            let in_flight = requests.pending.len();
             // Wait for replies, or (open loop) for the next send time.
             let read = if in_flight == 0 && interval.is_some() && !stopping {
                 tokio::time::sleep_until(next_due).await;
@@ -668,8 +651,9 @@ impl Job {
             let mut answered = 0;
             while let Some(reply) = replies.parse()? {
                 let payload = reply.payload.map(|range| &replies.buf[range]);
-                let expected = pending.take(reply.id);
-                answered += u64::from(self.check(outcome, expected, payload, &payloads, now));
+                let expected = requests.pending.take(reply.id);
+                answered +=
+                    u64::from(self.check(outcome, expected, payload, &requests.payloads, now));
                 replies.consume(reply.len);
             }
             self.progress.done.fetch_add(answered, Ordering::Relaxed);
@@ -800,6 +784,44 @@ impl InFlight {
         self.free.push(index as u32);
         self.len -= 1;
         Some(entry)
+    }
+}
+
+/// The requests one connection sends: numbered from 1, encoded into the output buffer with
+/// their checkable payloads, and in flight until their replies are taken.
+struct Requests {
+    payloads: Payloads,
+    pending: Outstanding,
+    header: fn(&mut BytesMut, u32, usize),
+    size: usize,
+    /// The last request's sequence number.
+    seq: u64,
+    /// Requests due inside the measured window so far.
+    measured: u64,
+}
+
+impl Requests {
+    fn new(size: usize, header: fn(&mut BytesMut, u32, usize), ids: bool) -> Requests {
+        Requests {
+            payloads: Payloads::new(size),
+            pending: Outstanding::new(ids),
+            header,
+            size,
+            seq: 0,
+            measured: 0,
+        }
+    }
+
+    /// Encodes the next request into `out` and puts it in flight, its latency counted
+    /// from `due`.
+    fn queue(&mut self, due: Instant, measure_from: Instant, out: &mut BytesMut) {
+        self.seq += 1;
+        if due >= measure_from {
+            self.measured += 1;
+        }
+        let id = self.pending.push(self.seq, due);
+        (self.header)(out, id, self.size);
+        self.payloads.write(self.seq, out);
     }
 }
 
