@@ -33,7 +33,7 @@ use crate::codec::{
     HELLO_AUTH_TOKEN, MAX_HELLO_PAYLOAD,
 };
 use crate::config::Framing;
-use crate::transport::{BoxRead, BoxWrite};
+use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -314,12 +314,10 @@ async fn open(config: &BenchConfig) -> Result<(BoxRead, BoxWrite), ClientError> 
 async fn open_blocking(
     config: &BenchConfig,
 ) -> Result<Option<Box<dyn BlockingStream>>, ClientError> {
-    if config.tls.is_some() {
+    if config.tls.is_some() || config.addr.starts_with(PIPE_PREFIX) {
         return Ok(None);
     }
-    let Some(mut socket) = Socket::connect(&config.addr, config.timeout).await? else {
-        return Ok(None);
-    };
+    let mut socket = Socket::connect(&config.addr, config.timeout).await?;
     let (reader, writer) = socket.halves();
     handshake(config, reader, writer).await?;
     let stream = socket

@@ -377,17 +377,14 @@ pub(crate) trait BlockingStream: io::Read + io::Write + Send {}
 impl<T: io::Read + io::Write + Send> BlockingStream for T {}
 
 impl Socket {
-    /// Connects to a TCP or `unix:` address as [`connect_stream`] does; `None` for a
-    /// `pipe:` address, which has no blocking form here.
-    pub(crate) async fn connect(
-        addr: &str,
-        timeout: Duration,
-    ) -> Result<Option<Socket>, ClientError> {
+    /// Connects to a `unix:` address, or to anything else as TCP (see [`connect_tcp`]).
+    /// `pipe:` addresses are the caller's to handle first.
+    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Socket, ClientError> {
         if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
             #[cfg(unix)]
             {
                 let stream = attempt(addr, timeout, tokio::net::UnixStream::connect(path)).await?;
-                return Ok(Some(Socket::Unix(stream)));
+                return Ok(Socket::Unix(stream));
             }
             #[cfg(not(unix))]
             {
@@ -398,10 +395,7 @@ impl Socket {
                 ));
             }
         }
-        if addr.starts_with(PIPE_PREFIX) {
-            return Ok(None);
-        }
-        Ok(Some(Socket::Tcp(connect_tcp(addr, timeout).await?)))
+        Ok(Socket::Tcp(connect_tcp(addr, timeout).await?))
     }
 
     /// The socket as a blocking stream whose reads give up after `read_timeout`.
@@ -455,19 +449,6 @@ where
     A: ToSocketAddrs + fmt::Display,
 {
     let name = addr.to_string();
-    if let Some(path) = name.strip_prefix(UNIX_PREFIX) {
-        #[cfg(unix)]
-        {
-            let stream = attempt(&name, timeout, tokio::net::UnixStream::connect(path)).await?;
-            let (read_half, write_half) = stream.into_split();
-            return Ok((Box::pin(read_half), Box::pin(write_half)));
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = path;
-            return Err(unsupported(name, "unix: addresses need a Unix system"));
-        }
-    }
     if let Some(pipe) = name.strip_prefix(PIPE_PREFIX) {
         #[cfg(windows)]
         {
@@ -484,7 +465,14 @@ where
             ));
         }
     }
-    let stream = connect_tcp(addr, timeout).await?;
+    let stream = match Socket::connect(&name, timeout).await? {
+        Socket::Tcp(stream) => stream,
+        #[cfg(unix)]
+        Socket::Unix(stream) => {
+            let (read_half, write_half) = stream.into_split();
+            return Ok((Box::pin(read_half), Box::pin(write_half)));
+        }
+    };
     if let Some(tls) = tls {
         let failed = |err: io::Error| {
             ClientError::Connect {
