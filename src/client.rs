@@ -87,8 +87,9 @@ pub enum ClientError {
         /// The connect timeout.
         after: Duration,
     },
-    /// No reply within the call timeout. The server may still process the request.
-    #[error("call timed out after {}", humantime::format_duration(*after))]
+    /// No reply within the call timeout: the outcome is unknown, since the server may
+    /// have processed the request, or may still.
+    #[error("call timed out after {}: the request may or may not have been processed", humantime::format_duration(*after))]
     Timeout {
         /// The call timeout.
         after: Duration,
@@ -109,13 +110,22 @@ pub enum ClientError {
         /// The server's text.
         message: String,
     },
-    /// The server is draining (it sent GOAWAY) and did not take this request: it was not
-    /// processed, so it is safe to send again elsewhere or later.
-    #[error("server is going away: the request was not processed")]
+    /// Not received: the server is draining, and its GOAWAY proves it never read this
+    /// request (the request was sent after the GOAWAY's last id, or not sent at all). It
+    /// was not processed, so it is safe to send again, elsewhere or later.
+    #[error("server is going away and did not receive the request: it was not processed; safe to send again")]
     GoingAway,
-    /// The connection closed before the reply came; whether the server processed the
-    /// request is unknown.
-    #[error("connection closed: {reason}")]
+    /// Outcome unknown: the request was sent, and the connection ended before its answer
+    /// came. The server may have received and processed it (a request at or below a
+    /// GOAWAY's last id was received: its handler outlived the server's drain timeout).
+    #[error("outcome unknown: {reason}; the request may or may not have been processed")]
+    OutcomeUnknown {
+        /// What is known about why the connection ended.
+        reason: String,
+    },
+    /// Not received: the connection had already ended when the call was made, so
+    /// nothing was sent; safe to send again on a new connection.
+    #[error("connection closed: {reason}; the request was not sent")]
     Closed {
         /// What is known about why.
         reason: String,
@@ -123,6 +133,40 @@ pub enum ClientError {
     /// The server broke the protocol (bad HELLO, undecodable frame).
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// What a failed call means for its request. Every call ends in exactly one of: a reply,
+/// "not received" (safe to send again), or "outcome unknown"; a [`ClientError`] says
+/// which of the last two, or that the server answered with an ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered: an ERROR frame for this request ([`ClientError::Server`]).
+    Answered,
+    /// The protocol proves the server never received the request (nothing was sent, or a
+    /// GOAWAY showed it was not read): it was not processed and is safe to send again.
+    NotReceived,
+    /// The request may or may not have been processed; sending it again may run it twice.
+    Unknown,
+}
+
+impl ClientError {
+    /// What this error means for the request: answered (with an ERROR), not received, or
+    /// outcome unknown. Programs that retry should resend only on
+    /// [`Outcome::NotReceived`] unless the request is safe to run twice.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ClientError::Server { .. } => Outcome::Answered,
+            ClientError::Refused { .. }
+            | ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::FrameTooLarge { .. }
+            | ClientError::GoingAway
+            | ClientError::Closed { .. } => Outcome::NotReceived,
+            ClientError::Timeout { .. }
+            | ClientError::OutcomeUnknown { .. }
+            | ClientError::Protocol(_) => Outcome::Unknown,
+        }
+    }
 }
 
 /// A handle to one connection. Cheap to clone; every clone calls through the same
@@ -192,7 +236,7 @@ impl Client {
             queue,
             pending: HashMap::new(),
             next_id: 1,
-            going_away: false,
+            going_away: None,
             max_in_flight: config.max_in_flight.max(1),
             closed: closed.clone(),
         };
@@ -209,8 +253,10 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::FrameTooLarge`] before sending anything, [`ClientError::Timeout`],
-    /// [`ClientError::Server`] for an ERROR reply, [`ClientError::GoingAway`] or
-    /// [`ClientError::Closed`] when the connection ends first.
+    /// [`ClientError::Server`] for an ERROR reply; when the connection ends first,
+    /// [`ClientError::GoingAway`] or [`ClientError::Closed`] if the server did not receive
+    /// the request, [`ClientError::OutcomeUnknown`] if it may have.
+    /// [`ClientError::outcome`] sorts them.
     pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         self.exchange(Kind::Request, payload.into()).await
     }
@@ -288,7 +334,12 @@ impl Client {
                 .send(command)
                 .await
                 .map_err(|_| self.closed_error())?;
-            wait.await.map_err(|_| self.closed_error())?
+            // The task answers every call it takes, so a dropped answer means it died.
+            wait.await.unwrap_or_else(|_| {
+                Err(ClientError::OutcomeUnknown {
+                    reason: "the connection task ended without answering".into(),
+                })
+            })
         };
         tokio::time::timeout(self.call_timeout, exchange)
             .await
@@ -598,7 +649,8 @@ struct Task {
     queue: mpsc::Receiver<Command>,
     pending: HashMap<u32, oneshot::Sender<Result<Bytes, ClientError>>>,
     next_id: u32,
-    going_away: bool,
+    /// The last request id of the server's GOAWAY, once one came.
+    going_away: Option<u32>,
     max_in_flight: usize,
     closed: Arc<OnceLock<ClientError>>,
 }
@@ -642,7 +694,6 @@ impl Task {
                         }
                     }
                     Some(Err(err)) => break protocol_error(err),
-                    None if self.going_away => break ClientError::GoingAway,
                     None => break ClientError::Closed {
                         reason: "the server closed the connection".into(),
                     },
@@ -665,9 +716,18 @@ impl Task {
             }
         };
         debug!(reason = %end, "client connection ended");
-        let _ = self.closed.set(end.clone());
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(end.clone()));
+        // Calls made from now on are not sent at all.
+        let unsent = match &end {
+            _ if self.going_away.is_some() => ClientError::GoingAway,
+            ClientError::Server { code, .. } if code.refuses_hello() => end.clone(),
+            ClientError::Closed { .. } => end.clone(),
+            other => ClientError::Closed {
+                reason: other.to_string(),
+            },
+        };
+        let _ = self.closed.set(unsent.clone());
+        for (id, reply) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(self.fate(id, &end)));
         }
         // Calls still queued learn the reason when their send fails after we drop.
         self.queue.close();
@@ -676,7 +736,7 @@ impl Task {
                 reply: Some(reply), ..
             } = command
             {
-                let _ = reply.send(Err(end.clone()));
+                let _ = reply.send(Err(unsent.clone()));
             }
         }
         if let Some(done) = closing {
@@ -691,7 +751,7 @@ impl Task {
         payload: Bytes,
         reply: Option<oneshot::Sender<Result<Bytes, ClientError>>>,
     ) {
-        if self.going_away {
+        if self.going_away.is_some() {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(ClientError::GoingAway));
             }
@@ -713,6 +773,33 @@ impl Task {
             if let Some(reply) = self.pending.remove(&id) {
                 let _ = reply.send(Err(ClientError::Protocol(err.to_string())));
             }
+        }
+    }
+
+    /// What became of request `id`, left unanswered when the connection ended with `end`.
+    ///
+    /// Only the wire decides "not received": the server reads frames in the order they
+    /// were sent, so after a GOAWAY naming `last`, the requests sent after `last` were
+    /// never read. Ids are handed out in sending order (wrapping, skipping 0 and ids in
+    /// flight), so "sent after" is "fewer ids back from `next_id`". Everything else that
+    /// was sent may have been processed.
+    fn fate(&self, id: u32, end: &ClientError) -> ClientError {
+        if let Some(last) = self.going_away {
+            if sent_after(self.next_id, id, last) {
+                return ClientError::GoingAway;
+            }
+            return ClientError::OutcomeUnknown {
+                reason: format!(
+                    "the server received it (its GOAWAY named {last} as the last request received) and closed the connection before answering"
+                ),
+            };
+        }
+        match end {
+            // A HELLO the server refused: nothing was read after it.
+            ClientError::Server { code, .. } if code.refuses_hello() => end.clone(),
+            _ => ClientError::OutcomeUnknown {
+                reason: format!("the connection ended before the answer came ({end})"),
+            },
         }
     }
 
@@ -744,12 +831,14 @@ impl Task {
             }
             // An ERROR about the whole connection: the server closes it next.
             Kind::Error => Some(server_error(&frame.payload)),
-            Kind::GoAway => {
-                let last = parse_goaway(&frame.payload).unwrap_or(0);
-                debug!(last_id = last, "server sent GOAWAY");
-                self.going_away = true;
-                None
-            }
+            Kind::GoAway => match parse_goaway(&frame.payload) {
+                Ok(last) => {
+                    debug!(last_id = last, "server sent GOAWAY");
+                    self.going_away = Some(last);
+                    None
+                }
+                Err(err) => Some(ClientError::Protocol(err.to_string())),
+            },
             Kind::Ping => {
                 let pong = Frame::new(Kind::Pong, frame.id, frame.payload);
                 let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());
@@ -764,6 +853,15 @@ impl Task {
             }
         }
     }
+}
+
+/// Whether request `id` was sent after request `last`, for a client whose next id is
+/// `next_id`. Ids are handed out in sending order, wrapping past `u32::MAX` to 1, so the
+/// one sent later is the one fewer ids back from `next_id`. `last` 0 (a GOAWAY naming no
+/// request) comes before everything.
+fn sent_after(next_id: u32, id: u32, last: u32) -> bool {
+    let back = |id: u32| next_id.wrapping_sub(id);
+    last == 0 || back(id) < back(last)
 }
 
 /// How long a [`Reconnecting`] client waits between failed connection attempts: a random
@@ -801,9 +899,11 @@ impl Backoff {
 /// [`Backoff`] wait if the previous attempt failed.
 ///
 /// Nothing is retried behind the caller's back: a call that fails returns its error, so
-/// the caller decides. [`ClientError::GoingAway`] means the request was not processed and
-/// is safe to send again; [`ClientError::Closed`] means its fate is unknown; connection
-/// errors ([`ClientError::Refused`] and the like) mean nothing was sent.
+/// the caller decides, by [`ClientError::outcome`]: [`ClientError::GoingAway`] and
+/// [`ClientError::Closed`] mean the request was not received and is safe to send again;
+/// [`ClientError::OutcomeUnknown`] and [`ClientError::Timeout`] mean it may have been
+/// processed; connection errors ([`ClientError::Refused`] and the like) mean nothing was
+/// sent.
 #[derive(Debug, Clone)]
 pub struct Reconnecting {
     inner: Arc<ReconnectingInner>,
@@ -847,7 +947,10 @@ impl Reconnecting {
         let result = client.call(payload).await;
         if matches!(
             result,
-            Err(ClientError::GoingAway | ClientError::Closed { .. } | ClientError::Protocol(_))
+            Err(ClientError::GoingAway
+                | ClientError::Closed { .. }
+                | ClientError::OutcomeUnknown { .. }
+                | ClientError::Protocol(_))
         ) {
             self.forget(&client).await;
         }
@@ -893,5 +996,27 @@ impl Reconnecting {
         {
             state.client = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sent_after;
+
+    #[test]
+    fn requests_sent_after_the_goaways_last_id_are_told_apart_across_the_wrap() {
+        // Ids 1..=9 sent, next is 10.
+        assert!(sent_after(10, 5, 4));
+        assert!(!sent_after(10, 4, 4));
+        assert!(!sent_after(10, 3, 4));
+        // Ids ..., u32::MAX - 1, u32::MAX, 1, 2 sent (0 is skipped), next is 3.
+        assert!(sent_after(3, 1, u32::MAX));
+        assert!(sent_after(3, 2, u32::MAX));
+        assert!(!sent_after(3, u32::MAX - 1, u32::MAX));
+        assert!(!sent_after(3, u32::MAX - 1, 1));
+        assert!(sent_after(3, 2, 1));
+        // A GOAWAY naming 0: nothing was received.
+        assert!(sent_after(3, 1, 0));
+        assert!(sent_after(3, u32::MAX, 0));
     }
 }

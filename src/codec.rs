@@ -43,6 +43,11 @@ pub const HELLO_AUTH_TOKEN: u8 = 0x01;
 /// unknown, so it gets this small limit instead of the configured frame size.
 pub const MAX_HELLO_PAYLOAD: usize = 4096;
 
+/// The smallest max_frame a HELLO may announce: room for a GOAWAY (4 bytes) and an ERROR's
+/// code with a few bytes of its text. Every frame a receiver gets fits its announced
+/// max_frame, ERRORs included (their text is cut to fit), so a smaller one is refused.
+pub const MIN_MAX_FRAME: usize = 16;
+
 /// Largest payload the length field can describe.
 pub const MAX_PAYLOAD_LIMIT: usize = u32::MAX as usize - LENGTH_OVERHEAD;
 
@@ -164,7 +169,23 @@ impl Frame {
         Frame::new(Kind::Error, id, body.freeze())
     }
 
-    /// A GOAWAY naming the last request id the server will answer.
+    /// An ERROR whose payload fits in `max_payload` bytes: the text is cut (at a
+    /// character boundary) to make room. The 2-byte code is always sent, even where
+    /// `max_payload` is smaller.
+    pub fn error_fitting(id: u32, code: ErrorCode, message: &str, max_payload: usize) -> Frame {
+        let room = max_payload.saturating_sub(2);
+        if message.len() <= room {
+            return Frame::error(id, code, message);
+        }
+        let mut cut = room;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Frame::error(id, code, &message[..cut])
+    }
+
+    /// A GOAWAY naming the last request id the server received: every request up to it
+    /// is answered, and none after it was read.
     pub fn goaway(last_id: u32) -> Frame {
         Frame::new(
             Kind::GoAway,
@@ -244,6 +265,21 @@ impl ErrorCode {
             ErrorCode::AuthFailed => 15,
             ErrorCode::Other(code) => code,
         }
+    }
+
+    /// Whether this code refuses a client's HELLO (or the connection before it): the
+    /// server then reads nothing more from the client, so none of its requests was
+    /// processed.
+    pub fn refuses_hello(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::BadMagic
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::ServerBusy
+                | ErrorCode::HandshakeTimeout
+                | ErrorCode::MalformedBody
+                | ErrorCode::AuthFailed
+        )
     }
 
     /// The code for a wire value.
@@ -472,15 +508,12 @@ pub enum CodecError {
     /// Reading or writing the socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The header declares a payload larger than the maximum.
+    /// The length field declares a payload larger than the maximum. Found from the
+    /// 4-byte length alone, before the rest of the header arrives.
     #[error(
-        "frame too large: {kind} id {id} declares a {len}-byte payload, the limit is {max} bytes"
+        "frame too large: the length field declares a {len}-byte payload, the limit is {max} bytes"
     )]
     FrameTooLarge {
-        /// The kind byte as sent (it may not be a known kind).
-        kind: u8,
-        /// The request id from the header.
-        id: u32,
         /// The declared payload length.
         len: u64,
         /// The maximum payload length in force.
@@ -527,14 +560,6 @@ impl CodecError {
             }
             CodecError::BadLength { .. } => Some(ErrorCode::BadLength),
             CodecError::UnknownKind { .. } => Some(ErrorCode::UnknownKind),
-        }
-    }
-
-    /// The request id the error concerns, if the header got that far.
-    pub fn request_id(&self) -> u32 {
-        match self {
-            CodecError::FrameTooLarge { id, .. } | CodecError::UnknownKind { id, .. } => *id,
-            _ => 0,
         }
     }
 }
@@ -586,22 +611,21 @@ impl Codec {
         if (length as usize) < LENGTH_OVERHEAD {
             return Err(CodecError::BadLength { len: length });
         }
-        // Wait for the whole fixed header so that errors can name the request id. Nine
-        // bytes, so this never lets a peer make us allocate.
+        // Checked from the length alone, as soon as its 4 bytes are in: a peer that sends
+        // just those gets its answer at once, not at a deadline.
+        let payload_len = length as usize - LENGTH_OVERHEAD;
+        if payload_len > self.max_payload {
+            return Err(CodecError::FrameTooLarge {
+                len: payload_len as u64,
+                max: self.max_payload,
+            });
+        }
+        // The rest of the fixed header: nine bytes, so waiting for it costs nothing.
         let Some(header) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
         let kind_byte = header[4];
         let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
-        let payload_len = length as usize - LENGTH_OVERHEAD;
-        if payload_len > self.max_payload {
-            return Err(CodecError::FrameTooLarge {
-                kind: kind_byte,
-                id,
-                len: payload_len as u64,
-                max: self.max_payload,
-            });
-        }
         let Some(kind) = Kind::from_byte(kind_byte) else {
             return Err(CodecError::UnknownKind {
                 kind: kind_byte,
@@ -654,8 +678,6 @@ impl Encoder<Frame> for Codec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         if frame.payload.len() > MAX_PAYLOAD_LIMIT {
             return Err(CodecError::FrameTooLarge {
-                kind: frame.kind as u8,
-                id: frame.id,
                 len: frame.payload.len() as u64,
                 max: MAX_PAYLOAD_LIMIT,
             });
@@ -1001,15 +1023,7 @@ mod tests {
         let capacity_before = buf.capacity();
         let err = codec.decode(&mut buf).unwrap_err();
         assert!(
-            matches!(
-                err,
-                CodecError::FrameTooLarge {
-                    kind: 2,
-                    id: 9,
-                    len: 101,
-                    max: 100
-                }
-            ),
+            matches!(err, CodecError::FrameTooLarge { len: 101, max: 100 }),
             "{err:?}"
         );
         assert_eq!(err.error_code(), Some(ErrorCode::FrameTooLarge));
@@ -1024,6 +1038,21 @@ mod tests {
         buf.extend_from_slice(&unhex("04 00 00 05 02 00 00 00 01 aa bb"));
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert!(buf.capacity() < 1024, "capacity grew to {}", buf.capacity());
+    }
+
+    #[test]
+    fn oversize_is_rejected_from_the_four_length_bytes_alone() {
+        for cut in 4..HEADER_LEN {
+            let mut buf = BytesMut::from(&unhex("ff ff ff ff 02 00 00 00 01")[..cut]);
+            let err = Codec::new(1 << 20).decode(&mut buf).unwrap_err();
+            assert!(
+                matches!(err, CodecError::FrameTooLarge { len: 0xFFFF_FFFA, max } if max == 1 << 20),
+                "{cut} bytes: {err:?}"
+            );
+        }
+        // Three bytes of the length say nothing yet.
+        let mut buf = BytesMut::from(&unhex("ff ff ff")[..]);
+        assert!(Codec::new(1 << 20).decode(&mut buf).unwrap().is_none());
     }
 
     #[test]

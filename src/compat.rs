@@ -125,7 +125,12 @@ where
             }
             event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
             // Last, as in the courier loop: it only needs to wake an idle connection.
-            () = token.cancelled(), if !draining => continue,
+            () = shared.stop_signal(&token, draining) => {
+                if draining {
+                    return Ok(shared.aborted());
+                }
+                continue;
+            }
         };
 
         let payload = match event {
@@ -208,16 +213,17 @@ impl PlainClient {
     /// Sends `payload` and waits for the reply.
     ///
     /// # Errors
-    /// [`ClientError::Timeout`], [`ClientError::Closed`] when the server closes first (it
-    /// does so on any failure, having no other way to report one), or
-    /// [`ClientError::Protocol`] for a reply over `max_frame`.
+    /// [`ClientError::Timeout`], [`ClientError::OutcomeUnknown`] when the connection
+    /// ends first (the server closes it on any failure, having no other way to report
+    /// one, so whether it ran the message is unknown), or [`ClientError::Protocol`] for a
+    /// reply over `max_frame`.
     pub async fn call(&mut self, payload: Bytes) -> Result<Bytes, ClientError> {
         let exchange = async {
-            self.framed.send(payload).await.map_err(closed)?;
+            self.framed.send(payload).await.map_err(unknown)?;
             match self.framed.next().await {
                 Some(Ok(reply)) => Ok(reply),
-                Some(Err(err)) => Err(closed(err)),
-                None => Err(ClientError::Closed {
+                Some(Err(err)) => Err(unknown(err)),
+                None => Err(ClientError::OutcomeUnknown {
                     reason: "the server closed the connection without replying".into(),
                 }),
             }
@@ -230,9 +236,10 @@ impl PlainClient {
     }
 }
 
-fn closed(err: CodecError) -> ClientError {
+/// A failure once the message may have left: whether the server ran it is unknown.
+fn unknown(err: CodecError) -> ClientError {
     match err {
-        CodecError::Io(err) => ClientError::Closed {
+        CodecError::Io(err) => ClientError::OutcomeUnknown {
             reason: err.to_string(),
         },
         other => ClientError::Protocol(other.to_string()),
@@ -258,8 +265,9 @@ pub struct RawOptions {
 ///
 /// # Errors
 /// Connect errors as for [`PlainClient::connect`]; [`ClientError::Timeout`] when
-/// `recv_first` is set and the peer sends nothing in time; [`ClientError::Closed`] when a
-/// read or write fails; any error `on_chunk` returns.
+/// `recv_first` is set and the peer sends nothing in time; [`ClientError::Closed`] when
+/// reading fails before anything was sent, [`ClientError::OutcomeUnknown`] when a read or
+/// write fails after; any error `on_chunk` returns.
 pub async fn raw_exchange<A>(
     addr: A,
     payload: &[u8],
@@ -289,9 +297,13 @@ where
         }
         on_chunk(&buf[..read]).map_err(failed)?;
     }
+    // From the first byte written on, the server may have acted on what it got.
+    let unknown = |err: io::Error| ClientError::OutcomeUnknown {
+        reason: err.to_string(),
+    };
     if !payload.is_empty() {
         for _ in 0..count {
-            stream.write_all(payload).await.map_err(failed)?;
+            stream.write_all(payload).await.map_err(unknown)?;
         }
     }
     loop {
@@ -300,7 +312,7 @@ where
             Err(_) => return Ok(()),
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(read)) => on_chunk(&buf[..read]).map_err(failed)?,
-            Ok(Err(err)) => return Err(failed(err)),
+            Ok(Err(err)) => return Err(unknown(err)),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::MAX_PAYLOAD_LIMIT;
+use crate::codec::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
 use crate::server::Builtin;
 
 /// How messages are delimited on a connection.
@@ -402,6 +402,12 @@ impl Config {
         if self.max_in_flight == 0 {
             return invalid("max_in_flight must be at least 1".into());
         }
+        if self.framing == Framing::Courier && self.max_frame < MIN_MAX_FRAME {
+            return invalid(format!(
+                "max_frame is {}, below the protocol's minimum of {MIN_MAX_FRAME} bytes",
+                self.max_frame
+            ));
+        }
         if self.max_frame > MAX_PAYLOAD_LIMIT {
             return invalid(format!(
                 "max_frame is {}, above the protocol's limit of {MAX_PAYLOAD_LIMIT} bytes",
@@ -587,6 +593,7 @@ mod tests {
             ("max_in_flight = 0", "max_in_flight"),
             ("idle_timeout = \"0s\"", "idle_timeout"),
             ("max_frame = 5000000000", "max_frame"),
+            ("max_frame = 15", "max_frame"),
             ("reply = \"zz\"", "reply"),
             ("framing = \"plain\"\ngreeting = \"01\"", "greeting"),
             ("close_after = 1", "close_after"),

@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 use std::sync::Arc;
 
 use courier::bench::{BenchConfig, Progress, Report};
-use courier::client::{Client, ClientConfig};
+use courier::client::{Client, ClientConfig, ClientError, Outcome};
 use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{parse_hex, AuthToken, Config, Framing};
 use courier::exec::{Exec, ExecPool};
@@ -78,8 +78,11 @@ enum Command {
     Bench(BenchArgs),
     /// Send a message to a server and print the reply on stdout.
     ///
-    /// Exits 0 when every reply arrived; otherwise prints one line on stderr saying what
-    /// went wrong and exits 1.
+    /// Exits 0 when every reply arrived. Otherwise prints one line on stderr saying what
+    /// went wrong, and exits 3 when a request's outcome is unknown (it was sent and the
+    /// connection ended before its answer: the server may have processed it, so do not
+    /// resend it blindly), 1 for anything else (an ERROR answer, or a request the server
+    /// did not receive, which is safe to send again).
     Send(SendArgs),
     /// Print a running server's counters: connections accepted, rejected and closed by
     /// reason, protocol errors, requests and replies.
@@ -433,7 +436,7 @@ fn main() -> ExitCode {
     let runtime = match built {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("courier: cannot start the runtime: {err}");
+            say(format_args!("courier: cannot start the runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -445,26 +448,76 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats(args).await,
         }
     });
-    match result {
+    // Ends the tasks still running (and what they hold) before the last logs are flushed.
+    drop(runtime);
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("courier: {err:#}");
-            ExitCode::FAILURE
+            flush_logs();
+            say(format_args!("courier: {err:#}"));
+            return exit_code(&err);
         }
+    };
+    flush_logs();
+    code
+}
+
+/// The exit status for an error: 3 when a request's outcome is unknown, 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> ExitCode {
+    let unknown = err
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<ClientError>())
+        .any(|err| err.outcome() == Outcome::Unknown);
+    if unknown {
+        ExitCode::from(OUTCOME_UNKNOWN)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
+/// The exit status of a command that sent a request whose outcome is unknown.
+const OUTCOME_UNKNOWN: u8 = 3;
+
+/// Writes one line to stderr, ignoring failure: `eprintln!` panics when stderr is closed,
+/// and a message about an error must not become a second one.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The thread that writes the logs, kept so that exiting can flush it.
+static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
+/// Logs to stderr from a thread of its own. A log line never waits: when stderr is slow,
+/// full or not read, lines are dropped rather than block the server, and a failed write
+/// (a closed pipe) is dropped silently instead of reported on that same stderr (which
+/// would panic: tracing-subscriber reports write errors with `eprintln!` by default).
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("courier=info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("courier-log")
+        .finish(std::io::stderr());
+    if let Ok(mut slot) = LOG_WRITER.lock() {
+        *slot = Some(guard);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Writes out the log lines still queued (waiting at most about a second for a stderr
+/// that does not take them), before the process exits.
+fn flush_logs() {
+    let guard = LOG_WRITER.lock().ok().and_then(|mut slot| slot.take());
+    drop(guard);
 }
 
 /// Layers flags and COURIER_* variables (clap merges those two) over the file or the
@@ -526,7 +579,11 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = effective_config(&args)?;
     if args.print_config {
-        print!("{}", config.to_toml());
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(config.to_toml().as_bytes())
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
         return Ok(());
     }
     for warning in config.load_token(std::env::var("COURIER_AUTH_TOKEN").ok())? {
@@ -558,10 +615,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         server::shutdown_signal().await;
-        info!("shutting down: finishing requests in flight (a second signal exits at once)");
+        // Act first, log after: nothing a log write does may keep the server running.
         trigger.cancel();
+        info!("shutting down: finishing requests in flight (a second signal exits at once)");
         server::shutdown_signal().await;
         warn!("second signal: exiting at once");
+        flush_logs();
         std::process::exit(130);
     });
     let stop = shutdown.cancelled_owned();

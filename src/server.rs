@@ -27,7 +27,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::codec::{
     Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
-    MAX_HELLO_PAYLOAD, PROTOCOL_VERSION,
+    MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::compat;
 use crate::config::{Config, Framing};
@@ -152,6 +152,10 @@ impl Handler for Builtin {
 /// descriptors, say). The pause doubles from 10 ms up to this.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long the server waits, after the drain timeout, for connections to close once told
+/// to stop at once: they only have to drop what they hold.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
 /// Payload bytes shown in debug logs; longer payloads are cut with a note of their size.
 const LOG_PAYLOAD_BYTES: usize = 256;
 
@@ -208,6 +212,7 @@ impl<H: Handler> Server<H> {
                 config,
                 handler,
                 stats: Arc::new(Stats::new()),
+                abort: CancellationToken::new(),
             }),
             tls: None,
         }
@@ -347,6 +352,18 @@ impl<H: Handler> Server<H> {
                 connections = tracker.len(),
                 "drain timeout passed; closing the remaining connections"
             );
+            // Each connection stops at its next poll, dropping its unfinished requests
+            // (which kills their processes), and is counted as closed by the drain timeout.
+            shared.abort.cancel();
+            if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    connections = tracker.len(),
+                    "connections still not closed after the drain timeout"
+                );
+            }
         } else {
             info!("shut down cleanly");
         }
@@ -532,7 +549,16 @@ impl<H: Handler> Admit<'_, H> {
         self.tracker.spawn(
             async move {
                 let _permit = permit;
-                match tls_handshake(stream, &tls, &shared.config).await {
+                let handshake = tokio::select! {
+                    done = tls_handshake(stream, &tls, &shared.config) => done,
+                    () = shared.abort.cancelled() => {
+                        shared.stats.opened();
+                        info!(reason = %CloseReason::DrainTimeout, "connection closed during its TLS handshake");
+                        shared.stats.closed(CloseReason::DrainTimeout);
+                        return;
+                    }
+                };
+                match handshake {
                     Ok((stream, identity)) => {
                         match &identity {
                             Some(subject) => {
@@ -611,6 +637,36 @@ pub(crate) struct Shared<H> {
     pub(crate) config: Config,
     pub(crate) handler: H,
     pub(crate) stats: Arc<Stats>,
+    /// Cancelled when the drain timeout passes: connections still open close at once.
+    pub(crate) abort: CancellationToken,
+}
+
+impl<H> Shared<H> {
+    /// What a connection loop waits on besides its I/O: the shutdown signal while it
+    /// serves, then, once it drains, the end of the drain timeout. One future for both,
+    /// so that the idle connection's state holds one.
+    pub(crate) fn stop_signal<'a>(
+        &'a self,
+        token: &'a CancellationToken,
+        draining: bool,
+    ) -> tokio_util::sync::WaitForCancellationFuture<'a> {
+        if draining {
+            self.abort.cancelled()
+        } else {
+            token.cancelled()
+        }
+    }
+
+    /// The close of a connection still open when the drain timeout passed.
+    pub(crate) fn aborted(&self) -> Close {
+        Close::new(
+            CloseReason::DrainTimeout,
+            format!(
+                "drain timeout: requests still unanswered after {} (drain_timeout)",
+                humantime::format_duration(self.config.drain_timeout)
+            ),
+        )
+    }
 }
 
 /// Why a connection ended without an I/O error: the counted reason and, for limits and
@@ -673,6 +729,7 @@ where
 
     let mut session = Session {
         identity,
+        peer_max_frame: MAX_HELLO_PAYLOAD,
         ..Session::default()
     };
     let mut draining = false;
@@ -711,7 +768,13 @@ where
                 continue;
             }
             event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
-            () = token.cancelled(), if !draining => continue,
+            () = shared.stop_signal(&token, draining) => {
+                if draining {
+                    // No linger: the drain is over.
+                    return Ok(shared.aborted());
+                }
+                continue;
+            }
         };
 
         let first = match event {
@@ -727,7 +790,7 @@ where
             }
             Io::Deadline(which) => {
                 let (code, reason) = which.describe(config);
-                conn.out.push(Frame::error(0, code, &reason));
+                conn.out.push(session.error(0, code, &reason));
                 break Close::new(which.reason(), reason);
             }
             Io::Read(Some(item)) => item,
@@ -753,8 +816,8 @@ where
                 Err(err) => {
                     let close = Close::for_codec(&err);
                     if let Some(code) = err.error_code() {
-                        conn.out
-                            .push(Frame::error(err.request_id(), code, &close.detail));
+                        // Id 0: this ERROR closes the connection.
+                        conn.out.push(session.error(0, code, &close.detail));
                     }
                     break 'conn close;
                 }
@@ -767,7 +830,8 @@ where
                     let snapshot = shared.stats.snapshot();
                     // Serializing plain integers and strings cannot fail.
                     let json = serde_json::to_vec(&snapshot).unwrap_or_default();
-                    conn.out.push(Frame::reply(id, Bytes::from(json)));
+                    conn.out
+                        .push(session.fitting(Frame::reply(id, Bytes::from(json))));
                 }
                 Action::Dispatch(request) => {
                     if let Some(result) = shared.handler.ready(&request) {
@@ -839,7 +903,8 @@ impl<F: Future> InFlight<F> {
 #[derive(Default)]
 struct Session {
     handshaken: bool,
-    /// The largest payload the client accepts, from its HELLO.
+    /// The largest payload the client accepts: from its HELLO, and the HELLO limit
+    /// until then. Nothing the server sends is larger (ERROR texts are cut to fit).
     peer_max_frame: usize,
     /// The client sent EOF or GOAWAY: no more frames will come.
     peer_done: bool,
@@ -861,6 +926,26 @@ enum Action {
 }
 
 impl Session {
+    /// An ERROR whose text is cut so that the frame fits the client's max_frame.
+    fn error(&self, id: u32, code: ErrorCode, text: &str) -> Frame {
+        Frame::error_fitting(id, code, text, self.peer_max_frame)
+    }
+
+    /// `frame` if its payload fits the client's max_frame; otherwise an ERROR 4 for its
+    /// id saying so (a PONG echoing a large PING, the STATS reply).
+    fn fitting(&self, frame: Frame) -> Frame {
+        let max = self.peer_max_frame;
+        if frame.payload.len() <= max {
+            return frame;
+        }
+        let text = format!(
+            "frame too large: the {} would be {} bytes, the client's max_frame is {max} bytes",
+            frame.kind,
+            frame.payload.len()
+        );
+        self.error(frame.id, ErrorCode::FrameTooLarge, &text)
+    }
+
     /// Applies one frame from the client; replies that need no handler are queued here.
     fn on_frame<R, W>(
         &mut self,
@@ -876,6 +961,15 @@ impl Session {
         let out = &mut conn.out;
         if !self.handshaken {
             return match accept_hello(&frame, config) {
+                Ok(hello) if (hello.max_frame as usize) < MIN_MAX_FRAME => {
+                    self.peer_max_frame = hello.max_frame as usize;
+                    let reason = format!(
+                        "malformed body: the HELLO announces max_frame {}, below the minimum of {MIN_MAX_FRAME} bytes",
+                        hello.max_frame
+                    );
+                    out.push(self.error(0, ErrorCode::MalformedBody, &reason));
+                    Action::Close(Close::new(CloseReason::Protocol, reason))
+                }
                 Ok(hello) => {
                     self.handshaken = true;
                     conn.handshake_done();
@@ -889,7 +983,7 @@ impl Session {
                     Action::Nothing
                 }
                 Err((code, reason)) => {
-                    out.push(Frame::error(0, code, &reason));
+                    out.push(self.error(0, code, &reason));
                     let why = if code == ErrorCode::AuthFailed {
                         CloseReason::AuthFailed
                     } else {
@@ -904,7 +998,7 @@ impl Session {
                 let oneway = frame.kind == Kind::Oneway;
                 if !oneway {
                     if frame.id == 0 {
-                        return id_zero(frame.kind, out);
+                        return self.id_zero(frame.kind, out);
                     }
                     if self.ids.contains(&frame.id) {
                         debug!(id = frame.id, "duplicate request id");
@@ -914,7 +1008,7 @@ impl Session {
                             "duplicate request id {}: a request with this id is still in flight",
                             frame.id
                         );
-                        out.push(Frame::error(frame.id, ErrorCode::DuplicateId, &text));
+                        out.push(self.error(frame.id, ErrorCode::DuplicateId, &text));
                         return Action::Nothing;
                     }
                     self.last_id = frame.id;
@@ -938,10 +1032,10 @@ impl Session {
             }
             Kind::Ping => {
                 tally.pings += 1;
-                out.push(Frame::new(Kind::Pong, frame.id, frame.payload));
+                out.push(self.fitting(Frame::new(Kind::Pong, frame.id, frame.payload)));
                 Action::Nothing
             }
-            Kind::Stats if frame.id == 0 => id_zero(frame.kind, out),
+            Kind::Stats if frame.id == 0 => self.id_zero(frame.kind, out),
             Kind::Stats => Action::Stats(frame.id),
             Kind::Pong => Action::Nothing,
             Kind::GoAway => {
@@ -956,10 +1050,11 @@ impl Session {
             }
             Kind::Hello | Kind::Reply => {
                 let reason = format!(
-                    "protocol error: a client does not send {} after the handshake",
-                    frame.kind
+                    "protocol error: a client does not send {} (id {}) after the handshake",
+                    frame.kind, frame.id
                 );
-                out.push(Frame::error(frame.id, ErrorCode::Protocol, &reason));
+                // Id 0, whatever the frame's: this ERROR closes the connection.
+                out.push(self.error(0, ErrorCode::Protocol, &reason));
                 Action::Close(Close::new(CloseReason::Protocol, reason))
             }
         }
@@ -989,7 +1084,7 @@ impl Session {
                     "reply larger than the client accepts"
                 );
                 tally.errors += 1;
-                Frame::error(
+                self.error(
                     id,
                     ErrorCode::FrameTooLarge,
                     &format!(
@@ -1006,19 +1101,22 @@ impl Session {
             Err(err) => {
                 debug!(id, code = %err.code, message = %err.message, "handler failed");
                 tally.errors += 1;
-                Frame::error(id, err.code, &err.message)
+                self.error(id, err.code, &err.message)
             }
         };
         out.push(frame);
     }
 }
 
-/// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an answer
-/// to it would be taken for one about the whole connection).
-fn id_zero<W: AsyncWrite + Unpin>(kind: Kind, out: &mut Outbox<W, Codec>) -> Action {
-    let reason = format!("protocol error: {kind} with id 0; id 0 is reserved for the connection");
-    out.push(Frame::error(0, ErrorCode::Protocol, &reason));
-    Action::Close(Close::new(CloseReason::Protocol, reason))
+impl Session {
+    /// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an
+    /// answer to it would be taken for one about the whole connection).
+    fn id_zero<W: AsyncWrite + Unpin>(&self, kind: Kind, out: &mut Outbox<W, Codec>) -> Action {
+        let reason =
+            format!("protocol error: {kind} with id 0; id 0 is reserved for the connection");
+        out.push(self.error(0, ErrorCode::Protocol, &reason));
+        Action::Close(Close::new(CloseReason::Protocol, reason))
+    }
 }
 
 /// Describes the close of a connection whose peer does not read its output.

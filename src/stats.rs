@@ -45,11 +45,14 @@ pub enum CloseReason {
     HandlerFailed,
     /// Reading or writing failed: a reset, a broken pipe.
     IoError,
+    /// The server was shutting down and the drain timeout passed with requests of this
+    /// connection still unanswered.
+    DrainTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in the order [`Snapshot::closed`] lists them.
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::PeerClosed,
         CloseReason::Drained,
         CloseReason::CloseAfter,
@@ -65,6 +68,7 @@ impl CloseReason {
         CloseReason::PeerError,
         CloseReason::HandlerFailed,
         CloseReason::IoError,
+        CloseReason::DrainTimeout,
     ];
 
     /// The name used in logs and in the STATS reply.
@@ -85,6 +89,7 @@ impl CloseReason {
             CloseReason::PeerError => "peer_error",
             CloseReason::HandlerFailed => "handler_failed",
             CloseReason::IoError => "io_error",
+            CloseReason::DrainTimeout => "drain_timeout",
         }
     }
 

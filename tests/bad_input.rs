@@ -206,7 +206,7 @@ async fn length_of_max_plus_one_is_refused_and_closed() {
     let mut peer = RawPeer::handshake(case.addr).await;
     peer.send_raw(&header(5 + MAX_FRAME as u32 + 1, 2, 7)).await;
     let (frame, body) = peer.expect_error(ErrorCode::FrameTooLarge).await;
-    assert_eq!(frame.id, 7);
+    assert_eq!(frame.id, 0, "an ERROR that closes the connection has id 0");
     assert!(
         body.message.contains(&MAX_FRAME.to_string()),
         "{}",
@@ -405,8 +405,9 @@ async fn an_unknown_kind_is_refused_and_closed() {
     let mut peer = RawPeer::handshake(case.addr).await;
     peer.send_raw(&header(5, 0x42, 9)).await;
     let (frame, body) = peer.expect_error(ErrorCode::UnknownKind).await;
-    assert_eq!(frame.id, 9);
+    assert_eq!(frame.id, 0, "an ERROR that closes the connection has id 0");
     assert!(body.message.contains("0x42"), "{}", body.message);
+    assert!(body.message.contains("id 9"), "{}", body.message);
     peer.expect_closed().await;
     drop(peer);
     case.finish(&before, Some((CloseReason::Protocol, 1))).await;

@@ -113,12 +113,12 @@ fn send_to_a_closed_port_fails_with_one_line_on_stderr() {
 
 #[test]
 fn a_server_error_is_reported_with_its_code_and_a_failing_status() {
-    let server = Served::start(&["--max-frame", "4"], &[]);
-    let output = courier(&["send", "--data", "longer than four", &server.addr]);
+    let server = Served::start(&["--max-frame", "16"], &[]);
+    let output = courier(&["send", "--data", "longer than sixteen", &server.addr]);
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("frame too large") && err.contains("at most 4"),
+        err.contains("frame too large") && err.contains("at most 16"),
         "{err}"
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use courier::client::{Client, ClientConfig, ClientError};
+use courier::client::{Client, ClientConfig, ClientError, Outcome};
 use courier::codec::{Codec, ErrorCode, Frame, Hello, Kind};
 use courier::config::Config;
 use courier::server::{Builtin, HandlerError, Request};
@@ -175,12 +175,16 @@ async fn calls_after_goaway_fail_as_going_away() {
     }
 }
 
-#[tokio::test]
-async fn a_connection_dropped_mid_call_fails_the_call_as_closed() {
-    // A server that does the handshake, reads one request, and hangs up without replying.
+/// A server that does the handshake, reads `requests` REQUEST frames, sends `goaway`
+/// (a GOAWAY with that last id) if given, and hangs up without answering any of them.
+/// Returns the address and the task, which yields the ids it read.
+async fn hang_up_after(
+    requests: usize,
+    goaway: Option<u32>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u32>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let rude = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let mut framed = Framed::new(stream, Codec::new(1 << 20));
         framed
@@ -189,22 +193,91 @@ async fn a_connection_dropped_mid_call_fails_the_call_as_closed() {
             .unwrap();
         let hello = framed.next().await.unwrap().unwrap();
         assert_eq!(hello.kind, Kind::Hello);
-        let request = framed.next().await.unwrap().unwrap();
-        assert_eq!(request.kind, Kind::Request);
+        let mut ids = Vec::new();
+        while ids.len() < requests {
+            let request = framed.next().await.unwrap().unwrap();
+            assert_eq!(request.kind, Kind::Request);
+            ids.push(request.id);
+        }
+        if let Some(last) = goaway {
+            framed.send(Frame::goaway(last)).await.unwrap();
+        }
+        ids
     });
+    (addr, task)
+}
+
+/// Calls `calls` requests at once on `client`, each from a task of its own, started in
+/// order (so that they get ids 1, 2, ... in that order); returns each call's result.
+async fn call_in_order(client: &Client, calls: usize) -> Vec<Result<Bytes, ClientError>> {
+    let mut tasks = Vec::new();
+    for n in 0..calls {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.call(format!("call {n}")).await
+        }));
+        // Let the call reach the connection task before the next one starts.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_call_leaves_the_outcome_unknown() {
+    let (addr, rude) = hang_up_after(1, None).await;
     let client = Client::connect(addr).await.unwrap();
     match client.call("anyone?").await {
-        Err(ClientError::Closed { reason }) => {
-            assert!(reason.contains("closed"), "{reason}");
+        Err(err @ ClientError::OutcomeUnknown { .. }) => {
+            assert_eq!(err.outcome(), Outcome::Unknown);
+            assert!(err.to_string().contains("closed"), "{err}");
         }
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    assert_eq!(rude.await.unwrap(), vec![1]);
+    // Later calls are not sent at all: not received.
+    match client.call("again").await {
+        Err(err @ ClientError::Closed { .. }) => assert_eq!(err.outcome(), Outcome::NotReceived),
         other => panic!("expected Closed, got {other:?}"),
     }
-    rude.await.unwrap();
-    // Later calls fail at once with the same reason.
-    assert!(matches!(
-        client.call("again").await,
-        Err(ClientError::Closed { .. })
-    ));
+}
+
+#[tokio::test]
+async fn after_goaway_requests_up_to_its_last_id_are_unknown_and_later_ones_not_received() {
+    // The server reads all five requests but its GOAWAY says it received up to 3: the
+    // client must believe the GOAWAY, and only the wire.
+    let (addr, server) = hang_up_after(5, Some(3)).await;
+    let client = Client::connect(addr).await.unwrap();
+    let results = call_in_order(&client, 5).await;
+    assert_eq!(server.await.unwrap(), vec![1, 2, 3, 4, 5]);
+    for (n, result) in results.iter().enumerate() {
+        let id = n + 1;
+        match result {
+            Err(err @ ClientError::OutcomeUnknown { .. }) if id <= 3 => {
+                assert_eq!(err.outcome(), Outcome::Unknown);
+                assert!(err.to_string().contains("named 3"), "{err}");
+            }
+            Err(err @ ClientError::GoingAway) if id > 3 => {
+                assert_eq!(err.outcome(), Outcome::NotReceived);
+            }
+            other => panic!("request id {id}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_goaway_naming_no_request_means_none_was_received() {
+    let (addr, server) = hang_up_after(2, Some(0)).await;
+    let client = Client::connect(addr).await.unwrap();
+    let results = call_in_order(&client, 2).await;
+    assert_eq!(server.await.unwrap(), vec![1, 2]);
+    for result in results {
+        assert!(matches!(result, Err(ClientError::GoingAway)), "{result:?}");
+    }
 }
 
 #[tokio::test]

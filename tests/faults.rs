@@ -6,9 +6,10 @@
 //! Rules checked:
 //! - every reply matches its request (a wrong reply is a loss);
 //! - across a SIGTERM, every request the server received is answered: the server's own
-//!   counters show requests = replies + errors, and no client call ends with its fate
-//!   unknown (`Closed`, a timeout or a protocol error): calls the draining server did not
-//!   take fail as `GoingAway`, calls made while it is down as connection errors;
+//!   counters show requests = replies + errors, and no client call ends with its outcome
+//!   unknown (`OutcomeUnknown`, a timeout or a protocol error): calls the draining server
+//!   did not take fail as `GoingAway` or `Closed` (not received), calls made while it is
+//!   down as connection errors;
 //! - across a SIGKILL, calls in flight fail with an error (reported, counted), never hang.
 //!
 //! Each phase lasts COURIER_FAULT_PHASE_SECS seconds (default 2; `bench/faults` runs it
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{shutdown_counter, Served};
-use courier::client::{Backoff, ClientConfig, ClientError, Reconnecting};
+use courier::client::{Backoff, ClientConfig, ClientError, Outcome, Reconnecting};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -67,6 +68,7 @@ fn kind(err: &ClientError) -> &'static str {
         ClientError::Server { .. } => "server_error",
         ClientError::GoingAway => "going_away",
         ClientError::Closed { .. } => "closed",
+        ClientError::OutcomeUnknown { .. } => "outcome_unknown",
         ClientError::Protocol(_) => "protocol",
     }
 }
@@ -111,10 +113,7 @@ fn record(
         }
         Err(err) => {
             let graceful = GRACEFUL.contains(&started_in);
-            let unknown_fate = matches!(
-                err,
-                ClientError::Closed { .. } | ClientError::Timeout { .. } | ClientError::Protocol(_)
-            );
+            let unknown_fate = err.outcome() == Outcome::Unknown;
             if graceful && unknown_fate {
                 counts
                     .lost

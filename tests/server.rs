@@ -167,7 +167,7 @@ async fn oversize_frame_gets_an_error_naming_the_limit_and_the_connection_closes
     header.put_u32(77);
     peer.send_raw(&header).await;
     let (frame, body) = peer.expect_error(ErrorCode::FrameTooLarge).await;
-    assert_eq!(frame.id, 77);
+    assert_eq!(frame.id, 0, "an ERROR that closes the connection has id 0");
     assert!(body.message.contains("1001"), "{}", body.message);
     assert!(body.message.contains("1000"), "{}", body.message);
     peer.expect_closed().await;
@@ -362,7 +362,7 @@ async fn unknown_kind_gets_an_error_and_a_close() {
     let mut peer = RawPeer::handshake(server.addr).await;
     peer.send_raw(&[0, 0, 0, 5, 0x42, 0, 0, 0, 9]).await;
     let (frame, err) = peer.expect_error(ErrorCode::UnknownKind).await;
-    assert_eq!(frame.id, 9);
+    assert_eq!(frame.id, 0, "an ERROR that closes the connection has id 0");
     assert!(err.message.contains("0x42"), "{}", err.message);
     peer.expect_closed().await;
     server.shutdown().await;
