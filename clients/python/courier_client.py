@@ -12,6 +12,37 @@ script:
 
 One call is on the wire at a time per Client (calls from several threads take turns);
 open one Client per thread for parallel calls.
+
+Outcomes
+--------
+
+Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+"outcome unknown". Which exception means which:
+
+- A reply: `call` returns the REPLY's bytes, or raises ServerError when the server
+  answered with an ERROR.
+- "Not received" (not processed, safe to send again): GoingAway, when the server is
+  draining and never received the request; and a plain ConnectionClosed (the base class
+  itself), when nothing was sent: the client was already closed, or the connection failed
+  before any byte of the request left. FrameTooLarge is also raised before anything is
+  sent.
+- "Outcome unknown" (the server may or may not have processed it): OutcomeUnknown, when
+  the request was sent and the connection ended without its answer; CallTimeout, when no
+  answer came in time.
+
+The rule follows the wire. GOAWAY carries the id of the last REQUEST the server received;
+the server then stops reading and tries to answer what it received, but a handler slower
+than its drain_timeout leaves a received request unanswered. This client numbers
+requests 1, 2, ... and wraps after 2**32 - 1, skipping 0. A request sent after GOAWAY's
+last id (last id 0: none received) was not received; one at or before it that gets no
+answer, or one left unanswered by a close without GOAWAY, has an unknown outcome:
+
+    try:
+        reply = client.call(payment)
+    except (OutcomeUnknown, CallTimeout):
+        ...  # ask the server (or its ledger) whether it happened before sending again
+    except ConnectionClosed:
+        ...  # GoingAway or nothing sent: send it again, on a new connection
 """
 
 import socket
@@ -27,6 +58,7 @@ __all__ = [
     "CallTimeout",
     "ConnectionClosed",
     "GoingAway",
+    "OutcomeUnknown",
     "ProtocolError",
 ]
 
@@ -58,26 +90,79 @@ class FrameTooLarge(CourierError):
 
 
 class CallTimeout(CourierError, TimeoutError):
-    """No reply within the timeout. The connection is closed, since a late reply would
-    otherwise be taken for the next call's."""
+    """No answer within the timeout: the outcome is unknown, since the server may or may
+    not have processed the request. The connection is closed, since a late reply would
+    otherwise be taken for the next call's.
+
+    Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+    "outcome unknown"; this is "outcome unknown"."""
 
 
 class ConnectionClosed(CourierError):
-    """The connection closed before the reply; whether the server processed the request is
-    unknown."""
+    """The connection ended. Raised as this class itself only when nothing was sent: the
+    client was already closed, or the connection failed before any byte of the request
+    left; the request was not received and may be sent again on a new connection.
+
+    Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+    "outcome unknown". The subclasses say which of the last two: GoingAway is "not
+    received", OutcomeUnknown is "outcome unknown"."""
 
 
 class GoingAway(ConnectionClosed):
-    """The server is draining (GOAWAY) and did not take the request: it was not processed
-    and may be sent again, to this server later or to another."""
+    """Not received by the server: not processed, safe to send again, to this server
+    later or to another.
+
+    Raised for a call made after the server's GOAWAY (it is not sent), and for a call
+    whose request id comes after the last id the GOAWAY named when the server then closes
+    without answering: the server stopped reading before that request."""
+
+
+class OutcomeUnknown(ConnectionClosed):
+    """The request was sent and the connection ended without its answer; the server may
+    or may not have processed it. Find out before sending it again if doing it twice
+    would matter (a payment).
+
+    Raised when the connection closes (EOF, reset, a receive error) after the request was
+    sent, with no GOAWAY or with a GOAWAY whose last id is at or after this call's id, and
+    when sending failed after some of the request was written."""
 
 
 class ProtocolError(CourierError):
-    """The peer does not speak courier, or broke the protocol."""
+    """The peer does not speak courier, or broke the protocol. The connection is closed;
+    a call that gets it after its request was sent has an unknown outcome."""
+
+
+class _Ended(Exception):
+    """Internal: the connection ended (EOF, a socket error) while a call was under way.
+    The caller that knows whether the request was sent turns it into the ConnectionClosed
+    subclass that says so."""
+
+    def __init__(self, reason, written=True):
+        super().__init__(reason)
+        self.reason = reason
+        # False only when provably no byte of the frame being sent left this client.
+        self.written = written
+
+
+def _sent_after(request_id, last_id):
+    """Whether `request_id` was sent after `last_id`, in this client's send order.
+
+    Ids count up from 1 and wrap after 2**32 - 1 (skipping 0), so plain `>` is wrong
+    across the wrap; serial number arithmetic (RFC 1982) on 32 bits is right while the
+    two are less than 2**31 ids apart (with one call at a time, GOAWAY names this call or
+    an earlier one). A difference of exactly 2**31 is undefined and counts as "not
+    after", the side that never invites a second send. Last id 0 is not an id (a request
+    id never is 0): it means no request was received at all."""
+    if last_id == 0:
+        return True
+    return 0 < (request_id - last_id) % (1 << 32) < (1 << 31)
 
 
 class Client:
-    """A connection to a courier server."""
+    """A connection to a courier server.
+
+    Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+    "outcome unknown"; the module docstring says which exception means which."""
 
     def __init__(self, host="127.0.0.1", port=12345, timeout=10.0, max_frame=16 << 20,
                  auth_token=None):
@@ -94,11 +179,17 @@ class Client:
         self._buffer = bytearray()
         self._next_id = 1
         self._going_away = False
+        # The last request id of the server's GOAWAY; None before one, or when its body
+        # did not parse (then no unanswered request can be called "not received").
+        self._goaway_last_id = None
         self._closed = False
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshake(time.monotonic() + timeout)
+        except _Ended as end:
+            self._sock.close()
+            raise ConnectionClosed(f"during the HELLO exchange: {end.reason}") from end.__cause__
         except BaseException:
             self._sock.close()
             raise
@@ -118,33 +209,31 @@ class Client:
     def call(self, payload, timeout=None):
         """Sends `payload` (bytes) as a REQUEST and returns the reply's bytes.
 
-        Raises ServerError for an ERROR reply, FrameTooLarge, CallTimeout,
-        GoingAway or ConnectionClosed."""
-        payload = bytes(payload)
-        self._check_size(payload)
-        with self._lock:
-            self._check_open()
-            request_id = self._take_id()
-            self._send(REQUEST, request_id, payload)
-            return self._wait_for(request_id, self._deadline(timeout))
+        Every call ends in exactly one of: a reply, "not received" (safe to send again),
+        or "outcome unknown".
+
+        Raises ServerError for an ERROR reply; GoingAway or ConnectionClosed when the
+        request was not received; OutcomeUnknown or CallTimeout when it may or may not
+        have been processed; FrameTooLarge (nothing sent) or ProtocolError."""
+        return self._exchange(REQUEST, payload, timeout)
 
     def ping(self, payload=b"", timeout=None):
-        """Sends a PING and returns the PONG's payload (the same bytes)."""
-        payload = bytes(payload)
-        self._check_size(payload)
-        with self._lock:
-            self._check_open()
-            request_id = self._take_id()
-            self._send(PING, request_id, payload)
-            return self._wait_for(request_id, self._deadline(timeout))
+        """Sends a PING and returns the PONG's payload (the same bytes). Fails like
+        `call`; a PING has no effect on the server, so every outcome is safe to repeat."""
+        return self._exchange(PING, payload, timeout)
 
     def send_oneway(self, payload):
-        """Sends `payload` as a ONEWAY message: no reply, no confirmation."""
+        """Sends `payload` as a ONEWAY message: no reply, no confirmation. Raises
+        ConnectionClosed when nothing was sent, OutcomeUnknown when sending failed part
+        way (or GoingAway after the server's GOAWAY)."""
         payload = bytes(payload)
         self._check_size(payload)
         with self._lock:
             self._check_open()
-            self._send(ONEWAY, 0, payload)
+            try:
+                self._send(ONEWAY, 0, payload, self._deadline(None))
+            except _Ended as end:
+                raise self._unsent_or_unknown("the ONEWAY message", end) from end.__cause__
 
     def close(self):
         """Closes the connection. The server still answers what it has received, but this
@@ -158,6 +247,47 @@ class Client:
             self._sock.close()
 
     # Internals.
+
+    def _exchange(self, kind, payload, timeout):
+        payload = bytes(payload)
+        self._check_size(payload)
+        with self._lock:
+            self._check_open()
+            request_id = self._take_id()
+            deadline = self._deadline(timeout)
+            what = f"request {request_id}"
+            try:
+                self._send(kind, request_id, payload, deadline)
+            except _Ended as end:
+                raise self._unsent_or_unknown(what, end) from end.__cause__
+            try:
+                return self._wait_for(request_id, deadline)
+            except _Ended as end:
+                raise self._unanswered(request_id, end) from end.__cause__
+
+    @staticmethod
+    def _unsent_or_unknown(what, end):
+        if not end.written:
+            return ConnectionClosed(f"{what} was not sent: {end.reason}")
+        return OutcomeUnknown(
+            f"{what} was partly sent when sending failed ({end.reason}); "
+            "the server may or may not have processed it"
+        )
+
+    def _unanswered(self, request_id, end):
+        """The exception for a request that was sent and whose connection then ended."""
+        last_id = self._goaway_last_id
+        if self._going_away and last_id is not None and _sent_after(request_id, last_id):
+            return GoingAway(
+                f"{end.reason}: the server's GOAWAY named {last_id} as the last request it "
+                f"received, so it did not receive request {request_id}; "
+                "it was not processed and is safe to send again"
+            )
+        goaway = "after GOAWAY" if self._going_away else "without GOAWAY"
+        return OutcomeUnknown(
+            f"{end.reason} {goaway} before answering request {request_id}; "
+            "the server may or may not have processed it"
+        )
 
     def _handshake(self, deadline):
         kind, _, payload = self._read_frame(deadline, MAX_HELLO_PAYLOAD)
@@ -175,7 +305,7 @@ class Client:
         if self._auth_token is not None:
             # HELLO field 0x01: the auth token (tag, 2-byte length, value).
             fields = struct.pack(">BH", AUTH_TOKEN_FIELD, len(self._auth_token)) + self._auth_token
-        self._send(HELLO, 0, MAGIC + struct.pack(">HI", VERSION, self._max_frame) + fields)
+        self._send(HELLO, 0, MAGIC + struct.pack(">HI", VERSION, self._max_frame) + fields, deadline)
 
     def _deadline(self, timeout):
         return time.monotonic() + (self._timeout if timeout is None else timeout)
@@ -188,23 +318,46 @@ class Client:
 
     def _check_open(self):
         if self._going_away:
-            raise GoingAway("the server is going away: the request was not sent")
+            raise GoingAway("the server is going away (GOAWAY): the request was not sent")
         if self._closed:
-            raise ConnectionClosed("the connection is closed")
+            raise ConnectionClosed("the connection is closed: the request was not sent")
 
     def _take_id(self):
         request_id = self._next_id
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # never 0, wraps after 2**32 - 1
         return request_id
 
-    def _send(self, kind, request_id, payload):
-        try:
-            self._sock.sendall(HEADER.pack(5 + len(payload), kind, request_id) + payload)
-        except OSError as err:
-            self.close()
-            raise ConnectionClosed(f"sending failed: {err}") from err
+    def _send(self, kind, request_id, payload, deadline):
+        """Writes one frame, raising _Ended (the connection closed) on failure.
+
+        `send`, not `sendall`: on an error sendall does not say how much it wrote, and
+        whether any byte of a request left decides between "not received" and "outcome
+        unknown". The socket timeout is set from the call's deadline, not left over from
+        the last read."""
+        frame = memoryview(HEADER.pack(5 + len(payload), kind, request_id) + payload)
+        written = 0
+        # Bounded by the deadline: each turn writes bytes, fails, or waits on the socket
+        # no longer than what is left of the timeout.
+        while written < len(frame):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()
+                raise CallTimeout("the request could not be sent within the timeout")
+            try:
+                self._sock.settimeout(remaining)
+                count = self._sock.send(frame[written:])
+            except socket.timeout:
+                continue
+            except OSError as err:
+                self.close()
+                raise _Ended(f"sending failed: {err}", written > 0) from err
+            if count <= 0:
+                self.close()
+                raise _Ended("sending failed: the socket took no bytes", written > 0)
+            written += count
 
     def _wait_for(self, request_id, deadline):
+        # Bounded by the deadline: every turn reads a frame or raises once it passes.
         while True:
             kind, frame_id, payload = self._read_frame(deadline, self._max_frame)
             if kind in (REPLY, PONG) and frame_id == request_id:
@@ -212,19 +365,26 @@ class Client:
             if kind == ERROR and frame_id == request_id:
                 raise self._server_error(payload)
             if kind == ERROR and frame_id == 0:
+                # About the whole connection, which the server closes after it.
                 self.close()
                 raise self._server_error(payload)
             if kind == GOAWAY:
-                # Every request the server received is still answered; keep waiting.
+                # The server still answers what it received, drain_timeout permitting;
+                # keep waiting. If it closes first, the last id says whether it received
+                # this request.
                 self._going_away = True
+                self._goaway_last_id = (
+                    struct.unpack(">I", payload)[0] if len(payload) == 4 else None
+                )
             elif kind == PING:
-                self._send(PONG, frame_id, payload)
+                self._send(PONG, frame_id, payload, deadline)
             # Anything else answers an earlier call that gave up; skip it.
 
     def _read_frame(self, deadline, max_payload):
         header = self._read_exact(HEADER.size, deadline)
         length, kind, frame_id = HEADER.unpack(header)
         if length < 5:
+            self.close()
             raise ProtocolError(f"bad frame length {length}")
         if length - 5 > max_payload:
             self.close()
@@ -232,24 +392,23 @@ class Client:
         return kind, frame_id, self._read_exact(length - 5, deadline)
 
     def _read_exact(self, size, deadline):
+        # Bounded by the deadline: each turn gets bytes, ends the connection, or times out.
         while len(self._buffer) < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.close()
                 raise CallTimeout("no reply within the timeout")
-            self._sock.settimeout(remaining)
             try:
+                self._sock.settimeout(remaining)
                 chunk = self._sock.recv(max(65536, size - len(self._buffer)))
             except socket.timeout:
                 continue
             except OSError as err:
                 self.close()
-                raise ConnectionClosed(f"receiving failed: {err}") from err
+                raise _Ended(f"receiving failed: {err}") from err
             if not chunk:
                 self.close()
-                if self._going_away:
-                    raise GoingAway("the server closed the connection after GOAWAY: the request was not processed")
-                raise ConnectionClosed("the server closed the connection")
+                raise _Ended("the server closed the connection")
             self._buffer += chunk
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
@@ -260,4 +419,6 @@ class Client:
         if len(payload) < 2:
             return ProtocolError("an ERROR frame shorter than its 2-byte code")
         (code,) = struct.unpack(">H", payload[:2])
+        # The text may be empty or cut in the middle of a character (the server truncates
+        # it to fit the frame limit); it is for people, so replace what does not decode.
         return ServerError(code, payload[2:].decode("utf-8", "replace"))
