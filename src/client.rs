@@ -7,6 +7,11 @@
 //! cloning it is cheap, and the connection closes when the last clone is dropped or
 //! [`Client::close`] is called. [`Reconnecting`] wraps it for long-lived programs: when the
 //! connection ends, the next call connects again, with backoff and jitter.
+//!
+//! Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+//! "outcome unknown". [`ClientError::outcome`] says which a failure is; "not received" is
+//! said only when the protocol proves it (nothing was sent, or the server's GOAWAY shows it
+//! never read the request), as `docs/PROTOCOL.md` ("Shutdown and GOAWAY") sets out.
 
 use std::collections::HashMap;
 use std::fmt;
