@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 use bytes::{Bytes, BytesMut};
-use courier::codec::{Codec, Frame};
+use courier::wire::{Codec, Frame};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use tokio_util::codec::{Decoder, Encoder};

@@ -14,12 +14,13 @@ use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use courier::codec::{
+use courier::config::{AuthToken, Config, Framing};
+use courier::handler::{Builtin, HandlerError, Request};
+use courier::server::Server;
+use courier::stats::CloseReason;
+use courier::wire::{
     Codec, ErrorBody, Frame, Hello, Kind, PlainCodec, HELLO_AUTH_TOKEN, MAX_PAYLOAD_LIMIT,
 };
-use courier::config::{AuthToken, Config, Framing};
-use courier::server::{Builtin, HandlerError, Request, Server};
-use courier::stats::CloseReason;
 
 /// Decodes `data` as a stream of courier frames (and as plain framing), checking that
 /// every frame decoded re-encodes to exactly the bytes it came from, and that HELLO and

@@ -27,13 +27,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
-use crate::client::{connect_stream, BlockingStream, ClientError, Socket};
-use crate::codec::{
+use crate::client::ClientError;
+use crate::config::Framing;
+use crate::transport::{connect_stream, BlockingStream, Socket};
+use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX};
+use crate::wire::{
     put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HEADER_LEN,
     HELLO_AUTH_TOKEN, MAX_HELLO_PAYLOAD,
 };
-use crate::config::Framing;
-use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -63,7 +64,7 @@ pub struct BenchConfig {
     /// The token to present in HELLO, for a server that requires one.
     pub auth_token: Option<Bytes>,
     /// Speak TLS.
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 impl Default for BenchConfig {

@@ -16,25 +16,24 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::io::AsyncWriteExt;
+use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
-use crate::codec::{
+use crate::stats::Snapshot;
+use crate::transport::tls::ClientTls;
+use crate::transport::{connect_stream, BoxRead, BoxWrite, DialError};
+use crate::wire::{
     parse_goaway, Codec, CodecError, ErrorBody, ErrorCode, Frame, Hello, Kind, HELLO_AUTH_TOKEN,
     PROTOCOL_VERSION,
 };
-use crate::stats::Snapshot;
-use crate::tls::ClientTls;
-use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX, UNIX_PREFIX};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -138,6 +137,16 @@ pub enum ClientError {
     /// The server broke the protocol (bad HELLO, undecodable frame).
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+impl From<DialError> for ClientError {
+    fn from(err: DialError) -> ClientError {
+        match err {
+            DialError::Refused { addr } => ClientError::Refused { addr },
+            DialError::Connect { addr, cause } => ClientError::Connect { addr, cause },
+            DialError::Timeout { addr, after } => ClientError::ConnectTimeout { addr, after },
+        }
+    }
 }
 
 /// What a failed call means for its request. Every call ends in exactly one of: a reply,
@@ -370,208 +379,6 @@ impl Client {
     }
 }
 
-/// Runs one connect attempt within `timeout`, naming `addr` in its errors. Nothing
-/// listening there (a refused TCP connect, no such socket file or pipe) is
-/// [`ClientError::Refused`].
-async fn attempt<T>(
-    addr: &str,
-    timeout: Duration,
-    connect: impl std::future::Future<Output = io::Result<T>>,
-) -> Result<T, ClientError> {
-    tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| ClientError::ConnectTimeout {
-            addr: addr.to_owned(),
-            after: timeout,
-        })?
-        .map_err(|err| match err.kind() {
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ClientError::Refused {
-                addr: addr.to_owned(),
-            },
-            _ => ClientError::Connect {
-                addr: addr.to_owned(),
-                cause: Arc::new(err),
-            },
-        })
-}
-
-/// The error for an address form this system does not have (`unix:` on Windows,
-/// `pipe:` elsewhere).
-fn unsupported(addr: String, what: &str) -> ClientError {
-    ClientError::Connect {
-        addr,
-        cause: Arc::new(io::Error::new(io::ErrorKind::Unsupported, what.to_owned())),
-    }
-}
-
-/// Opens a TCP connection with `TCP_NODELAY` (requests are small and latency matters;
-/// batching is the caller's business), mapping failures to [`ClientError`]s that name the
-/// address.
-pub(crate) async fn connect_tcp<A>(addr: A, timeout: Duration) -> Result<TcpStream, ClientError>
-where
-    A: ToSocketAddrs + fmt::Display,
-{
-    let name = addr.to_string();
-    let stream = attempt(&name, timeout, TcpStream::connect(addr)).await?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// A connected TCP or Unix socket, for a caller that drives it from a blocking thread.
-pub(crate) enum Socket {
-    Tcp(TcpStream),
-    #[cfg(unix)]
-    Unix(tokio::net::UnixStream),
-}
-
-type BorrowedRead<'a> = Pin<Box<dyn AsyncRead + Send + 'a>>;
-type BorrowedWrite<'a> = Pin<Box<dyn AsyncWrite + Send + 'a>>;
-
-/// What a blocking thread reads and writes.
-pub(crate) trait BlockingStream: io::Read + io::Write + Send {}
-
-impl<T: io::Read + io::Write + Send> BlockingStream for T {}
-
-impl Socket {
-    /// Connects to a `unix:` address, or to anything else as TCP (see [`connect_tcp`]).
-    /// `pipe:` addresses are the caller's to handle first.
-    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Socket, ClientError> {
-        if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
-            #[cfg(unix)]
-            {
-                let stream = attempt(addr, timeout, tokio::net::UnixStream::connect(path)).await?;
-                return Ok(Socket::Unix(stream));
-            }
-            #[cfg(not(unix))]
-            {
-                let _ = path;
-                return Err(unsupported(
-                    addr.to_owned(),
-                    "unix: addresses need a Unix system",
-                ));
-            }
-        }
-        Ok(Socket::Tcp(connect_tcp(addr, timeout).await?))
-    }
-
-    /// The socket as a blocking stream whose reads give up after `read_timeout`.
-    pub(crate) fn into_blocking(
-        self,
-        read_timeout: Duration,
-    ) -> io::Result<Box<dyn BlockingStream>> {
-        match self {
-            Socket::Tcp(stream) => {
-                let stream = stream.into_std()?;
-                stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(read_timeout))?;
-                Ok(Box::new(stream))
-            }
-            #[cfg(unix)]
-            Socket::Unix(stream) => {
-                let stream = stream.into_std()?;
-                stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(read_timeout))?;
-                Ok(Box::new(stream))
-            }
-        }
-    }
-
-    /// The socket's two halves, borrowed.
-    pub(crate) fn halves(&mut self) -> (BorrowedRead<'_>, BorrowedWrite<'_>) {
-        match self {
-            Socket::Tcp(stream) => {
-                let (read_half, write_half) = stream.split();
-                (Box::pin(read_half), Box::pin(write_half))
-            }
-            #[cfg(unix)]
-            Socket::Unix(stream) => {
-                let (read_half, write_half) = stream.split();
-                (Box::pin(read_half), Box::pin(write_half))
-            }
-        }
-    }
-}
-
-/// Connects to `addr`: `unix:PATH` for a Unix domain socket, `pipe:NAME` for a Windows
-/// named pipe, otherwise TCP (see [`connect_tcp`]), with TLS when `tls` is given. Returns
-/// the stream's two halves, boxed so that everything above works the same on every
-/// transport.
-pub(crate) async fn connect_stream<A>(
-    addr: A,
-    timeout: Duration,
-    tls: Option<&ClientTls>,
-) -> Result<(BoxRead, BoxWrite), ClientError>
-where
-    A: ToSocketAddrs + fmt::Display,
-{
-    let name = addr.to_string();
-    if let Some(pipe) = name.strip_prefix(PIPE_PREFIX) {
-        #[cfg(windows)]
-        {
-            let client = attempt(&name, timeout, open_pipe(pipe)).await?;
-            let (read_half, write_half) = tokio::io::split(client);
-            return Ok((Box::pin(read_half), Box::pin(write_half)));
-        }
-        #[cfg(not(windows))]
-        {
-            let _ = pipe;
-            return Err(unsupported(
-                name,
-                "pipe: addresses (named pipes) need Windows",
-            ));
-        }
-    }
-    let stream = match Socket::connect(&name, timeout).await? {
-        Socket::Tcp(stream) => stream,
-        #[cfg(unix)]
-        Socket::Unix(stream) => {
-            let (read_half, write_half) = stream.into_split();
-            return Ok((Box::pin(read_half), Box::pin(write_half)));
-        }
-    };
-    if let Some(tls) = tls {
-        let failed = |err: io::Error| {
-            ClientError::Connect {
-            addr: name.clone(),
-            cause: Arc::new(io::Error::new(
-                err.kind(),
-                format!("TLS handshake failed: {err} (does the server speak TLS, with a certificate from this CA?)"),
-            )),
-        }
-        };
-        let stream = tokio::time::timeout(timeout, tls.connect(&name, stream))
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                addr: name.clone(),
-                after: timeout,
-            })?
-            .map_err(failed)?;
-        let (read_half, write_half) = tokio::io::split(stream);
-        return Ok((Box::pin(read_half), Box::pin(write_half)));
-    }
-    let (read_half, write_half) = stream.into_split();
-    Ok((Box::pin(read_half), Box::pin(write_half)))
-}
-
-/// Opens a named pipe, waiting while every server instance is busy (as the Windows
-/// documentation advises for ERROR_PIPE_BUSY).
-#[cfg(windows)]
-async fn open_pipe(name: &str) -> io::Result<tokio::net::windows::named_pipe::NamedPipeClient> {
-    use tokio::net::windows::named_pipe::ClientOptions;
-    /// ERROR_PIPE_BUSY: all instances are in use; another is created when one connects.
-    const ERROR_PIPE_BUSY: i32 = 231;
-    let path = crate::transport::pipe_path(name);
-    loop {
-        match ClientOptions::new().open(&path) {
-            Ok(client) => return Ok(client),
-            Err(err) if err.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
-
 type Reader = FramedRead<BoxRead, Codec>;
 type Writer = FramedWrite<BoxWrite, Codec>;
 
@@ -580,7 +387,7 @@ async fn handshake(
     (read_half, write_half): (BoxRead, BoxWrite),
     config: &ClientConfig,
 ) -> Result<(Reader, Writer, usize), ClientError> {
-    let mut reader = FramedRead::new(read_half, Codec::new(crate::codec::MAX_HELLO_PAYLOAD));
+    let mut reader = FramedRead::new(read_half, Codec::new(crate::wire::MAX_HELLO_PAYLOAD));
     let mut writer = FramedWrite::new(write_half, Codec::new(0));
     let first = match reader.next().await {
         Some(Ok(frame)) => frame,

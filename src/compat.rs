@@ -22,13 +22,15 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::client::{connect_stream, ClientError};
-use crate::codec::{CodecError, PlainCodec, RawCodec};
+use crate::client::ClientError;
 use crate::config::Framing;
 use crate::connection::{Conn, Io};
-use crate::server::{call, slow_reader, Close, Finished, Handler, LogHex, Request, Shared};
+use crate::handler::{call, Finished, Handler, Request};
+use crate::server::{slow_reader, Close, LogHex, Shared};
 use crate::stats::{CloseReason, Turn};
+use crate::transport::connect_stream;
 use crate::transport::{BoxRead, BoxWrite};
+use crate::wire::{CodecError, PlainCodec, RawCodec};
 
 /// Serves one connection in plain or raw framing (`shared.config.framing`).
 pub(crate) async fn serve<S, H>(
@@ -105,7 +107,7 @@ where
         let event = tokio::select! {
             biased;
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let (_, _, result): Finished = finished;
+                let Finished { result, .. } = finished;
                 match result {
                     // In raw framing an empty reply is no reply at all.
                     Ok(reply) if raw && reply.is_empty() => {}

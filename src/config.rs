@@ -11,8 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
-use crate::server::Builtin;
+use crate::wire::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
 
 /// How messages are delimited on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -224,36 +223,13 @@ impl AuthToken {
             }
         }
         let token = AuthToken::new(bytes)?;
-        Ok((token, readable_by_others(path)))
+        Ok((token, crate::transport::readable_by_others(path)))
     }
 }
 
 impl fmt::Debug for AuthToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AuthToken(<{} bytes, hidden>)", self.0.len())
-    }
-}
-
-/// A warning when a secret's file (a token, a private key) can be read by its group or by
-/// everyone; `None` when only the owner can, or the permissions cannot be known.
-pub fn readable_by_others(path: &Path) -> Option<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).ok()?.permissions().mode();
-        (mode & 0o044 != 0).then(|| {
-            format!(
-                "{} holds a secret but its permissions are {:o}: other users may read it (chmod 600 {})",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            )
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
     }
 }
 
@@ -414,8 +390,8 @@ impl Config {
                 self.max_frame
             ));
         }
-        let reply = self.builtin()?;
-        if self.exec.is_some() && !matches!(reply, Builtin::Echo) {
+        let fixed = self.fixed_reply()?;
+        if self.exec.is_some() && fixed.is_some() {
             return invalid("reply and exec are alternatives: set one of them".into());
         }
         if self
@@ -449,16 +425,17 @@ impl Config {
         Ok(())
     }
 
-    /// The built-in handler that `reply` names.
+    /// The configured reply: `None` for `echo` (the request's payload), otherwise the
+    /// fixed bytes (`none`: empty).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] when `reply` is neither `echo`, `none` nor hex.
-    pub fn builtin(&self) -> Result<Builtin, ConfigError> {
+    pub fn fixed_reply(&self) -> Result<Option<Bytes>, ConfigError> {
         match self.reply.as_str() {
-            "echo" => Ok(Builtin::Echo),
-            "none" => Ok(Builtin::Fixed(Bytes::new())),
+            "echo" => Ok(None),
+            "none" => Ok(Some(Bytes::new())),
             text => parse_hex(text)
-                .map(Builtin::Fixed)
+                .map(Some)
                 .map_err(|err| ConfigError::Invalid(format!("reply: {err}"))),
         }
     }
@@ -541,9 +518,12 @@ mod tests {
             reply: reply.into(),
             ..Config::default()
         };
-        assert!(matches!(with("echo").builtin().unwrap(), Builtin::Echo));
-        assert!(matches!(with("none").builtin().unwrap(), Builtin::Fixed(b) if b.is_empty()));
-        assert!(matches!(with("0a0B").builtin().unwrap(), Builtin::Fixed(b) if b[..] == [10, 11]));
+        assert_eq!(with("echo").fixed_reply().unwrap(), None);
+        assert_eq!(with("none").fixed_reply().unwrap(), Some(Bytes::new()));
+        assert_eq!(
+            with("0a0B").fixed_reply().unwrap(),
+            Some(Bytes::from_static(&[10, 11]))
+        );
     }
 
     #[test]

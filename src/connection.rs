@@ -20,9 +20,9 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::io::poll_write_buf;
 use tracing::{debug, error};
 
-use crate::codec::{CodecError, ErrorCode};
 use crate::config::Config;
 use crate::stats::CloseReason;
+use crate::wire::{CodecError, ErrorCode};
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.

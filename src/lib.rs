@@ -9,14 +9,14 @@
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use courier::{client::Client, config::Config, server};
+//! use courier::{client::Client, config::Config, handler, server};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // A server that upper-cases every request, on a port the OS picks.
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
-//! let handler = |req: server::Request| async move {
-//!     Ok::<_, server::HandlerError>(Bytes::from(req.payload.to_ascii_uppercase()))
+//! let handler = |req: handler::Request| async move {
+//!     Ok::<_, handler::HandlerError>(Bytes::from(req.payload.to_ascii_uppercase()))
 //! };
 //! tokio::spawn(server::run(listener, Config::default(), handler, tokio::signal::ctrl_c()));
 //!
@@ -54,15 +54,14 @@
 pub mod bench;
 mod busy_poll;
 pub mod client;
-pub mod codec;
 pub mod compat;
 pub mod config;
 mod connection;
-pub mod exec;
+pub mod handler;
 pub mod server;
 pub mod stats;
-pub mod tls;
 pub mod transport;
+pub mod wire;
 
 /// Compiles the README's Rust examples as doctests, so the README matches the code.
 #[cfg(doctest)]

@@ -19,9 +19,9 @@ use courier::bench::{BenchConfig, Progress, Report};
 use courier::client::{Client, ClientConfig, ClientError, Outcome};
 use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{parse_hex, AuthToken, Config, Framing};
-use courier::exec::{Exec, ExecPool};
+use courier::handler::{Builtin, Exec, ExecPool, Handler};
 use courier::server;
-use courier::tls::{ClientTls, ServerTls};
+use courier::transport::tls::{ClientTls, ServerTls};
 use courier::transport::Listener;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -274,7 +274,7 @@ impl ClientAuthArgs {
         };
         let cert_and_key = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                if let Some(warning) = courier::config::readable_by_others(key) {
+                if let Some(warning) = courier::transport::readable_by_others(key) {
                     warn!("{warning}");
                 }
                 Some((cert.as_path(), key.as_path()))
@@ -626,7 +626,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop = shutdown.cancelled_owned();
     match (config.exec.clone(), config.exec_workers) {
         (None, _) => {
-            let handler = config.builtin()?;
+            let handler = Builtin::from_reply(config.fixed_reply()?);
             run_server(listener, config, handler, tls, stop).await;
         }
         (Some(command), 0) => {
@@ -654,7 +654,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the server, with TLS when configured.
-async fn run_server<H: server::Handler>(
+async fn run_server<H: Handler>(
     listener: Listener,
     config: Config,
     handler: H,

@@ -10,143 +10,30 @@
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::codec::{
-    Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
-    MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
-};
 use crate::compat;
 use crate::config::{Config, Framing};
 use crate::connection::{Conn, Io, Outbox};
+use crate::handler::{call, Finished, Handler, Request};
 use crate::stats::{CloseReason, Stats, Tally, Turn};
-use crate::tls::ServerTls;
+use crate::transport::tls::ServerTls;
 use crate::transport::{Accepted, Listener};
-
-/// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
-/// or an ERROR) and once per ONEWAY message (the result is only logged).
-///
-/// The calls of one connection run concurrently on that connection's task, up to
-/// `max_in_flight` at once; a handler that does heavy CPU work should move it to
-/// `tokio::task::spawn_blocking`. When the connection fails (the peer resets it, a write
-/// fails) or is closed for a limit, its pending calls are dropped, which cancels them at
-/// their next `.await`. When the client only stops sending (EOF, a TCP half-close), the
-/// calls it already made run to completion so that their replies can still be delivered.
-///
-/// Why not `tower::Service`: a service takes `&mut self` and a `poll_ready` step, which
-/// suits one request at a time per service clone; courier runs many requests of one
-/// connection at once and applies backpressure itself (`max_in_flight`), so a `&self`
-/// method is the simpler fit. Any async closure `Fn(Request) -> Future` is a handler.
-pub trait Handler: Send + Sync + 'static {
-    /// Handles one request.
-    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
-
-    /// Answers at once, when the answer needs no waiting; `None` (the default) means
-    /// "call me". The server tries this first: an answer here skips scheduling the request
-    /// as a task of its own, which is most of the cost of a trivial request. Implement it
-    /// only for answers that are ready without any `.await` (echo, a fixed reply, a
-    /// lookup in memory).
-    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
-        let _ = request;
-        None
-    }
-}
-
-impl<F, Fut> Handler for F
-where
-    F: Fn(Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes, HandlerError>> + Send,
-{
-    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        self(request)
-    }
-}
-
-/// A request as a handler sees it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Request {
-    /// The request id chosen by the client (unique among its requests in flight).
-    pub id: u32,
-    /// The request's payload.
-    pub payload: Bytes,
-    /// `true` for a ONEWAY message, whose result nobody will see.
-    pub oneway: bool,
-    /// The subject of the client's verified TLS certificate (`CN=...`), when the server
-    /// requires client certificates (`tls_client_ca`).
-    pub peer_identity: Option<Arc<str>>,
-}
-
-/// A handler's failure, sent to the client as an ERROR frame for that request. The
-/// connection survives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerError {
-    /// The code sent; [`ErrorCode::HandlerFailed`] unless the handler chose one
-    /// (applications should use 1000 and above).
-    pub code: ErrorCode,
-    /// Text for a person.
-    pub message: String,
-}
-
-impl HandlerError {
-    /// An error with code [`ErrorCode::HandlerFailed`].
-    pub fn new(message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            code: ErrorCode::HandlerFailed,
-            message: message.into(),
-        }
-    }
-
-    /// An error with an application's own code (use 1000 and above).
-    pub fn with_code(code: u16, message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            code: ErrorCode::from_u16(code),
-            message: message.into(),
-        }
-    }
-}
-
-/// The handlers `courier serve` offers.
-#[derive(Debug, Clone)]
-pub enum Builtin {
-    /// The reply is the request's payload.
-    Echo,
-    /// The reply is always these bytes.
-    Fixed(Bytes),
-}
-
-impl Builtin {
-    /// The reply to `request`, which never needs waiting for.
-    fn answer(&self, request: &Request) -> Bytes {
-        match self {
-            Builtin::Echo => request.payload.clone(),
-            Builtin::Fixed(reply) => reply.clone(),
-        }
-    }
-}
-
-impl Handler for Builtin {
-    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        std::future::ready(Ok(self.answer(&request)))
-    }
-
-    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
-        Some(Ok(self.answer(request)))
-    }
-}
+use crate::wire::{
+    Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
+    MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
+};
 
 /// Longest pause after an accept error that is not about one connection (out of file
 /// descriptors, say). The pause doubles from 10 ms up to this.
@@ -181,7 +68,8 @@ pub async fn run<H: Handler>(
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
-/// use courier::server::{Builtin, Server};
+/// use courier::handler::Builtin;
+/// use courier::server::Server;
 /// let server = Server::new(courier::config::Config::default(), Builtin::Echo);
 /// let stats = server.stats();
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -408,35 +296,6 @@ where
     };
     shared.stats.closed(reason);
     reason
-}
-
-/// Binds a TCP listener on `addr` (`HOST:PORT`; a name resolves to its first address)
-/// with an accept queue of `backlog` connections and `SO_REUSEADDR`, so that a restarted
-/// server can bind again while old connections linger in TIME_WAIT.
-///
-/// # Errors
-/// When the name does not resolve or the address cannot be bound (in use, no permission).
-pub async fn bind(addr: &str, backlog: u32) -> io::Result<TcpListener> {
-    let mut last_err = None;
-    for addr in tokio::net::lookup_host(addr).await? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
-            Ok(listener) => return Ok(listener),
-            Err(err) => last_err = Some(err),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the address resolved to nothing",
-        )
-    }))
 }
 
 /// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
@@ -699,9 +558,6 @@ impl Close {
     }
 }
 
-/// A handler's result, tagged with what it answers.
-pub(crate) type Finished = (u32, bool, Result<Bytes, HandlerError>);
-
 /// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
 /// it, or shutdown drains it.
 async fn serve<S, H>(
@@ -836,7 +692,11 @@ where
                 Action::Dispatch(request) => {
                     if let Some(result) = shared.handler.ready(&request) {
                         session.finish(
-                            (request.id, request.oneway, result),
+                            Finished {
+                                id: request.id,
+                                oneway: request.oneway,
+                                result,
+                            },
                             &mut conn.out,
                             &mut turn.tally,
                         );
@@ -1044,7 +904,7 @@ impl Session {
                 Action::Nothing
             }
             Kind::Error => {
-                let body = crate::codec::ErrorBody::parse(&frame.payload);
+                let body = crate::wire::ErrorBody::parse(&frame.payload);
                 warn!(?body, "peer sent ERROR; closing");
                 Action::Close(Close::new(CloseReason::PeerError, "peer sent ERROR"))
             }
@@ -1063,7 +923,7 @@ impl Session {
     /// Queues the outcome of a finished handler call.
     fn finish<W: AsyncWrite + Unpin>(
         &mut self,
-        (id, oneway, result): Finished,
+        Finished { id, oneway, result }: Finished,
         out: &mut Outbox<W, Codec>,
         tally: &mut Tally,
     ) {
@@ -1165,22 +1025,6 @@ fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, Str
         }
     }
     Ok(hello)
-}
-
-/// Runs one request through the handler, turning a panic into an ERROR so that one bad
-/// request cannot take the connection's other requests down with it.
-pub(crate) fn call<H: Handler>(
-    handler: &H,
-    request: Request,
-) -> impl Future<Output = Finished> + Send + '_ {
-    let id = request.id;
-    let oneway = request.oneway;
-    AssertUnwindSafe(handler.call(request))
-        .catch_unwind()
-        .map(move |result| {
-            let result = result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked")));
-            (id, oneway, result)
-        })
 }
 
 /// Formats a payload as lowercase hex for debug logs, cut at `LOG_PAYLOAD_BYTES`.

@@ -9,10 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{encode_all, RawPeer, Served, BIN};
 use courier::client::{Client, ClientConfig, ClientError};
-use courier::codec::{ErrorCode, Frame, Hello, Kind, HELLO_AUTH_TOKEN};
 use courier::config::{AuthToken, Config};
-use courier::server::{Builtin, Server};
+use courier::handler::Builtin;
+use courier::server::Server;
 use courier::stats::CloseReason;
+use courier::wire::{ErrorCode, Frame, Hello, Kind, HELLO_AUTH_TOKEN};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -27,7 +28,7 @@ async fn start() -> (
         auth_token: Some(AuthToken::new(TOKEN).unwrap()),
         ..common::test_config()
     };
-    let listener = courier::server::bind("127.0.0.1:0", 128).await.unwrap();
+    let listener = courier::transport::bind("127.0.0.1:0", 128).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::new(config, Builtin::Echo);
     let stats = server.stats();

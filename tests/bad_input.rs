@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{client_hello, encode_all, RawPeer, Served};
 use courier::client::{Client, ClientConfig};
-use courier::codec::{ErrorCode, Frame, Kind, MAGIC};
 use courier::config::Config;
-use courier::server::{HandlerError, Request, Server};
+use courier::handler::{HandlerError, Request};
+use courier::server::Server;
 use courier::stats::{CloseReason, Snapshot, Stats};
+use courier::wire::{ErrorCode, Frame, Kind, MAGIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -101,7 +102,7 @@ impl Case {
             .with_max_level(tracing::Level::INFO)
             .finish();
         let log_guard = tracing::subscriber::set_default(subscriber);
-        let listener = courier::server::bind("127.0.0.1:0", 1024)
+        let listener = courier::transport::bind("127.0.0.1:0", 1024)
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();

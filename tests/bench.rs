@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use courier::bench::{run, BenchConfig, Progress};
 use courier::config::{Config, Framing};
-use courier::server::{Builtin, HandlerError, Request};
+use courier::handler::{Builtin, HandlerError, Request};
 
 fn bench_config(addr: std::net::SocketAddr) -> BenchConfig {
     BenchConfig {

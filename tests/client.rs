@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use courier::client::{Client, ClientConfig, ClientError, Outcome};
-use courier::codec::{Codec, ErrorCode, Frame, Hello, Kind};
 use courier::config::Config;
-use courier::server::{Builtin, HandlerError, Request};
+use courier::handler::{Builtin, HandlerError, Request};
+use courier::wire::{Codec, ErrorCode, Frame, Hello, Kind};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
@@ -397,12 +397,14 @@ async fn reconnecting_client_connects_again_after_the_server_restarts() {
         "{err}"
     );
     // A new server on the same port; the client finds it after its backoff.
-    let listener = courier::server::bind(&addr.to_string(), 128).await.unwrap();
+    let listener = courier::transport::bind(&addr.to_string(), 128)
+        .await
+        .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(courier::server::run(
         listener,
         common::test_config(),
-        courier::server::Builtin::Echo,
+        courier::handler::Builtin::Echo,
         stop.clone().cancelled_owned(),
     ));
     let mut reply = None;

@@ -10,7 +10,7 @@ use common::*;
 use courier::client::ClientError;
 use courier::compat::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{Config, Framing};
-use courier::server::{Builtin, HandlerError, Request};
+use courier::handler::{Builtin, HandlerError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use courier::client::{Client, ClientError};
-use courier::codec::ErrorCode;
-use courier::exec::{Exec, ExecPool};
+use courier::handler::{Exec, ExecPool};
+use courier::wire::ErrorCode;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use courier::client::{Client, ClientError};
-use courier::codec::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use courier::config::Config;
-use courier::server::{Builtin, HandlerError, Request};
+use courier::handler::{Builtin, HandlerError, Request};
+use courier::wire::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
@@ -592,7 +592,7 @@ async fn shutdown_sends_goaway_naming_the_last_request_received() {
     server.begin_shutdown();
     let goaway = peer.recv().await.unwrap();
     assert_eq!(goaway.kind, Kind::GoAway);
-    assert_eq!(courier::codec::parse_goaway(&goaway.payload).unwrap(), 41);
+    assert_eq!(courier::wire::parse_goaway(&goaway.payload).unwrap(), 41);
     peer.expect_closed().await;
     server.finished().await;
 }

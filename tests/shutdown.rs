@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use courier::client::{Client, ClientError, Outcome};
-use courier::codec::{ErrorBody, ErrorCode, Frame, Hello, Kind};
 use courier::config::Config;
-use courier::server::{HandlerError, Request, Server};
+use courier::handler::{HandlerError, Request};
+use courier::server::Server;
 use courier::stats::CloseReason;
+use courier::wire::{ErrorBody, ErrorCode, Frame, Hello, Kind};
 use tokio_util::sync::CancellationToken;
 
 /// Waits (bounded) for a child process to exit.
@@ -228,7 +229,7 @@ async fn four_bytes_declaring_an_oversize_frame_are_refused_at_once() {
         frame_timeout: Duration::from_secs(120),
         ..test_config()
     };
-    let server = start_server(config, courier::server::Builtin::Echo).await;
+    let server = start_server(config, courier::handler::Builtin::Echo).await;
     for handshake_first in [true, false] {
         let mut peer = if handshake_first {
             RawPeer::handshake(server.addr).await
@@ -267,7 +268,7 @@ async fn nothing_the_server_sends_exceeds_the_max_frame_the_client_announced() {
             max_frame: 1000,
             ..test_config()
         },
-        courier::server::Builtin::Echo,
+        courier::handler::Builtin::Echo,
     )
     .await;
     let mut peer = peer_announcing(server.addr, 16).await;

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier::client::{Client, ClientConfig, ClientError};
-use courier::codec::ErrorCode;
 use courier::config::Config;
-use courier::server::{HandlerError, Request, Server};
+use courier::handler::{HandlerError, Request};
+use courier::server::Server;
 use courier::stats::Stats;
-use courier::tls::{ClientTls, ServerTls};
+use courier::transport::tls::{ClientTls, ServerTls};
 use courier::transport::Listener;
+use courier::wire::ErrorCode;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

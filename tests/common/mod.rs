@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use courier::codec::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use courier::config::Config;
-use courier::server::{self, Handler};
+use courier::handler::{Builtin, Handler};
+use courier::server;
+use courier::wire::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -59,7 +60,7 @@ pub fn test_config() -> Config {
 
 /// Binds 127.0.0.1:0 and runs the server with `handler`.
 pub async fn start_server<H: Handler>(config: Config, handler: H) -> TestServer {
-    let listener = server::bind("127.0.0.1:0", config.backlog)
+    let listener = courier::transport::bind("127.0.0.1:0", config.backlog)
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -75,7 +76,7 @@ pub async fn start_server<H: Handler>(config: Config, handler: H) -> TestServer 
 
 /// Starts an echo server with the test config.
 pub async fn start_echo() -> TestServer {
-    start_server(test_config(), server::Builtin::Echo).await
+    start_server(test_config(), Builtin::Echo).await
 }
 
 /// A peer that talks frames directly, decoding what it receives through the codec.

@@ -3,7 +3,7 @@
 //!
 //! The server side ([`ServerTls`]) presents a certificate chain and, when given a client
 //! CA, requires and verifies client certificates; the verified subject is logged and
-//! handed to handlers ([`crate::server::Request::peer_identity`]). The client side
+//! handed to handlers ([`crate::handler::Request::peer_identity`]). The client side
 //! ([`ClientTls`]) trusts a private CA from a PEM file and may present a certificate of
 //! its own.
 
@@ -100,7 +100,7 @@ impl ServerTls {
     ) -> Result<(ServerTls, Vec<String>), TlsError> {
         let chain = certificates(cert)?;
         let private = private_key(key)?;
-        let warnings = crate::config::readable_by_others(key).into_iter().collect();
+        let warnings = super::readable_by_others(key).into_iter().collect();
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|err| TlsError::Config(err.to_string()))?;

@@ -1,35 +1,39 @@
-//! Transports: what an address names and how the server listens on it and a client
-//! connects to it.
-//!
-//! - `HOST:PORT`: TCP (the default).
-//! - `unix:/path/to.sock`: a Unix domain socket (Unix only). The socket file is created
-//!   with mode `socket_mode` (0600, owner only, by default); a stale file left by a dead
-//!   server is replaced, a live server's is not; the file is removed when the listener is
-//!   dropped (at shutdown). On Linux the server logs each peer's uid and pid.
-//! - `pipe:NAME`: a Windows named pipe (`\\.\pipe\NAME`), Windows only. The server keeps
-//!   one idle pipe instance waiting and creates the next as each client connects; a second
-//!   server on the same name is refused (`first_pipe_instance`). This code is compiled for
-//!   Windows (`cargo check --target x86_64-pc-windows-gnu`) but has not been run: the
-//!   project's machines are Linux.
-//!
-//! Everything above the byte stream (the protocol, handlers, limits, shutdown) is the same
-//! code for every transport: the connection loop is generic over the stream type.
+//! Listening: binding an address of any transport and accepting its connections.
 
 use std::io;
-use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// A stream's reading half, whatever the transport.
-pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
-/// A stream's writing half, whatever the transport.
-pub(crate) type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+use super::{PIPE_PREFIX, UNIX_PREFIX};
 
-/// The prefix of Unix socket addresses.
-pub const UNIX_PREFIX: &str = "unix:";
-/// The prefix of Windows named pipe addresses.
-pub const PIPE_PREFIX: &str = "pipe:";
+/// Binds a TCP listener on `addr` (`HOST:PORT`; a name resolves to its first address)
+/// with an accept queue of `backlog` connections and `SO_REUSEADDR`, so that a restarted
+/// server can bind again while old connections linger in TIME_WAIT.
+///
+/// # Errors
+/// When the name does not resolve or the address cannot be bound (in use, no permission).
+pub async fn bind(addr: &str, backlog: u32) -> io::Result<TcpListener> {
+    let mut last_err = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
 
 /// A bound listener of any transport; `server::run` takes one (or a `TcpListener`).
 #[derive(Debug)]
@@ -83,7 +87,7 @@ impl Listener {
             }
         }
         let _ = mode;
-        crate::server::bind(addr, backlog).await.map(Listener::Tcp)
+        bind(addr, backlog).await.map(Listener::Tcp)
     }
 
     /// The address as `--listen` would name it (the chosen port for port 0).
@@ -275,17 +279,6 @@ impl NamedPipe {
 
 /// The full path of a pipe name.
 #[cfg(windows)]
-pub(crate) fn pipe_path(name: &str) -> String {
+pub(super) fn pipe_path(name: &str) -> String {
     format!(r"\\.\pipe\{name}")
-}
-
-/// Parses an octal permission string such as "0600" or "660".
-///
-/// # Errors
-/// A message naming the value when it is not octal or above 0777.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|mode| *mode <= 0o777)
-        .ok_or_else(|| format!("socket_mode {text:?} is not an octal mode such as \"0600\""))
 }

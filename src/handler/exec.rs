@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, error, warn};
 
-use crate::codec::{CodecError, ErrorCode, PlainCodec};
-use crate::server::{Handler, HandlerError, Request};
+use super::{Handler, HandlerError, Request};
+use crate::wire::{CodecError, ErrorCode, PlainCodec};
 
 /// Bytes of a failed command's stderr kept for its ERROR text (only the first line is
 /// shown).

@@ -1,0 +1,168 @@
+//! What answers a request: the [`Handler`] trait, the [`Request`] it gets and the
+//! [`HandlerError`] it may return, the built-in handlers `courier serve` offers, and
+//! `--exec` ([`Exec`], [`ExecPool`]), which makes any program a handler.
+//!
+//! This layer knows requests and their answers, not connections: the server calls it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+
+use crate::wire::ErrorCode;
+
+mod exec;
+
+pub use exec::{Exec, ExecPool};
+
+/// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
+/// or an ERROR) and once per ONEWAY message (the result is only logged).
+///
+/// The calls of one connection run concurrently on that connection's task, up to
+/// `max_in_flight` at once; a handler that does heavy CPU work should move it to
+/// `tokio::task::spawn_blocking`. When the connection fails (the peer resets it, a write
+/// fails) or is closed for a limit, its pending calls are dropped, which cancels them at
+/// their next `.await`. When the client only stops sending (EOF, a TCP half-close), the
+/// calls it already made run to completion so that their replies can still be delivered.
+///
+/// Why not `tower::Service`: a service takes `&mut self` and a `poll_ready` step, which
+/// suits one request at a time per service clone; courier runs many requests of one
+/// connection at once and applies backpressure itself (`max_in_flight`), so a `&self`
+/// method is the simpler fit. Any async closure `Fn(Request) -> Future` is a handler.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
+
+    /// Answers at once, when the answer needs no waiting; `None` (the default) means
+    /// "call me". The server tries this first: an answer here skips scheduling the request
+    /// as a task of its own, which is most of the cost of a trivial request. Implement it
+    /// only for answers that are ready without any `.await` (echo, a fixed reply, a
+    /// lookup in memory).
+    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
+        let _ = request;
+        None
+    }
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, HandlerError>> + Send,
+{
+    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        self(request)
+    }
+}
+
+/// A request as a handler sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Request {
+    /// The request id chosen by the client (unique among its requests in flight).
+    pub id: u32,
+    /// The request's payload.
+    pub payload: Bytes,
+    /// `true` for a ONEWAY message, whose result nobody will see.
+    pub oneway: bool,
+    /// The subject of the client's verified TLS certificate (`CN=...`), when the server
+    /// requires client certificates (`tls_client_ca`).
+    pub peer_identity: Option<Arc<str>>,
+}
+
+/// A handler's failure, sent to the client as an ERROR frame for that request. The
+/// connection survives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// The code sent; [`ErrorCode::HandlerFailed`] unless the handler chose one
+    /// (applications should use 1000 and above).
+    pub code: ErrorCode,
+    /// Text for a person.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// An error with code [`ErrorCode::HandlerFailed`].
+    pub fn new(message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            code: ErrorCode::HandlerFailed,
+            message: message.into(),
+        }
+    }
+
+    /// An error with an application's own code (use 1000 and above).
+    pub fn with_code(code: u16, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            code: ErrorCode::from_u16(code),
+            message: message.into(),
+        }
+    }
+}
+
+/// The handlers `courier serve` offers.
+#[derive(Debug, Clone)]
+pub enum Builtin {
+    /// The reply is the request's payload.
+    Echo,
+    /// The reply is always these bytes.
+    Fixed(Bytes),
+}
+
+impl Builtin {
+    /// The reply to `request`, which never needs waiting for.
+    fn answer(&self, request: &Request) -> Bytes {
+        match self {
+            Builtin::Echo => request.payload.clone(),
+            Builtin::Fixed(reply) => reply.clone(),
+        }
+    }
+}
+
+impl Handler for Builtin {
+    fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        std::future::ready(Ok(self.answer(&request)))
+    }
+
+    fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
+        Some(Ok(self.answer(request)))
+    }
+}
+
+impl Builtin {
+    /// The built-in for a configured reply: `None` echoes, `Some(bytes)` always answers
+    /// with those bytes ([`crate::config::Config::fixed_reply`]).
+    pub fn from_reply(fixed: Option<Bytes>) -> Builtin {
+        match fixed {
+            None => Builtin::Echo,
+            Some(bytes) => Builtin::Fixed(bytes),
+        }
+    }
+}
+
+/// A handler's result, with what it answers.
+pub(crate) struct Finished {
+    /// The request's id.
+    pub(crate) id: u32,
+    /// Whether it was a ONEWAY message (nobody waits for the result).
+    pub(crate) oneway: bool,
+    /// The reply, or the ERROR to send.
+    pub(crate) result: Result<Bytes, HandlerError>,
+}
+
+/// Runs one request through the handler, turning a panic into an ERROR so that one bad
+/// request cannot take the connection's other requests down with it.
+pub(crate) fn call<H: Handler>(
+    handler: &H,
+    request: Request,
+) -> impl Future<Output = Finished> + Send + '_ {
+    let id = request.id;
+    let oneway = request.oneway;
+    AssertUnwindSafe(handler.call(request))
+        .catch_unwind()
+        .map(move |result| Finished {
+            id,
+            oneway,
+            result: result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked"))),
+        })
+}

@@ -1,0 +1,64 @@
+//! The wire format: frames, their typed bodies, and the [`Codec`] that turns bytes into
+//! frames and back.
+//!
+//! Every frame is a 9-byte header followed by the payload (see `docs/PROTOCOL.md`):
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     length   u32 big-endian: bytes after this field (5 + payload length)
+//! 4       1     kind     frame kind (HELLO, REQUEST, ...)
+//! 5       4     id       u32 big-endian request id; 0 means "the whole connection"
+//! 9       n     payload  n = length - 5 bytes
+//! ```
+//!
+//! The decoder follows the `Decoder` contract of tokio-util: it returns `Ok(None)` on a
+//! partial frame, consumes exactly one frame per `Some`, never panics on any input, and
+//! checks the declared length against the maximum from the header alone. Unlike
+//! `LengthDelimitedCodec` it never reserves the declared length up front: a peer that sends
+//! a header declaring the maximum and then stalls costs only the bytes it really sent.
+//! The buffer grows as bytes arrive.
+//!
+//! Layout: `frame.rs` (kinds, frames, error codes), `body.rs` (the HELLO, ERROR and
+//! GOAWAY bodies), `codec.rs` (the courier [`Codec`]), `plain.rs` (the plain and raw
+//! codecs). This layer imports nothing else of the crate.
+
+mod body;
+mod codec;
+mod frame;
+mod plain;
+
+pub use body::{parse_goaway, BodyError, ErrorBody, Hello, HelloError};
+pub use codec::{put_header, Codec, CodecError};
+pub use frame::{ErrorCode, Frame, Kind};
+pub use plain::{PlainCodec, RawCodec};
+
+/// Size of the fixed frame header: length (4), kind (1), id (4).
+pub const HEADER_LEN: usize = 9;
+
+/// Bytes of the header that the length field counts: kind (1) and id (4).
+const LENGTH_OVERHEAD: usize = 5;
+
+/// Magic bytes at the start of every HELLO payload, ASCII `COUR`. They only say "this is
+/// courier"; the version has a field of its own.
+pub const MAGIC: [u8; 4] = *b"COUR";
+
+/// The protocol version this implementation speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The HELLO field tag that carries the client's auth token.
+pub const HELLO_AUTH_TOKEN: u8 = 0x01;
+
+/// Largest HELLO payload either side accepts. Until the handshake is done a peer is
+/// unknown, so it gets this small limit instead of the configured frame size.
+pub const MAX_HELLO_PAYLOAD: usize = 4096;
+
+/// The smallest max_frame a HELLO may announce: room for a GOAWAY (4 bytes) and an ERROR's
+/// code with a few bytes of its text. Every frame a receiver gets fits its announced
+/// max_frame, ERRORs included (their text is cut to fit), so a smaller one is refused.
+pub const MIN_MAX_FRAME: usize = 16;
+
+/// Largest payload the length field can describe.
+pub const MAX_PAYLOAD_LIMIT: usize = u32::MAX as usize - LENGTH_OVERHEAD;
+
+#[cfg(test)]
+mod tests;
