@@ -562,6 +562,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trigger.cancel();
         server::shutdown_signal().await;
         warn!("second signal: exiting at once");
+        courier::exec::kill_children();
         std::process::exit(130);
     });
     let stop = shutdown.cancelled_owned();
@@ -591,6 +592,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             run_server(listener, config, handler, tls, stop).await;
         }
     }
+    // Connections still open after the drain timeout, and worker pools, may still have
+    // commands running: the server is done with them.
+    courier::exec::kill_children();
     Ok(())
 }
 
