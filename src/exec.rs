@@ -8,6 +8,10 @@
 //! Both bound what they run at once and how many requests may wait; past that, a request
 //! gets ERROR 14 (busy) at once. A command that overruns `exec_timeout` is killed with its
 //! whole process group, and a command that fails gives its request an ERROR: never silence.
+//!
+//! Every process group started here is registered while it runs, so that a server on its
+//! way out can kill them all with [`kill_children`] (on unix), even when it exits without
+//! running destructors.
 
 use std::collections::BTreeMap;
 use std::process::{ExitStatus, Stdio};
