@@ -620,6 +620,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("shutting down: finishing requests in flight (a second signal exits at once)");
         server::shutdown_signal().await;
         warn!("second signal: exiting at once");
+        courier::handler::kill_children();
         flush_logs();
         std::process::exit(130);
     });
@@ -650,6 +651,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             run_server(listener, config, handler, tls, stop).await;
         }
     }
+    // Connections still open after the drain timeout, and worker pools, may still have
+    // commands running: the server is done with them.
+    courier::handler::kill_children();
     Ok(())
 }
 

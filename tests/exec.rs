@@ -209,12 +209,33 @@ async fn a_worker_that_dies_fails_its_request_and_is_replaced() {
     assert_server_error(
         client.call("die").await,
         ErrorCode::HandlerFailed,
-        &["worker 0 failed"],
+        &[
+            "worker 0 exited while holding the request",
+            "exit status: 3",
+        ],
     );
     // A new worker process answers the next request.
     let after = client.call("pid").await.unwrap();
     assert_ne!(before, after, "the dead worker should have been replaced");
     assert_eq!(client.call("still").await.unwrap(), "STILL");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_command_that_never_takes_a_request_gives_it_an_error_not_silence() {
+    // Each copy exits at once without reading: the request is handed to replacement after
+    // replacement, a bounded number of times, and then fails.
+    let pool = ExecPool::start("exit 0", 1, TIMEOUT, 16, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), client.call("anyone?"))
+        .await
+        .expect("an answer within 10 s");
+    assert_server_error(
+        result,
+        ErrorCode::HandlerFailed,
+        &["worker 0", "before taking the request", "4 times in a row"],
+    );
     server.shutdown().await;
 }
 
@@ -271,37 +292,90 @@ async fn workers_bound_concurrency_and_refuse_past_the_queue() {
     server.shutdown().await;
 }
 
+/// Whether `pid` is still in the process table, zombie or not. The workers are this
+/// test process's own children (the server runs in-process), so a zombie is a worker the
+/// pool has not reaped.
+fn in_process_table(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pids listed in `path`, one a line; none if it does not exist yet.
+fn pids_in(path: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (bounded by `within`) until `check` holds; returns whether it did.
+async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 #[tokio::test]
-async fn a_worker_killed_from_outside_is_replaced() {
-    let Some(command) = worker_command() else {
+async fn a_worker_killed_while_idle_is_reaped_and_replaced_at_once() {
+    let Some(worker) = worker_command() else {
         return;
     };
+    let dir = std::env::temp_dir().join(format!("courier-idle-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pids");
+    // `exec` keeps the pid the shell recorded: the worker is the pool's direct child.
+    let command = format!("echo $$ >> {}; exec {worker}", pidfile.display());
     let pool = ExecPool::start(&command, 1, TIMEOUT, 16, 1 << 20);
     let server = start_server(test_config(), pool).await;
+    assert!(
+        eventually(Duration::from_secs(5), || pids_in(&pidfile).len() == 1).await,
+        "the worker did not start"
+    );
+    let first = pids_in(&pidfile)[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // No request comes: the pool notices the death by itself.
+    let reaped = eventually(Duration::from_secs(5), || !in_process_table(first)).await;
+    let replaced = eventually(Duration::from_secs(5), || pids_in(&pidfile).len() >= 2).await;
+    let pids = pids_in(&pidfile);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        reaped,
+        "the killed worker {first} is still a zombie after 5 s"
+    );
+    assert!(
+        replaced,
+        "no new worker within 5 s of killing {first}: {pids:?}"
+    );
+    assert_ne!(pids[1], first);
+
+    // The next request goes to the new worker, not to the dead one.
     let client = Client::connect(server.addr).await.unwrap();
-    let pid = String::from_utf8(client.call("pid").await.unwrap().to_vec()).unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    // The next request either reaches the dead worker (and fails with an ERROR naming
-    // it) or a fresh one; within a few tries a new worker answers.
-    let mut answered_by = None;
-    for _ in 0..20 {
-        match client.call("pid").await {
-            Ok(reply) => {
-                answered_by = Some(String::from_utf8(reply.to_vec()).unwrap());
-                break;
-            }
-            Err(ClientError::Server { code, message }) => {
-                assert_eq!(code, ErrorCode::HandlerFailed, "{message}");
-                assert!(message.contains("worker 0"), "{message}");
-            }
-            Err(other) => panic!("unexpected {other:?}"),
-        }
+    assert_eq!(client.call("after").await.unwrap(), "AFTER");
+    assert_eq!(client.call("pid").await.unwrap(), pids[1].to_string());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_exits_after_every_reply_fails_no_request() {
+    let Some(worker) = worker_command() else {
+        return;
+    };
+    let pool = ExecPool::start(&format!("{worker} --once"), 1, TIMEOUT, 16, 1 << 20);
+    let server = start_server(test_config(), pool).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    for n in 0..20 {
+        let reply = client.call(format!("call {n}")).await;
+        assert_eq!(reply.unwrap(), format!("CALL {n}"), "call {n}");
     }
-    let new_pid = answered_by.expect("a replacement worker answers");
-    assert_ne!(new_pid, pid);
     server.shutdown().await;
 }

@@ -15,7 +15,7 @@ use crate::wire::ErrorCode;
 
 mod exec;
 
-pub use exec::{Exec, ExecPool};
+pub use exec::{kill_children, Exec, ExecPool};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).

@@ -7,6 +7,9 @@ misbehave on purpose for the tests:
   hang   never reply
   slow   reply after 0.3 s
   pid    reply with this process's id
+
+With the argument --once it exits after its first reply, as a worker that serves one
+request per process does.
 """
 import os
 import struct
@@ -15,6 +18,7 @@ import time
 
 stdin = sys.stdin.buffer
 stdout = sys.stdout.buffer
+once = "--once" in sys.argv[1:]
 while True:
     head = stdin.read(4)
     if len(head) < 4:
@@ -30,3 +34,5 @@ while True:
     reply = str(os.getpid()).encode() if payload == b"pid" else payload.upper()
     stdout.write(struct.pack(">I", len(reply)) + reply)
     stdout.flush()
+    if once:
+        break
