@@ -20,20 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder, FramedRead};
 
-use crate::client::ClientError;
+use crate::client::{hello, ClientError};
 use crate::config::Framing;
 use crate::transport::{connect_stream, BlockingStream, Socket};
 use crate::transport::{BoxRead, BoxWrite, PIPE_PREFIX};
 use crate::wire::{
-    put_header, Codec, CodecError, ErrorBody, Frame, Hello, Kind, PlainCodec, HEADER_LEN,
-    HELLO_AUTH_TOKEN, MAX_HELLO_PAYLOAD,
+    put_header, Codec, CodecError, Frame, Kind, PlainCodec, HEADER_LEN, MAX_PAYLOAD_LIMIT,
 };
 
 /// What to measure.
@@ -336,24 +335,19 @@ where
     if config.framing != Framing::Courier {
         return Ok((reader, writer));
     }
-    let mut framed_read = FramedRead::new(reader, Codec::new(MAX_HELLO_PAYLOAD));
-    let mut framed_write = FramedWrite::new(writer, Codec::new(0));
-    match tokio::time::timeout(config.timeout, framed_read.next()).await {
-        Ok(Some(Ok(frame))) if frame.kind == Kind::Hello => {}
-        Ok(Some(Ok(frame))) if frame.kind == Kind::Error => {
-            let body = ErrorBody::parse(&frame.payload);
-            return Err(ClientError::Protocol(format!("server refused: {body:?}")));
-        }
-        _ => return Err(ClientError::Protocol("no HELLO from the server".into())),
-    }
-    let mut hello = Hello::new(u32::MAX - 5);
-    if let Some(token) = &config.auth_token {
-        hello.fields.push((HELLO_AUTH_TOKEN, token.clone()));
-    }
-    framed_write
-        .send(Frame::hello(&hello))
+    // The load generator takes replies of any size the protocol allows.
+    let exchange = hello::exchange(
+        reader,
+        writer,
+        MAX_PAYLOAD_LIMIT,
+        config.auth_token.as_ref(),
+    );
+    let (framed_read, framed_write, _) = tokio::time::timeout(config.timeout, exchange)
         .await
-        .map_err(|err| ClientError::Protocol(err.to_string()))?;
+        .map_err(|_| ClientError::ConnectTimeout {
+            addr: config.addr.clone(),
+            after: config.timeout,
+        })??;
     // The server says nothing more until it has our HELLO, so nothing is left buffered.
     Ok((framed_read.into_inner(), framed_write.into_inner()))
 }

@@ -54,7 +54,7 @@
 pub mod bench;
 mod busy_poll;
 pub mod client;
-pub mod compat;
+mod compat;
 pub mod config;
 mod connection;
 pub mod handler;

@@ -16,8 +16,9 @@ use tracing_subscriber::EnvFilter;
 use std::sync::Arc;
 
 use courier::bench::{BenchConfig, Progress, Report};
-use courier::client::{Client, ClientConfig, ClientError, Outcome};
-use courier::compat::{raw_exchange, PlainClient, RawOptions};
+use courier::client::{
+    raw_exchange, Client, ClientConfig, ClientError, Outcome, PlainClient, RawOptions,
+};
 use courier::config::{parse_hex, AuthToken, Config, Framing};
 use courier::handler::{Builtin, Exec, ExecPool, Handler};
 use courier::server;

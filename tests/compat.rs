@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use courier::client::ClientError;
-use courier::compat::{raw_exchange, PlainClient, RawOptions};
+use courier::client::{raw_exchange, PlainClient, RawOptions};
 use courier::config::{Config, Framing};
 use courier::handler::{Builtin, HandlerError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -242,7 +242,7 @@ mod unix {
             ..common::test_config()
         };
         let server = serve(&format!("unix:{}", path.display()), config).await;
-        let mut client = courier::compat::PlainClient::connect(
+        let mut client = courier::client::PlainClient::connect(
             server.addr.as_str(),
             Duration::from_secs(5),
             Duration::from_secs(5),

@@ -1,0 +1,382 @@
+//! Calling a server: [`Client`] connects, does the HELLO exchange, and then lets any number
+//! of tasks call through one connection at once.
+//!
+//! One task owns the connection. Calls reach it over a bounded channel; it gives each
+//! request an id, writes requests in batches, and routes every REPLY or ERROR back to its
+//! caller by id, so replies may come back in any order. `Client` is a handle to that task:
+//! cloning it is cheap, and the connection closes when the last clone is dropped or
+//! [`Client::close`] is called. [`Reconnecting`] wraps it for long-lived programs: when the
+//! connection ends, the next call connects again, with backoff and jitter.
+//!
+//! Every call ends in exactly one of: a reply, "not received" (safe to send again), or
+//! "outcome unknown". [`ClientError::outcome`] says which a failure is; "not received" is
+//! said only when the protocol proves it (nothing was sent, or the server's GOAWAY shows it
+//! never read the request), as `docs/PROTOCOL.md` ("Shutdown and GOAWAY") sets out.
+//!
+//! Layout: this file (the handle, its settings and errors), `task.rs` (the task that owns
+//! the connection), `hello.rs` (the HELLO exchange), `reconnecting.rs` ([`Reconnecting`]),
+//! `plain.rs` (clients for plain and raw framing).
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::ToSocketAddrs;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::stats::Snapshot;
+use crate::transport::tls::ClientTls;
+use crate::transport::{connect_stream, DialError};
+use crate::wire::{ErrorCode, Kind};
+
+pub mod hello;
+mod plain;
+mod reconnecting;
+mod task;
+
+pub use plain::{raw_exchange, PlainClient, RawOptions};
+pub use reconnecting::{Backoff, Reconnecting};
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time allowed for the TCP connect and the HELLO exchange together.
+    pub connect_timeout: Duration,
+    /// Time allowed for one call, from the moment it is made until its reply arrives.
+    pub call_timeout: Duration,
+    /// Largest reply payload this client accepts (announced to the server in HELLO).
+    pub max_frame: usize,
+    /// Requests this client keeps in flight at once; further calls wait their turn.
+    pub max_in_flight: usize,
+    /// The token to present in HELLO, for a server that requires one.
+    pub auth_token: Option<Bytes>,
+    /// Speak TLS (TCP addresses only).
+    pub tls: Option<ClientTls>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            max_frame: 16 << 20,
+            max_in_flight: 1024,
+            auth_token: None,
+            tls: None,
+        }
+    }
+}
+
+/// Why a call or a connect failed. Each kind is distinct so that programs can decide what
+/// to do (retry, give up, report) without reading the text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the address.
+    #[error("connection refused by {addr}: is the server running?")]
+    Refused {
+        /// The address tried.
+        addr: String,
+    },
+    /// The connection could not be made for another reason.
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What the OS said.
+        cause: Arc<io::Error>,
+    },
+    /// The TCP connect or the HELLO exchange took longer than the connect timeout.
+    #[error("connecting to {addr} timed out after {}", humantime::format_duration(*after))]
+    ConnectTimeout {
+        /// The address tried.
+        addr: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// No reply within the call timeout: the outcome is unknown, since the server may
+    /// have processed the request, or may still.
+    #[error("call timed out after {}: the request may or may not have been processed", humantime::format_duration(*after))]
+    Timeout {
+        /// The call timeout.
+        after: Duration,
+    },
+    /// The payload is larger than the server accepts; nothing was sent.
+    #[error("frame too large: the payload is {len} bytes, the server accepts at most {max}")]
+    FrameTooLarge {
+        /// The payload's size.
+        len: usize,
+        /// The server's max_frame, from its HELLO.
+        max: usize,
+    },
+    /// The server answered with an ERROR frame.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The code; see docs/PROTOCOL.md.
+        code: ErrorCode,
+        /// The server's text.
+        message: String,
+    },
+    /// Not received: the server is draining, and its GOAWAY proves it never read this
+    /// request (the request was sent after the GOAWAY's last id, or not sent at all). It
+    /// was not processed, so it is safe to send again, elsewhere or later.
+    #[error("server is going away and did not receive the request: it was not processed; safe to send again")]
+    GoingAway,
+    /// Outcome unknown: the request was sent, and the connection ended before its answer
+    /// came. The server may have received and processed it (a request at or below a
+    /// GOAWAY's last id was received: its handler outlived the server's drain timeout).
+    #[error("outcome unknown: {reason}; the request may or may not have been processed")]
+    OutcomeUnknown {
+        /// What is known about why the connection ended.
+        reason: String,
+    },
+    /// Not received: the connection had already ended when the call was made, so
+    /// nothing was sent; safe to send again on a new connection.
+    #[error("connection closed: {reason}; the request was not sent")]
+    Closed {
+        /// What is known about why.
+        reason: String,
+    },
+    /// The server broke the protocol (bad HELLO, undecodable frame).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<DialError> for ClientError {
+    fn from(err: DialError) -> ClientError {
+        match err {
+            DialError::Refused { addr } => ClientError::Refused { addr },
+            DialError::Connect { addr, cause } => ClientError::Connect { addr, cause },
+            DialError::Timeout { addr, after } => ClientError::ConnectTimeout { addr, after },
+        }
+    }
+}
+
+/// What a failed call means for its request. Every call ends in exactly one of: a reply,
+/// "not received" (safe to send again), or "outcome unknown"; a [`ClientError`] says
+/// which of the last two, or that the server answered with an ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered: an ERROR frame for this request ([`ClientError::Server`]).
+    Answered,
+    /// The protocol proves the server never received the request (nothing was sent, or a
+    /// GOAWAY showed it was not read): it was not processed and is safe to send again.
+    NotReceived,
+    /// The request may or may not have been processed; sending it again may run it twice.
+    Unknown,
+}
+
+impl ClientError {
+    /// What this error means for the request: answered (with an ERROR), not received, or
+    /// outcome unknown. Programs that retry should resend only on
+    /// [`Outcome::NotReceived`] unless the request is safe to run twice.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ClientError::Server { .. } => Outcome::Answered,
+            ClientError::Refused { .. }
+            | ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::FrameTooLarge { .. }
+            | ClientError::GoingAway
+            | ClientError::Closed { .. } => Outcome::NotReceived,
+            ClientError::Timeout { .. }
+            | ClientError::OutcomeUnknown { .. }
+            | ClientError::Protocol(_) => Outcome::Unknown,
+        }
+    }
+}
+
+/// A handle to one connection. Cheap to clone; every clone calls through the same
+/// connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    closed: Arc<OnceLock<ClientError>>,
+    server_max_frame: usize,
+    call_timeout: Duration,
+}
+
+/// What a caller asks of the connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a frame of `kind`; REQUEST and PING get `reply`, ONEWAY does not.
+    Send {
+        kind: Kind,
+        payload: Bytes,
+        reply: Option<oneshot::Sender<Result<Bytes, ClientError>>>,
+    },
+    /// Write everything queued, close the write side, and wait for replies in flight.
+    Close { done: oneshot::Sender<()> },
+}
+
+impl Client {
+    /// Connects with the default [`ClientConfig`].
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`], [`ClientError::Connect`], [`ClientError::ConnectTimeout`],
+    /// [`ClientError::Server`] when the server answers with an ERROR (server busy, say),
+    /// [`ClientError::Protocol`] when it does not speak courier.
+    pub async fn connect<A>(addr: A) -> Result<Client, ClientError>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        Client::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects with the given settings.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with<A>(addr: A, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        let name = addr.to_string();
+        let connect = async {
+            let (read_half, write_half) =
+                connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
+            let token = config.auth_token.as_ref();
+            hello::exchange(read_half, write_half, config.max_frame, token).await
+        };
+        let (reader, writer, server_max_frame) =
+            tokio::time::timeout(config.connect_timeout, connect)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr: name.clone(),
+                    after: config.connect_timeout,
+                })??;
+
+        let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
+        let closed = Arc::new(OnceLock::new());
+        let task = task::Task::new(
+            reader,
+            writer,
+            queue,
+            config.max_in_flight.max(1),
+            closed.clone(),
+        );
+        tokio::spawn(task.run());
+        Ok(Client {
+            commands,
+            closed,
+            server_max_frame,
+            call_timeout: config.call_timeout,
+        })
+    }
+
+    /// Sends `payload` as a REQUEST and waits for its reply.
+    ///
+    /// # Errors
+    /// [`ClientError::FrameTooLarge`] before sending anything, [`ClientError::Timeout`],
+    /// [`ClientError::Server`] for an ERROR reply; when the connection ends first,
+    /// [`ClientError::GoingAway`] or [`ClientError::Closed`] if the server did not receive
+    /// the request, [`ClientError::OutcomeUnknown`] if it may have.
+    /// [`ClientError::outcome`] sorts them.
+    pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Request, payload.into()).await
+    }
+
+    /// Sends a PING with `payload` and waits for the PONG, returning its payload. Useful as a
+    /// heartbeat or to measure the round trip.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn ping(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Ping, payload.into()).await
+    }
+
+    /// Asks the server for its counters (a STATS frame).
+    ///
+    /// # Errors
+    /// As [`Client::call`], and [`ClientError::Protocol`] when the answer is not the JSON
+    /// a courier server sends.
+    pub async fn stats(&self) -> Result<Snapshot, ClientError> {
+        let json = self.exchange(Kind::Stats, Bytes::new()).await?;
+        serde_json::from_slice(&json)
+            .map_err(|err| ClientError::Protocol(format!("cannot read the STATS reply: {err}")))
+    }
+
+    /// Sends `payload` as a ONEWAY message; returns once it is queued for writing. Call
+    /// [`Client::close`] before exiting to be sure queued messages were written.
+    ///
+    /// # Errors
+    /// [`ClientError::FrameTooLarge`], or [`ClientError::GoingAway`] or
+    /// [`ClientError::Closed`] when the connection has ended.
+    pub async fn send_oneway(&self, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        let payload = payload.into();
+        self.check_size(&payload)?;
+        let command = Command::Send {
+            kind: Kind::Oneway,
+            payload,
+            reply: None,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Writes everything queued, closes the connection's write side, and waits for the
+    /// replies still in flight (up to the call timeout).
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).await.is_ok() {
+            let _ = tokio::time::timeout(self.call_timeout, wait).await;
+        }
+    }
+
+    /// Whether the connection has ended (the server closed it, or it failed); calls on a
+    /// closed client fail at once.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get().is_some() || self.commands.is_closed()
+    }
+
+    /// The largest payload the server accepts, from its HELLO.
+    pub fn server_max_frame(&self) -> usize {
+        self.server_max_frame
+    }
+
+    async fn exchange(&self, kind: Kind, payload: Bytes) -> Result<Bytes, ClientError> {
+        self.check_size(&payload)?;
+        let exchange = async {
+            let (reply, wait) = oneshot::channel();
+            let command = Command::Send {
+                kind,
+                payload,
+                reply: Some(reply),
+            };
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| self.closed_error())?;
+            // The task answers every call it takes, so a dropped answer means it died.
+            wait.await.unwrap_or_else(|_| {
+                Err(ClientError::OutcomeUnknown {
+                    reason: "the connection task ended without answering".into(),
+                })
+            })
+        };
+        tokio::time::timeout(self.call_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: self.call_timeout,
+            })?
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {
+        if payload.len() > self.server_max_frame {
+            return Err(ClientError::FrameTooLarge {
+                len: payload.len(),
+                max: self.server_max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> ClientError {
+        self.closed.get().cloned().unwrap_or(ClientError::Closed {
+            reason: "the connection task ended".into(),
+        })
+    }
+}
