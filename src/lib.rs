@@ -52,11 +52,8 @@
 //!   sets up logging and calls into this library.
 
 pub mod bench;
-mod busy_poll;
 pub mod client;
-mod compat;
 pub mod config;
-mod connection;
 pub mod handler;
 pub mod server;
 pub mod stats;

@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::compat;
 use crate::config::{Config, Framing};
-use crate::connection::{Conn, Io, Outbox};
+mod busy_poll;
+mod conn;
+mod ordered;
+
 use crate::handler::{call, Finished, Handler, Request};
 use crate::stats::{CloseReason, Stats, Tally, Turn};
 use crate::transport::tls::ServerTls;
@@ -34,6 +36,7 @@ use crate::wire::{
     Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
     MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
+use conn::{Conn, Io, Outbox};
 
 /// Longest pause after an accept error that is not about one connection (out of file
 /// descriptors, say). The pause doubles from 10 ms up to this.
@@ -147,7 +150,7 @@ impl<H: Handler> Server<H> {
         }
         let polling = (!shared.config.busy_poll.is_zero()).then(|| {
             info!(window = ?shared.config.busy_poll, "busy polling after each request");
-            crate::busy_poll::start(shared.config.busy_poll, &shared.stats, &token)
+            busy_poll::start(shared.config.busy_poll, &shared.stats, &token)
         });
 
         tokio::pin!(shutdown);
@@ -278,7 +281,7 @@ where
     debug!("accepted");
     let served = match shared.config.framing {
         Framing::Courier => serve(stream, &shared, token, identity).await,
-        Framing::Plain | Framing::Raw => compat::serve(stream, &shared, token, identity).await,
+        Framing::Plain | Framing::Raw => ordered::serve(stream, &shared, token, identity).await,
     };
     let reason = match served {
         Ok(close) if close.reason.is_clean() => {

@@ -19,10 +19,10 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::conn::{Conn, Io};
+use super::{slow_reader, Close, LogHex, Shared};
 use crate::config::Framing;
-use crate::connection::{Conn, Io};
 use crate::handler::{call, Finished, Handler, Request};
-use crate::server::{slow_reader, Close, LogHex, Shared};
 use crate::stats::{CloseReason, Turn};
 use crate::wire::{CodecError, PlainCodec, RawCodec};
 
