@@ -29,12 +29,14 @@ pub mod tls;
 
 pub use dial::DialError;
 pub(crate) use dial::{connect_stream, BlockingStream, Socket};
+pub(crate) use listen::Accepted;
 #[cfg(windows)]
 pub use listen::NamedPipe;
 #[cfg(unix)]
+pub(crate) use listen::UnixPeer;
+#[cfg(unix)]
 pub use listen::UnixSocket;
 pub use listen::{bind, Listener};
-pub(crate) use listen::{Accepted, UnixPeer};
 
 /// A stream's reading half, whatever the transport.
 pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
