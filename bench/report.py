@@ -14,6 +14,7 @@ import sys
 COLORS = {
     "courier": "#d62728",
     "courier busy-poll": "#8c1010",
+    "baseline": "#f4a582",
     "floor busy-poll": "#7f7f7f",
     "redis": "#1f77b4",
     "zeromq": "#2ca02c",
@@ -233,6 +234,14 @@ def svg(rows, path):
         f.write("\n".join(parts) + "\n")
 
 
+def baseline_note(meta):
+    if not meta.get("baseline"):
+        return ""
+    return (f"- **baseline**: `{meta['baseline']}`, another courier server binary measured beside "
+            "courier in every round (the two in alternating order), loaded the same way: its "
+            "\"courier ÷ this\" is the effect of the change between them.\n")
+
+
 def main():
     raw = sys.argv[1]
     meta, measured = load(raw)
@@ -276,7 +285,7 @@ figures are in [raw.jsonl](raw.jsonl).
 - **toy+deadline**: examples/toy_deadline.rs, the toy with one idle deadline per connection
   (courier has three: handshake, frame and idle): what having a timer at all costs.
 - **python**: bench/py_echo.py, an asyncio length-prefixed echo server, loaded the same way.
-
+{baseline_note(meta)}
 "courier ÷ this": above 1 means courier served more requests per second; for p50, below 1
 means courier answered faster. "server CPU µs/req" is the server process's CPU time (all its
 threads, from /proc) over the middle of the measured window, divided by the requests

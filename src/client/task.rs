@@ -120,6 +120,13 @@ impl Task {
                 }
             }
         };
+        self.end(end, closing);
+    }
+
+    /// Tells every caller what became of its call once the connection ended with `end`:
+    /// requests in flight get their fate by the wire's rules, calls still queued (and
+    /// every later one) learn they were not sent.
+    fn end(mut self, end: ClientError, closing: Option<oneshot::Sender<()>>) {
         debug!(reason = %end, "client connection ended");
         // Calls made from now on are not sent at all.
         let unsent = match &end {
