@@ -208,7 +208,7 @@ impl<H: Handler> Server<H> {
                 }
                 #[cfg(windows)]
                 Accepted::Pipe(pipe) => {
-                    let peer = "named pipe".to_owned();
+                    let peer = crate::transport::PipePeer::of(&pipe).to_string();
                     let busy = |bytes: &[u8]| pipe.try_write(bytes);
                     if let Some(permit) = admit.permit(&peer, busy) {
                         admit.spawn(pipe, peer, permit);

@@ -147,6 +147,29 @@ impl std::fmt::Display for UnixPeer {
     }
 }
 
+/// How the logs name a named pipe's client: by its process id, where Windows tells it
+/// (as a Unix socket's peer is named by uid and pid).
+#[cfg(windows)]
+pub(crate) struct PipePeer(pub(crate) Option<u32>);
+
+#[cfg(windows)]
+impl PipePeer {
+    /// The client connected to `pipe`.
+    pub(crate) fn of(pipe: &tokio::net::windows::named_pipe::NamedPipeServer) -> PipePeer {
+        PipePeer(super::pipe_security::client_process_id(pipe))
+    }
+}
+
+#[cfg(windows)]
+impl std::fmt::Display for PipePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "pipe pid={pid}"),
+            None => f.write_str("pipe (peer unknown)"),
+        }
+    }
+}
+
 /// A listening Unix domain socket whose file is removed when it is dropped.
 #[cfg(unix)]
 #[derive(Debug)]
@@ -248,17 +271,15 @@ impl NamedPipe {
     /// # Errors
     /// When a server already serves that name, or the name is invalid.
     pub fn bind(name: &str) -> io::Result<NamedPipe> {
-        use tokio::net::windows::named_pipe::ServerOptions;
         let path = pipe_path(name);
-        let first = ServerOptions::new()
-            .first_pipe_instance(true)
-            .create(&path)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("cannot create the named pipe {path} (is a server already using it?): {err}"),
-                )
-            })?;
+        let first = super::pipe_security::create_instance(&path, true).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!(
+                    "cannot create the named pipe {path} (is a server already using it?): {err}"
+                ),
+            )
+        })?;
         Ok(NamedPipe {
             name: name.to_owned(),
             path,
@@ -269,10 +290,9 @@ impl NamedPipe {
     /// Waits for a client on the waiting instance, puts a fresh instance in its place, and
     /// returns the connected one.
     async fn accept(&self) -> io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
-        use tokio::net::windows::named_pipe::ServerOptions;
         let mut next = self.next.lock().await;
         next.connect().await?;
-        let fresh = ServerOptions::new().create(&self.path)?;
+        let fresh = super::pipe_security::create_instance(&self.path, false)?;
         Ok(std::mem::replace(&mut *next, fresh))
     }
 }

@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 mod dial;
 mod listen;
+#[cfg(windows)]
+mod pipe_security;
 pub mod tls;
 
 pub use dial::DialError;
@@ -32,6 +34,8 @@ pub(crate) use dial::{connect_stream, BlockingStream, Socket};
 pub(crate) use listen::Accepted;
 #[cfg(windows)]
 pub use listen::NamedPipe;
+#[cfg(windows)]
+pub(crate) use listen::PipePeer;
 #[cfg(unix)]
 pub(crate) use listen::UnixPeer;
 #[cfg(unix)]
