@@ -5,6 +5,11 @@
 //! ADDR` prints it), and logs one summary line when it shuts down. Connection tasks count
 //! requests and replies locally and add them here once per turn of their loop, so a
 //! pipelined batch costs one atomic add, not one per frame.
+//!
+//! Each list is written once: the counters in the `counters!` table below (which makes
+//! the atomics of [`Stats`], the fields of [`Snapshot`] and of the per-turn tally, the
+//! snapshot, the adding of a tally, and [`Snapshot::COUNTERS`] and [`Snapshot::counters`],
+//! which the log line and `courier stats` read), the close reasons in `close_reasons!`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -12,87 +17,69 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-/// Why a connection ended. Every close is logged with its reason and counted under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+/// Declares [`CloseReason`], [`CloseReason::ALL`] and [`CloseReason::name`] from one list
+/// of `Variant => "name"`, so that a reason cannot be added to one and not the others.
+/// The order is the one the STATS reply lists them in.
+macro_rules! close_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Why a connection ended. Every close is logged with its reason and counted
+        /// under it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum CloseReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl CloseReason {
+            /// Every reason, in the order [`Snapshot::closed`] lists them.
+            pub const ALL: [CloseReason; [$($name),*].len()] = [$(CloseReason::$variant),*];
+
+            /// The name used in logs and in the STATS reply.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(CloseReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+close_reasons! {
     /// The peer closed its side and every reply was delivered.
-    PeerClosed,
+    PeerClosed => "peer_closed",
     /// The server shut down and drained the connection.
-    Drained,
+    Drained => "drained",
     /// Raw or plain framing: `close_after` messages were received.
-    CloseAfter,
+    CloseAfter => "close_after",
     /// A frame declared a length above `max_frame`.
-    FrameTooLarge,
+    FrameTooLarge => "frame_too_large",
     /// No HELLO within `handshake_timeout`.
-    HandshakeTimeout,
+    HandshakeTimeout => "handshake_timeout",
     /// A frame was started but not finished within `frame_timeout`.
-    FrameTimeout,
+    FrameTimeout => "frame_timeout",
     /// Nothing happened for `idle_timeout`.
-    IdleTimeout,
+    IdleTimeout => "idle_timeout",
     /// The peer did not read its replies (`max_pending_output`).
-    SlowReader,
+    SlowReader => "slow_reader",
     /// The peer closed its side in the middle of a frame.
-    Truncated,
+    Truncated => "truncated",
     /// The HELLO carried no auth token or a wrong one.
-    AuthFailed,
+    AuthFailed => "auth_failed",
     /// The TLS handshake failed or did not finish within `handshake_timeout`.
-    Tls,
+    Tls => "tls_handshake",
     /// The peer broke the protocol (bad HELLO, unknown kind, a frame out of place).
-    Protocol,
+    Protocol => "protocol_error",
     /// The peer sent an ERROR about the whole connection.
-    PeerError,
+    PeerError => "peer_error",
     /// Plain or raw framing: a handler failed, and the framing cannot say so.
-    HandlerFailed,
+    HandlerFailed => "handler_failed",
     /// Reading or writing failed: a reset, a broken pipe.
-    IoError,
+    IoError => "io_error",
     /// The server was shutting down and the drain timeout passed with requests of this
     /// connection still unanswered.
-    DrainTimeout,
+    DrainTimeout => "drain_timeout",
 }
 
 impl CloseReason {
-    /// Every reason, in the order [`Snapshot::closed`] lists them.
-    pub const ALL: [CloseReason; 16] = [
-        CloseReason::PeerClosed,
-        CloseReason::Drained,
-        CloseReason::CloseAfter,
-        CloseReason::FrameTooLarge,
-        CloseReason::HandshakeTimeout,
-        CloseReason::FrameTimeout,
-        CloseReason::IdleTimeout,
-        CloseReason::SlowReader,
-        CloseReason::Truncated,
-        CloseReason::AuthFailed,
-        CloseReason::Tls,
-        CloseReason::Protocol,
-        CloseReason::PeerError,
-        CloseReason::HandlerFailed,
-        CloseReason::IoError,
-        CloseReason::DrainTimeout,
-    ];
-
-    /// The name used in logs and in the STATS reply.
-    pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::Drained => "drained",
-            CloseReason::CloseAfter => "close_after",
-            CloseReason::FrameTooLarge => "frame_too_large",
-            CloseReason::HandshakeTimeout => "handshake_timeout",
-            CloseReason::FrameTimeout => "frame_timeout",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::SlowReader => "slow_reader",
-            CloseReason::Truncated => "truncated",
-            CloseReason::AuthFailed => "auth_failed",
-            CloseReason::Tls => "tls_handshake",
-            CloseReason::Protocol => "protocol_error",
-            CloseReason::PeerError => "peer_error",
-            CloseReason::HandlerFailed => "handler_failed",
-            CloseReason::IoError => "io_error",
-            CloseReason::DrainTimeout => "drain_timeout",
-        }
-    }
-
     /// Whether this is an ordinary end (logged at debug) rather than a limit or a fault
     /// (logged at info).
     pub fn is_clean(self) -> bool {
@@ -102,6 +89,7 @@ impl CloseReason {
         )
     }
 
+    /// This reason's slot in [`Stats`]: the declaration order, which is also [`Self::ALL`]'s.
     fn index(self) -> usize {
         self as usize
     }
@@ -113,56 +101,119 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// The live counters of one server. Shared by every connection task; read with
-/// [`Stats::snapshot`].
-#[derive(Debug, Default)]
-pub struct Stats {
-    accepted: AtomicU64,
-    rejected_busy: AtomicU64,
-    accept_errors: AtomicU64,
-    open: AtomicU64,
-    closed: [AtomicU64; CloseReason::ALL.len()],
-    protocol_errors: AtomicU64,
-    requests: AtomicU64,
-    oneway: AtomicU64,
-    replies: AtomicU64,
-    errors: AtomicU64,
-    pings: AtomicU64,
-    /// Tasks waiting in [`Stats::changed`]; while there are none, counting wakes nobody.
-    watchers: AtomicUsize,
-    moved: Notify,
+/// One counter of the table: its name (the field of the STATS JSON, the `courier stats`
+/// line, the shutdown log) and what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// The name, as in [`Snapshot`]'s field.
+    pub name: &'static str,
+    /// What it counts, in one sentence or two (the field's documentation).
+    pub help: &'static str,
 }
 
-/// The counters at one moment, as the STATS reply carries them (JSON, field names as
-/// here).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Snapshot {
-    /// Connections accepted and served.
-    pub accepted: u64,
-    /// Connections turned away because `max_connections` were open.
-    pub rejected_busy: u64,
-    /// Accept calls that failed for a reason other than one connection (out of file
-    /// descriptors, say); each is followed by a pause.
-    pub accept_errors: u64,
-    /// Connections open now (their tasks are running).
-    pub open: u64,
-    /// Connections closed, by reason ([`CloseReason::name`]); every reason is listed.
-    pub closed: Vec<(String, u64)>,
-    /// Protocol violations, whether or not they closed the connection (a duplicate
-    /// request id does not).
-    pub protocol_errors: u64,
-    /// REQUEST frames (or plain/raw messages) received.
-    pub requests: u64,
-    /// ONEWAY frames received.
-    pub oneway: u64,
-    /// REPLY frames (or plain/raw replies) queued for sending.
-    pub replies: u64,
-    /// ERROR frames answering a request (handler failures, duplicate ids, replies too
-    /// large for the client).
-    pub errors: u64,
-    /// PING frames answered.
-    pub pings: u64,
+/// Declares the counters once, from a table of `name: "what it counts"` in two groups:
+/// `counted`, counted one event at a time by [`Stats`]' own methods, and `tallied`,
+/// counted by a connection's loop in its `Tally` and added once per turn. It makes the
+/// atomics of [`Stats`], the fields of [`Snapshot`] (documented by the table) and of
+/// `Tally`, [`Stats::snapshot`], the adding of a tally, [`Snapshot::COUNTERS`] and
+/// [`Snapshot::counters`]. `closed`, one count per [`CloseReason`], sits between the
+/// groups, where the STATS JSON has always had it.
+macro_rules! counters {
+    (
+        counted { $($counted:ident: $counted_help:literal,)* }
+        tallied { $($tallied:ident: $tallied_help:literal,)* }
+    ) => {
+        /// The live counters of one server. Shared by every connection task; read with
+        /// [`Stats::snapshot`].
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($counted: AtomicU64,)*
+            closed: [AtomicU64; CloseReason::ALL.len()],
+            $($tallied: AtomicU64,)*
+            /// Tasks waiting in [`Stats::changed`]; while there are none, counting wakes
+            /// nobody.
+            watchers: AtomicUsize,
+            moved: Notify,
+        }
+
+        /// The counters at one moment, as the STATS reply carries them (JSON, field names
+        /// and order as here).
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub struct Snapshot {
+            $(#[doc = $counted_help] pub $counted: u64,)*
+            /// Connections closed, by reason ([`CloseReason::name`]); every reason is
+            /// listed, in [`CloseReason::ALL`]'s order.
+            pub closed: Vec<(String, u64)>,
+            $(#[doc = $tallied_help] pub $tallied: u64,)*
+        }
+
+        /// One connection's counts since they were last added to [`Stats`].
+        #[derive(Debug, Default)]
+        pub(crate) struct Tally {
+            $(#[doc = $tallied_help] pub(crate) $tallied: u64,)*
+        }
+
+        impl Snapshot {
+            /// Every counter but `closed`, in the order [`Snapshot::counters`] lists
+            /// them: the table this module declares its counters with.
+            pub const COUNTERS: [Counter; [$(stringify!($counted),)* $(stringify!($tallied),)*].len()] = [
+                $(Counter { name: stringify!($counted), help: $counted_help },)*
+                $(Counter { name: stringify!($tallied), help: $tallied_help },)*
+            ];
+
+            /// Every counter but `closed` (see [`Snapshot::closed`]) with its value, in
+            /// [`Snapshot::COUNTERS`]' order: what `courier stats` prints, one a line.
+            pub fn counters(&self) -> [(&'static str, u64); Snapshot::COUNTERS.len()] {
+                [
+                    $((stringify!($counted), self.$counted),)*
+                    $((stringify!($tallied), self.$tallied),)*
+                ]
+            }
+        }
+
+        impl Stats {
+            /// Reads every counter. Counters are read one by one while connections keep
+            /// working, so a snapshot of a busy server is not one instant; each counter
+            /// only grows, except `open`.
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot {
+                    $($counted: self.$counted.load(Relaxed),)*
+                    closed: self.closed_counts(),
+                    $($tallied: self.$tallied.load(Relaxed),)*
+                }
+            }
+
+            /// Adds a tally's counts: one atomic add for each that is not zero, since a
+            /// turn usually moves one or two of them (this runs once per turn of every
+            /// connection's loop).
+            fn add_counts(&self, tally: &Tally) {
+                $(if tally.$tallied > 0 {
+                    self.$tallied.fetch_add(tally.$tallied, Relaxed);
+                })*
+            }
+        }
+    };
+}
+
+counters! {
+    counted {
+        accepted: "Connections accepted and served.",
+        rejected_busy: "Connections turned away because `max_connections` were open.",
+        accept_errors: "Accept calls that failed for a reason other than one connection \
+            (out of file descriptors, say); each is followed by a pause.",
+        open: "Connections open now (their tasks are running).",
+    }
+    tallied {
+        protocol_errors: "Protocol violations, whether or not they closed the connection \
+            (a duplicate request id does not).",
+        requests: "REQUEST frames (or plain/raw messages) received.",
+        oneway: "ONEWAY frames received.",
+        replies: "REPLY frames (or plain/raw replies) queued for sending.",
+        errors: "ERROR frames answering a request (handler failures, duplicate ids, \
+            replies too large for the client).",
+        pings: "PING frames answered.",
+    }
 }
 
 impl Snapshot {
@@ -181,29 +232,15 @@ impl Stats {
         Stats::default()
     }
 
-    /// Reads every counter. Counters are read one by one while connections keep working,
-    /// so a snapshot of a busy server is not one instant; each counter only grows, except
-    /// `open`.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            accepted: self.accepted.load(Relaxed),
-            rejected_busy: self.rejected_busy.load(Relaxed),
-            accept_errors: self.accept_errors.load(Relaxed),
-            open: self.open.load(Relaxed),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|reason| {
-                    let count = self.closed[reason.index()].load(Relaxed);
-                    (reason.name().to_owned(), count)
-                })
-                .collect(),
-            protocol_errors: self.protocol_errors.load(Relaxed),
-            requests: self.requests.load(Relaxed),
-            oneway: self.oneway.load(Relaxed),
-            replies: self.replies.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            pings: self.pings.load(Relaxed),
-        }
+    /// The close counts by name, in [`CloseReason::ALL`]'s order.
+    fn closed_counts(&self) -> Vec<(String, u64)> {
+        CloseReason::ALL
+            .iter()
+            .map(|reason| {
+                let count = self.closed[reason.index()].load(Relaxed);
+                (reason.name().to_owned(), count)
+            })
+            .collect()
     }
 
     pub(crate) fn opened(&self) {
@@ -230,18 +267,7 @@ impl Stats {
 
     /// Adds a connection's local counts and zeroes them.
     pub(crate) fn add(&self, tally: &mut Tally) {
-        for (counter, count) in [
-            (&self.protocol_errors, tally.protocol_errors),
-            (&self.requests, tally.requests),
-            (&self.oneway, tally.oneway),
-            (&self.replies, tally.replies),
-            (&self.errors, tally.errors),
-            (&self.pings, tally.pings),
-        ] {
-            if count > 0 {
-                counter.fetch_add(count, Relaxed);
-            }
-        }
+        self.add_counts(tally);
         *tally = Tally::default();
         if self.watchers.load(Relaxed) > 0 {
             self.moved.notify_waiters();
@@ -334,35 +360,14 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// One connection's counts since they were last added to [`Stats`].
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) protocol_errors: u64,
-    pub(crate) requests: u64,
-    pub(crate) oneway: u64,
-    pub(crate) replies: u64,
-    pub(crate) errors: u64,
-    pub(crate) pings: u64,
-}
-
 impl fmt::Display for Snapshot {
     /// One line: `accepted=3 rejected_busy=0 ... closed: peer_closed=2 idle_timeout=1`,
     /// listing only the close reasons that happened.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "accepted={} rejected_busy={} accept_errors={} open={} protocol_errors={} requests={} oneway={} replies={} errors={} pings={} closed:",
-            self.accepted,
-            self.rejected_busy,
-            self.accept_errors,
-            self.open,
-            self.protocol_errors,
-            self.requests,
-            self.oneway,
-            self.replies,
-            self.errors,
-            self.pings
-        )?;
+        for (name, value) in self.counters() {
+            write!(f, "{name}={value} ")?;
+        }
+        f.write_str("closed:")?;
         let mut any = false;
         for (name, count) in self.closed.iter().filter(|(_, count)| *count > 0) {
             write!(f, " {name}={count}")?;
@@ -418,5 +423,69 @@ mod tests {
         let json = serde_json::to_string(&snapshot).unwrap();
         let back: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, snapshot);
+    }
+
+    /// A snapshot whose counters all differ: the table's n-th counter is n + 1, the n-th
+    /// close reason 100 + n. Made from JSON, so that a counter the JSON leaves out fails.
+    fn numbered() -> (Snapshot, serde_json::Value) {
+        let mut json = serde_json::Map::new();
+        for (n, counter) in Snapshot::COUNTERS.iter().enumerate() {
+            json.insert(counter.name.into(), (n as u64 + 1).into());
+        }
+        let closed: Vec<_> = CloseReason::ALL
+            .iter()
+            .enumerate()
+            .map(|(n, reason)| serde_json::json!([reason.name(), 100 + n as u64]))
+            .collect();
+        json.insert("closed".into(), closed.into());
+        let json = serde_json::Value::Object(json);
+        let snapshot = serde_json::from_value(json.clone()).expect("the table's JSON");
+        (snapshot, json)
+    }
+
+    #[test]
+    fn every_counter_of_the_table_is_in_the_json_and_the_log_line() {
+        let (snapshot, json) = numbered();
+        for (n, (name, value)) in snapshot.counters().into_iter().enumerate() {
+            assert_eq!(name, Snapshot::COUNTERS[n].name);
+            assert_eq!(value, n as u64 + 1, "{name} is not read from the JSON");
+            assert!(
+                snapshot.to_string().contains(&format!("{name}={value} ")),
+                "the log line lacks {name}: {snapshot}"
+            );
+        }
+        for (n, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(snapshot.closed(*reason), 100 + n as u64, "{reason}");
+        }
+        // Written back, the JSON has every counter of the table and nothing else.
+        assert_eq!(serde_json::to_value(&snapshot).unwrap(), json);
+        let fields = json.as_object().unwrap().len();
+        assert_eq!(
+            fields,
+            Snapshot::COUNTERS.len() + 1,
+            "the counters and `closed`"
+        );
+    }
+
+    #[test]
+    fn the_json_is_the_protocol_documents_example_byte_for_byte() {
+        let doc = include_str!("../docs/PROTOCOL.md");
+        let section = &doc[doc.find("## Counters and STATS").expect("the section")..];
+        let start = section.find("```json\n").expect("a JSON example") + "```json\n".len();
+        let end = start + section[start..].find("```").expect("its end");
+        // The example is wrapped for reading; the server writes it without whitespace.
+        let example: String = section[start..end].split_whitespace().collect();
+        let snapshot: Snapshot = serde_json::from_str(&example).expect("the example parses");
+        assert_eq!(serde_json::to_string(&snapshot).unwrap(), example);
+        let names: Vec<_> = snapshot
+            .closed
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let all: Vec<_> = CloseReason::ALL
+            .iter()
+            .map(|reason| reason.name())
+            .collect();
+        assert_eq!(names, all, "the example lists every close reason, in order");
     }
 }

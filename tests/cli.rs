@@ -1,4 +1,5 @@
-//! The `courier` binary as a user runs it: `serve` and `send` as real processes.
+//! The `courier` binary as a user runs it: `serve`, `send`, `bench` and `stats` as real
+//! processes.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Served, BIN};
 use courier::config::Config;
+use courier::stats::{CloseReason, Snapshot};
 
 fn courier(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -367,4 +369,54 @@ fn bench_output_to_a_reader_that_went_away_is_not_a_crash() {
         stderr(&output)
     );
     assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn stats_prints_a_line_for_every_counter_of_the_table_and_every_close_reason() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&["stats", &server.addr]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|line| {
+            let (name, value) = line.split_once(' ').expect("`name value`");
+            (name, value.parse().expect("a count"))
+        })
+        .collect();
+    let names: Vec<String> = lines.iter().map(|(name, _)| name.to_string()).collect();
+    let expected: Vec<String> = Snapshot::COUNTERS
+        .iter()
+        .map(|counter| counter.name.to_owned())
+        .chain(
+            CloseReason::ALL
+                .iter()
+                .map(|reason| format!("closed.{reason}")),
+        )
+        .collect();
+    assert_eq!(names, expected, "{text}");
+    // The asking connection is counted before the answer.
+    let count = |wanted: &str| lines.iter().find(|(name, _)| *name == wanted).unwrap().1;
+    assert_eq!((count("accepted"), count("open")), (1, 1), "{text}");
+}
+
+#[test]
+fn stats_json_carries_every_counter_of_the_table() {
+    let server = Served::start(&[], &[]);
+    let output = courier(&["stats", "--json", &server.addr]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    for counter in Snapshot::COUNTERS {
+        assert!(json[counter.name].is_u64(), "no {}: {json}", counter.name);
+    }
+    let closed: Vec<_> = json["closed"]
+        .as_array()
+        .expect("closed")
+        .iter()
+        .map(|pair| pair[0].as_str().expect("a reason").to_owned())
+        .collect();
+    let reasons: Vec<_> = CloseReason::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(closed, reasons);
+    let snapshot: Snapshot = serde_json::from_value(json).expect("a Snapshot");
+    assert_eq!(snapshot.open, 1, "the asking connection");
 }

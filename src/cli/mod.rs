@@ -1,0 +1,75 @@
+//! The `courier` command line as clap sees it: the global flags and one module per
+//! subcommand, each holding its arguments and the code that runs it. Only the binary
+//! uses these; the library knows nothing of them.
+
+pub(crate) mod bench;
+pub(crate) mod client_args;
+pub(crate) mod logging;
+pub(crate) mod send;
+pub(crate) mod serve;
+pub(crate) mod stats;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use self::logging::LogFormat;
+
+/// Whole messages between programs over TCP: a length-prefixed request/reply protocol.
+///
+/// `courier serve` runs a server (echo by default); `courier send` sends one message and
+/// prints the reply. Logs go to stderr (RUST_LOG, e.g. RUST_LOG=courier=debug shows every
+/// payload as hex); stdout carries only replies.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version)]
+pub(crate) struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "COURIER_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
+
+    /// Tokio runtime: "multi" (a worker thread per CPU this process may use) or "current"
+    /// (everything on one thread).
+    #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Multi, env = "COURIER_RUNTIME")]
+    pub(crate) runtime: RuntimeKind,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Which Tokio runtime runs the command (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RuntimeKind {
+    /// One worker thread per CPU available to the process (taskset limits it).
+    Multi,
+    /// A single thread for everything.
+    Current,
+}
+
+/// The subcommands; each variant's documentation is its `--help`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a server until SIGINT or SIGTERM (a second signal exits at once).
+    ///
+    /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
+    /// then the built-in defaults (config/courier.toml, shown by --print-config).
+    Serve(Box<serve::ServeArgs>),
+    /// Measure a server: requests/s, latency percentiles, errors, and this tool's own CPU.
+    ///
+    /// Every reply is checked against its request (id and content); errors or mismatches
+    /// make the exit status 1. Prints a summary, or one JSON object with --json. With one
+    /// connection and one request at a time (-c 1 -P 1, no --rate), the connection blocks
+    /// in write and read on a thread of its own: the cheapest client for a round trip.
+    Bench(bench::BenchArgs),
+    /// Send a message to a server and print the reply on stdout.
+    ///
+    /// Exits 0 when every reply arrived. Otherwise prints one line on stderr saying what
+    /// went wrong, and exits 3 when a request's outcome is unknown (it was sent and the
+    /// connection ended before its answer: the server may have processed it, so do not
+    /// resend it blindly), 1 for anything else (an ERROR answer, or a request the server
+    /// did not receive, which is safe to send again).
+    Send(send::SendArgs),
+    /// Print a running server's counters: connections accepted, rejected and closed by
+    /// reason, protocol errors, requests and replies.
+    ///
+    /// Asks with a STATS frame (courier framing only). Prints one `name value` line per
+    /// counter, or the server's JSON with --json.
+    Stats(stats::StatsArgs),
+}
