@@ -27,29 +27,26 @@
 //! ```
 //!
 //! # Layout
-//! - [`codec`]: the wire format: [`codec::Frame`], the HELLO and ERROR bodies, and the
-//!   `Decoder`/`Encoder` used through tokio-util's `Framed`.
-//! - [`server`]: the accept loop, one task per connection, limits, graceful shutdown, and
-//!   the [`server::Handler`] trait that answers requests.
-//! - `connection.rs` (private): the I/O plumbing every connection loop shares: the outbox
-//!   bounding unwritten output, the poller for reads, writes and deadlines, the graceful
-//!   close.
-//! - `busy_poll.rs` (private): `busy_poll`, polling sockets for a while after each
-//!   request instead of sleeping, for lower round-trip latency.
-//! - [`stats`]: the server's counters (connections by close reason, requests, replies),
-//!   read with a STATS frame (`courier stats ADDR`) and logged at shutdown.
-//! - [`tls`]: TLS with rustls: server certificates, client CAs, client certificates.
-//! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`) and the listeners behind them.
-//! - [`client`]: [`client::Client`], which many tasks can call through at once.
-//! - [`compat`]: plain framing (4-byte length + payload) and raw framing (none), for
-//!   programs written against a bare socket: the server loop for both, and their clients.
-//! - [`exec`]: `--exec CMD`: handlers that run a command per request, or keep a pool of
-//!   worker processes speaking plain framing.
-//! - [`config`]: server settings and the embedded default `config/courier.toml`.
-//! - [`bench`](mod@bench): the `courier bench` load generator (closed loop, open loop, one-way),
-//!   verifying every reply and measuring latency with an HdrHistogram.
-//! - `main.rs`: the `courier` command line (`serve`, `send`); it only parses arguments,
-//!   sets up logging and calls into this library.
+//! Folders are layers and imports only go down (`docs/ARCHITECTURE.md`, checked by
+//! `tests/layers.rs`):
+//! - [`wire`]: bytes to frames and back: [`wire::Frame`], the HELLO, ERROR and GOAWAY
+//!   bodies, the courier, plain and raw codecs. Imports nothing else of the crate.
+//! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`, `pipe:NAME`), listening,
+//!   dialing, and TLS with rustls ([`transport::tls`]). Imports nothing else of the crate.
+//! - [`stats`]: the server's counters and close reasons, declared once in a table, read
+//!   with a STATS frame (`courier stats ADDR`) and logged at shutdown.
+//! - [`handler`]: what answers a request: the [`handler::Handler`] trait, the built-ins,
+//!   and `--exec` (a process per request, or a pool of workers).
+//! - [`config`]: server settings as plain data and the embedded default
+//!   `config/courier.toml`.
+//! - [`server`]: the accept loop, one task per connection, limits, graceful shutdown; the
+//!   courier session and the plain/raw session behind one connection driver.
+//! - [`client`]: [`client::Client`], which many tasks can call through at once,
+//!   [`client::Reconnecting`], and clients for plain and raw framing.
+//! - [`bench`](mod@bench): the `courier bench` load generator (closed loop, open loop,
+//!   one-way), verifying every reply and measuring latency with an HdrHistogram.
+//! - `src/main.rs` and `src/cli/`: the `courier` command line; they parse arguments, set up
+//!   logging, choose the handler and call into this library.
 
 pub mod bench;
 pub mod client;

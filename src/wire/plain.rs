@@ -7,7 +7,7 @@ use super::codec::at_eof;
 use super::CodecError;
 
 /// Plain framing: a 4-byte big-endian length, then that many payload bytes; nothing else.
-/// It is the default format of tokio-util's `LengthDelimitedCodec`, but like [`Codec`] it
+/// It is the default format of tokio-util's `LengthDelimitedCodec`, but like [`Codec`](super::Codec) it
 /// checks the length before anything else and never reserves it up front.
 #[derive(Debug, Clone)]
 pub struct PlainCodec {
@@ -25,7 +25,7 @@ impl PlainCodec {
 
 impl PlainCodec {
     /// The length of the message at the front of `src`, once all of it is there (the
-    /// message is `src[4..4 + len]`). Nothing is consumed, as with [`Codec::peek`].
+    /// message is `src[4..4 + len]`). Nothing is consumed, as with [`Codec::peek`](super::Codec::peek).
     ///
     /// # Errors
     /// A length over the limit.
