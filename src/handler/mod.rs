@@ -3,6 +3,10 @@
 //! `--exec` ([`Exec`], [`ExecPool`]), which makes any program a handler.
 //!
 //! This layer knows requests and their answers, not connections: the server calls it.
+//!
+//! `--exec` lives in three files: `exec.rs` runs the command once per request, `pool.rs`
+//! keeps long-lived workers, and `children.rs` owns the process groups both start (with
+//! [`kill_children`], which kills them all on exit).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -13,9 +17,13 @@ use futures::FutureExt;
 
 use crate::wire::ErrorCode;
 
+mod children;
 mod exec;
+mod pool;
 
-pub use exec::{kill_children, Exec, ExecPool};
+pub use children::kill_children;
+pub use exec::Exec;
+pub use pool::ExecPool;
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).
