@@ -11,8 +11,9 @@ use std::sync::{Mutex as StdMutex, MutexGuard, PoisonError};
 
 use tokio::process::Command;
 
-/// The shell that runs a command line, in a process group of its own on unix, killed
-/// when its handle is dropped.
+/// The shell that runs a command line (`sh -c` on unix, in a process group of its own;
+/// `cmd /C` on Windows, given the line exactly as written), killed when its handle is
+/// dropped.
 pub(super) fn shell(command: &str) -> Command {
     #[cfg(unix)]
     let mut cmd = {
@@ -22,10 +23,12 @@ pub(super) fn shell(command: &str) -> Command {
         cmd.process_group(0);
         cmd
     };
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     let mut cmd = {
+        // cmd.exe does not follow the quoting rules Command applies to arguments (a `"`
+        // would reach it as `\"`), so the line goes to it exactly as written.
         let mut cmd = Command::new("cmd");
-        cmd.arg("/C").arg(command);
+        cmd.arg("/C").raw_arg(command);
         cmd
     };
     cmd.kill_on_drop(true);
