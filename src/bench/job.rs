@@ -1,0 +1,161 @@
+//! One connection's share of a run ([`Job`]): its schedule and quota, the choice of
+//! driver for its framing, the check every reply goes through, and the tally it brings
+//! back ([`Outcome`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use super::replies::ReplyBuffer;
+use super::requests::{plain_header, request_header, Payloads};
+use super::{BenchConfig, Progress};
+use crate::config::Framing;
+use crate::transport::{BoxRead, BoxWrite};
+use crate::wire::{Codec, PlainCodec};
+
+/// What each connection's job brings back.
+pub(super) struct Outcome {
+    /// Latencies of the verified replies in the measured window, in nanoseconds.
+    pub(super) histogram: Histogram<u64>,
+    /// Verified replies (or one-way messages) in the measured window.
+    pub(super) requests: u64,
+    /// ERROR replies, and a failed connection.
+    pub(super) errors: u64,
+    /// Replies that answered no request of ours, or not with its content.
+    pub(super) mismatches: u64,
+    /// One-way: the closing PING was answered after every message.
+    pub(super) confirmed: bool,
+}
+
+impl Outcome {
+    /// Nothing counted yet.
+    pub(super) fn new() -> Outcome {
+        Outcome {
+            // 1 ns to 100 s at 3 significant digits.
+            histogram: Histogram::new_with_bounds(1, 100_000_000_000, 3)
+                .expect("valid histogram bounds"),
+            requests: 0,
+            errors: 0,
+            mismatches: 0,
+            confirmed: true,
+        }
+    }
+
+    /// Adds another connection's tally to this one.
+    pub(super) fn merge(&mut self, other: Outcome) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.mismatches += other.mismatches;
+        self.confirmed &= other.confirmed;
+    }
+
+    /// Records one verified reply's latency.
+    pub(super) fn record(&mut self, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.histogram.saturating_record(ns);
+    }
+
+    /// Counts a connection that failed: an error, and no confirmation.
+    pub(super) fn failed(&mut self) {
+        self.errors += 1;
+        self.confirmed = false;
+    }
+}
+
+/// One connection's share of the run.
+pub(super) struct Job {
+    /// The run's settings.
+    pub(super) config: BenchConfig,
+    /// This connection's place among the run's, which spreads open-loop schedules.
+    pub(super) index: usize,
+    /// When to start sending.
+    pub(super) start: Instant,
+    /// Requests due before this are warm-up, not counted.
+    pub(super) measure_from: Instant,
+    /// When to stop sending; `None` for a run of a number of requests.
+    pub(super) until: Option<Instant>,
+    /// Measured requests to send, for a run of a number of requests.
+    pub(super) quota: Option<u64>,
+    /// Where completed requests are counted as they come.
+    pub(super) progress: Arc<Progress>,
+}
+
+impl Job {
+    /// Drives the connection on the runtime until the run ends; gives its tally and when
+    /// it ended.
+    pub(super) async fn run(self, reader: BoxRead, writer: BoxWrite) -> (Outcome, Instant) {
+        tokio::time::sleep_until(self.start).await;
+        let mut outcome = Outcome::new();
+        let max = self.max_reply();
+        let result = match self.config.framing {
+            Framing::Plain => {
+                let replies = ReplyBuffer::new(reader, PlainCodec::new(max));
+                self.drive(replies, writer, &mut outcome, plain_header, false)
+                    .await
+            }
+            _ if self.config.oneway => {
+                let reader = FramedRead::new(reader, Codec::new(max));
+                self.stream_oneway(reader, writer, &mut outcome).await
+            }
+            _ => {
+                let replies = ReplyBuffer::new(reader, Codec::new(max));
+                self.drive(replies, writer, &mut outcome, request_header, true)
+                    .await
+            }
+        };
+        if result.is_err() {
+            outcome.failed();
+        }
+        (outcome, Instant::now())
+    }
+
+    /// The largest reply the connection accepts: the payload size, and at least 1 MiB.
+    pub(super) fn max_reply(&self) -> usize {
+        self.config.size.max(1 << 20)
+    }
+
+    /// Checks one reply against the request it answers (`expected`: its sequence number
+    /// and the instant latency counts from); counts it in `outcome`. Returns whether it
+    /// answered a request of ours.
+    pub(super) fn check(
+        &self,
+        outcome: &mut Outcome,
+        expected: Option<(u64, Instant)>,
+        payload: Option<&[u8]>,
+        payloads: &Payloads,
+        now: Instant,
+    ) -> bool {
+        let Some((expected_seq, due)) = expected else {
+            outcome.mismatches += 1;
+            return false;
+        };
+        match payload {
+            None => outcome.errors += 1,
+            Some(payload) if !payloads.matches(expected_seq, payload) => outcome.mismatches += 1,
+            Some(_) => {
+                let in_window =
+                    due >= self.measure_from && self.until.is_none_or(|until| now <= until);
+                if in_window {
+                    outcome.requests += 1;
+                    outcome.record(now.duration_since(due));
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether to send no more: the run's time is up, or (a run of a number of requests)
+    /// `sent_measured` has reached the quota.
+    pub(super) fn stop_sending(&self, sent_measured: u64, now: Instant) -> bool {
+        match (self.until, self.quota) {
+            (Some(until), _) => now >= until,
+            (None, Some(quota)) => sent_measured >= quota,
+            (None, None) => true,
+        }
+    }
+}
