@@ -25,6 +25,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Framing};
 mod busy_poll;
+mod close;
 mod conn;
 mod ordered;
 
@@ -36,6 +37,7 @@ use crate::wire::{
     Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
     MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
+use close::{Close, LogHex};
 use conn::{Conn, Io, Outbox};
 
 /// Longest pause after an accept error that is not about one connection (out of file
@@ -45,9 +47,6 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the server waits, after the drain timeout, for connections to close once told
 /// to stop at once: they only have to drop what they hold.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
-
-/// Payload bytes shown in debug logs; longer payloads are cut with a note of their size.
-const LOG_PAYLOAD_BYTES: usize = 256;
 
 /// Serves connections from `listener` until `shutdown` completes, then drains: stops
 /// accepting, sends GOAWAY on every connection, waits up to `config.drain_timeout` for
@@ -531,36 +530,6 @@ impl<H> Shared<H> {
     }
 }
 
-/// Why a connection ended without an I/O error: the counted reason and, for limits and
-/// faults, the text that was logged (and usually sent to the peer).
-pub(crate) struct Close {
-    pub(crate) reason: CloseReason,
-    pub(crate) detail: String,
-}
-
-impl Close {
-    pub(crate) fn new(reason: CloseReason, detail: impl Into<String>) -> Close {
-        Close {
-            reason,
-            detail: detail.into(),
-        }
-    }
-
-    /// The close a decoding error calls for: an oversize frame, a frame cut short by the
-    /// peer's close, or a protocol error.
-    pub(crate) fn for_codec(err: &CodecError) -> Close {
-        let reason = match err {
-            CodecError::FrameTooLarge { .. } | CodecError::MessageTooLarge { .. } => {
-                CloseReason::FrameTooLarge
-            }
-            CodecError::Truncated { .. } => CloseReason::Truncated,
-            CodecError::Io(_) => CloseReason::IoError,
-            CodecError::BadLength { .. } | CodecError::UnknownKind { .. } => CloseReason::Protocol,
-        };
-        Close::new(reason, err.to_string())
-    }
-}
-
 /// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
 /// it, or shutdown drains it.
 async fn serve<S, H>(
@@ -597,7 +566,7 @@ where
     let close = 'conn: loop {
         if conn.out.overflowed {
             // The peer is not reading, so an ERROR would not reach it either.
-            return Ok(slow_reader(conn.out.pending(), config));
+            return Ok(Close::slow_reader(conn.out.pending(), config));
         }
         if !draining && token.is_cancelled() {
             draining = true;
@@ -982,17 +951,6 @@ impl Session {
     }
 }
 
-/// Describes the close of a connection whose peer does not read its output.
-pub(crate) fn slow_reader(pending: usize, config: &Config) -> Close {
-    Close::new(
-        CloseReason::SlowReader,
-        format!(
-            "slow reader: {pending} bytes of output unread, more than max_pending_output ({})",
-            config.max_pending_output
-        ),
-    )
-}
-
 /// Checks the client's HELLO (and its token, where the server requires one); on failure
 /// returns the ERROR code and text to send.
 fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, String)> {
@@ -1028,20 +986,4 @@ fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, Str
         }
     }
     Ok(hello)
-}
-
-/// Formats a payload as lowercase hex for debug logs, cut at `LOG_PAYLOAD_BYTES`.
-pub(crate) struct LogHex<'a>(pub(crate) &'a [u8]);
-
-impl std::fmt::Display for LogHex<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = &self.0[..self.0.len().min(LOG_PAYLOAD_BYTES)];
-        for byte in shown {
-            write!(f, "{byte:02x}")?;
-        }
-        if shown.len() < self.0.len() {
-            write!(f, "... ({} bytes)", self.0.len())?;
-        }
-        Ok(())
-    }
 }

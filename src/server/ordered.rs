@@ -19,8 +19,9 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::close::{Close, LogHex};
 use super::conn::{Conn, Io};
-use super::{slow_reader, Close, LogHex, Shared};
+use super::Shared;
 use crate::config::Framing;
 use crate::handler::{call, Finished, Handler, Request};
 use crate::stats::{CloseReason, Turn};
@@ -81,7 +82,7 @@ where
     let mut in_flight = FuturesOrdered::new();
     let close = loop {
         if conn.out.overflowed {
-            return Ok(slow_reader(conn.out.pending(), config));
+            return Ok(Close::slow_reader(conn.out.pending(), config));
         }
         draining |= token.is_cancelled();
         let enough = config.close_after > 0 && received >= config.close_after;
