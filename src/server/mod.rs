@@ -13,17 +13,18 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Framing};
+mod accept;
 mod busy_poll;
 mod close;
 mod conn;
@@ -32,17 +33,13 @@ mod ordered;
 use crate::handler::{call, Finished, Handler, Request};
 use crate::stats::{CloseReason, Stats, Tally, Turn};
 use crate::transport::tls::ServerTls;
-use crate::transport::{Accepted, Listener};
+use crate::transport::Listener;
 use crate::wire::{
     Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
     MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 use close::{Close, LogHex};
 use conn::{Conn, Io, Outbox};
-
-/// Longest pause after an accept error that is not about one connection (out of file
-/// descriptors, say). The pause doubles from 10 ms up to this.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long the server waits, after the drain timeout, for connections to close once told
 /// to stop at once: they only have to drop what they hold.
@@ -140,8 +137,6 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
-        let tls = self.tls;
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
@@ -152,77 +147,14 @@ impl<H: Handler> Server<H> {
             busy_poll::start(shared.config.busy_poll, &shared.stats, &token)
         });
 
-        tokio::pin!(shutdown);
-        let mut backoff = Duration::ZERO;
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = &mut shutdown => break,
-            };
-            let accepted = match accepted {
-                Ok(accepted) => {
-                    backoff = Duration::ZERO;
-                    accepted
-                }
-                Err(err) if is_connection_error(&err) => {
-                    debug!(cause = %err, "accept failed for one connection");
-                    continue;
-                }
-                Err(err) => {
-                    shared.stats.accept_error();
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                    error!(cause = %err, pause = ?backoff, "accept failed; pausing before the next accept");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => continue,
-                        _ = &mut shutdown => break,
-                    }
-                }
-            };
-            let admit = Admit {
-                shared: &shared,
-                limit: &limit,
-                token: &token,
-                tracker: &tracker,
-            };
-            match accepted {
-                Accepted::Tcp(stream, peer) => {
-                    // Small requests and replies must leave at once rather than wait for
-                    // Nagle's algorithm; batching is done by the connection task instead.
-                    if let Err(err) = stream.set_nodelay(true) {
-                        debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
-                    }
-                    if let Some(tls) = &tls {
-                        // A busy ERROR in plain bytes would mean nothing to a TLS client;
-                        // it is closed.
-                        let busy = |_: &[u8]| Ok(0);
-                        if let Some(permit) = admit.permit(&peer, busy) {
-                            admit.spawn_tls(stream, peer.to_string(), permit, tls.clone());
-                        }
-                        continue;
-                    }
-                    let busy = |bytes: &[u8]| stream.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(stream, peer.to_string(), permit);
-                    }
-                }
-                #[cfg(windows)]
-                Accepted::Pipe(pipe) => {
-                    let peer = "named pipe".to_owned();
-                    let busy = |bytes: &[u8]| pipe.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(pipe, peer, permit);
-                    }
-                }
-                #[cfg(unix)]
-                Accepted::Unix(stream) => {
-                    let peer = crate::transport::UnixPeer(stream.peer_cred().ok()).to_string();
-                    let busy = |bytes: &[u8]| stream.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(stream, peer, permit);
-                    }
-                }
-            }
-        }
+        let admit = accept::Admit {
+            shared: &shared,
+            limit: Arc::new(Semaphore::new(shared.config.max_connections)),
+            token: &token,
+            tracker: &tracker,
+            tls: self.tls.as_ref(),
+        };
+        accept::accept_loop(&listener, &admit, shutdown).await;
 
         drop(listener);
         token.cancel();
@@ -230,34 +162,40 @@ impl<H: Handler> Server<H> {
             // Nothing to drain there: they stop at the cancel.
             polling.wait().await;
         }
-        tracker.close();
-        if !tracker.is_empty() {
-            info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
-        }
-        if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                connections = tracker.len(),
-                "drain timeout passed; closing the remaining connections"
-            );
-            // Each connection stops at its next poll, dropping its unfinished requests
-            // (which kills their processes), and is counted as closed by the drain timeout.
-            shared.abort.cancel();
-            if tokio::time::timeout(ABORT_GRACE, tracker.wait())
-                .await
-                .is_err()
-            {
-                warn!(
-                    connections = tracker.len(),
-                    "connections still not closed after the drain timeout"
-                );
-            }
-        } else {
-            info!("shut down cleanly");
-        }
+        drain(&shared, &tracker).await;
         info!(counters = %shared.stats.snapshot(), "counters at shutdown");
+    }
+}
+
+/// Waits, once every connection was told to drain, up to `drain_timeout` for them to
+/// close; then stops the rest at once and gives them `ABORT_GRACE` to go.
+async fn drain<H>(shared: &Shared<H>, tracker: &TaskTracker) {
+    tracker.close();
+    if !tracker.is_empty() {
+        info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
+    }
+    if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
+        .await
+        .is_ok()
+    {
+        info!("shut down cleanly");
+        return;
+    }
+    warn!(
+        connections = tracker.len(),
+        "drain timeout passed; closing the remaining connections"
+    );
+    // Each connection stops at its next poll, dropping its unfinished requests (which
+    // kills their processes), and is counted as closed by the drain timeout.
+    shared.abort.cancel();
+    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tracker.len(),
+            "connections still not closed after the drain timeout"
+        );
     }
 }
 
@@ -326,170 +264,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
-    }
-}
-
-/// Errors from `accept` that concern only the connection being accepted.
-fn is_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-/// What the accept loop needs to let a connection in or turn it away.
-struct Admit<'a, H> {
-    shared: &'a Arc<Shared<H>>,
-    limit: &'a Arc<Semaphore>,
-    token: &'a CancellationToken,
-    tracker: &'a TaskTracker,
-}
-
-impl<H: Handler> Admit<'_, H> {
-    /// A connection slot, or `None` after telling the peer the server is busy.
-    ///
-    /// The busy ERROR is written without waiting (`try_write`): it is a few dozen bytes
-    /// into a fresh socket's empty send buffer, so a non-blocking write takes it whole,
-    /// and the accept loop never stalls on a rejected peer. Plain and raw framing have no
-    /// way to say why, so those peers are only closed.
-    fn permit(
-        &self,
-        peer: &dyn std::fmt::Display,
-        try_write: impl Fn(&[u8]) -> io::Result<usize>,
-    ) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.limit.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        let config = &self.shared.config;
-        self.shared.stats.rejected_busy();
-        let limit = config.max_connections;
-        info!(%peer, limit, "rejected connection: server busy");
-        if config.framing == Framing::Courier {
-            let text =
-                format!("server busy: {limit} connections, the configured limit (max_connections)");
-            let bytes = connection_error(ErrorCode::ServerBusy, &text);
-            if let Err(err) = try_write(&bytes) {
-                debug!(%peer, cause = %err, "could not send the busy ERROR");
-            }
-        }
-        None
-    }
-
-    /// Serves the connection on a task of its own, holding `permit` until it ends.
-    fn spawn<S>(&self, stream: S, peer: String, permit: OwnedSemaphorePermit)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        // The connection's future is the task itself, with no async block around it: a
-        // wrapper would keep its own copies of the stream, the permit and the handles for
-        // the connection's whole life (128 bytes more per idle connection, measured with
-        // bench/idle_memory and -Zprint-type-sizes).
-        let served = serve_connection(
-            stream,
-            self.shared.clone(),
-            self.token.clone(),
-            None,
-            Some(permit),
-        );
-        self.tracker
-            .spawn(served.instrument(info_span!("conn", %peer)));
-    }
-
-    /// As [`Admit::spawn`], after a TLS handshake bounded by `handshake_timeout`.
-    fn spawn_tls(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: String,
-        permit: OwnedSemaphorePermit,
-        tls: ServerTls,
-    ) {
-        let shared = self.shared.clone();
-        let token = self.token.clone();
-        self.tracker.spawn(
-            async move {
-                let _permit = permit;
-                let handshake = tokio::select! {
-                    done = tls_handshake(stream, &tls, &shared.config) => done,
-                    () = shared.abort.cancelled() => {
-                        shared.stats.opened();
-                        info!(reason = %CloseReason::DrainTimeout, "connection closed during its TLS handshake");
-                        shared.stats.closed(CloseReason::DrainTimeout);
-                        return;
-                    }
-                };
-                match handshake {
-                    Ok((stream, identity)) => {
-                        match &identity {
-                            Some(subject) => {
-                                info!(client = %subject, "TLS client certificate verified")
-                            }
-                            None => debug!("TLS handshake done"),
-                        }
-                        serve_connection(stream, shared, token, identity, None).await;
-                    }
-                    Err(detail) => {
-                        shared.stats.opened();
-                        info!(reason = %CloseReason::Tls, %detail, "connection closed");
-                        shared.stats.closed(CloseReason::Tls);
-                    }
-                }
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
-    }
-}
-
-/// An ERROR about the whole connection, encoded, for a peer that is about to be closed
-/// before its connection loop runs (written with a non-blocking `try_write`: a few dozen
-/// bytes into a fresh socket's empty send buffer).
-fn connection_error(code: ErrorCode, text: &str) -> BytesMut {
-    let mut bytes = BytesMut::new();
-    // Encoding a short ERROR into a BytesMut cannot fail.
-    let _ = Codec::new(0).encode(Frame::error(0, code, text), &mut bytes);
-    bytes
-}
-
-/// The server side of a TLS handshake, within `handshake_timeout`.
-///
-/// A courier client that does not speak TLS sends nothing at all (it waits for the
-/// server's HELLO), while a TLS client starts at once. So a peer that has sent nothing by
-/// the deadline is told, in a plain courier ERROR, that this port speaks TLS: a clear
-/// error instead of a silent close.
-async fn tls_handshake(
-    stream: tokio::net::TcpStream,
-    tls: &ServerTls,
-    config: &Config,
-) -> Result<
-    (
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        Option<Arc<str>>,
-    ),
-    String,
-> {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Err(_) => {
-            let text = "this port speaks TLS: connect with TLS (courier: --tls-ca)";
-            let _ = stream.try_write(&connection_error(ErrorCode::Protocol, text));
-            return Err(format!(
-                "no TLS handshake within {} (handshake_timeout): the peer sent nothing, as a plaintext courier client does; told it this port speaks TLS",
-                humantime::format_duration(config.handshake_timeout)
-            ));
-        }
-        Ok(Err(err)) => return Err(format!("before the TLS handshake: {err}")),
-        Ok(Ok(0)) => return Err("closed before the TLS handshake".into()),
-        Ok(Ok(_)) => {}
-    }
-    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-        Err(_) => Err(format!(
-            "TLS handshake not finished within {} (handshake_timeout)",
-            humantime::format_duration(config.handshake_timeout)
-        )),
-        Ok(Err(err)) => Err(format!("TLS handshake failed: {err}")),
-        Ok(Ok(done)) => Ok(done),
     }
 }
 
