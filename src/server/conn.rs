@@ -2,9 +2,9 @@
 //! bounds unwritten output, the poller that reads, writes and watches the deadlines in one
 //! place, and the graceful close.
 //!
-//! The courier protocol's loop (`server.rs`) and the plain and raw loops (`compat.rs`)
-//! differ in what they do with a message; how bytes move, when a peer is too slow, and
-//! how a connection ends are the same, and live here.
+//! The driver (`driver.rs`) runs every framing's connection on these: how bytes move,
+//! when a peer is too slow, which deadline is due and how a connection ends do not depend
+//! on what the messages mean.
 
 use std::future::{poll_fn, Future};
 use std::io;
