@@ -258,7 +258,13 @@ impl Session {
             return Step::Next;
         }
         if let Phase::Open(ids) = &mut self.phase {
-            ids.remove(&id);
+            // Most answers come inline (`Handler::ready`) and were never in the set; a
+            // removal from an empty set would still hash the id, which cost about a tenth
+            // of the server's own instructions per request (callgrind, 50 connections
+            // pipelining 16).
+            if !ids.is_empty() {
+                ids.remove(&id);
+            }
         }
         let peer_max_frame = self.peer_max_frame;
         let frame = match result {
