@@ -270,16 +270,21 @@ enum End {
 
 /// What the select in [`Driver::run`] woke for.
 enum Event<T> {
+    /// A handler call ended.
     Finished(Finished),
+    /// The poller read, wrote, or saw a deadline pass.
     Io(Io<T>),
+    /// Shutdown started (or, while draining, the drain timeout passed).
     Stop,
 }
 
 /// One connection being served: its I/O, its session and the calls it runs.
 struct Driver<'a, S, H, P: Protocol, F: Future<Output = Finished>, M> {
     shared: &'a Shared<H>,
+    /// Cancelled at shutdown: the connection drains.
     token: CancellationToken,
     conn: Conn<ReadHalf<S>, P::Codec, WriteHalf<S>, P::Codec>,
+    /// What the framing means; no I/O in it.
     session: P,
     calls: P::Calls<F>,
     /// Starts a handler call ([`call`]): a function, named here because the type of the
