@@ -2,9 +2,9 @@
 //! bounds unwritten output, the poller that reads, writes and watches the deadlines in one
 //! place, and the graceful close.
 //!
-//! The courier protocol's loop (`server.rs`) and the plain and raw loops (`compat.rs`)
-//! differ in what they do with a message; how bytes move, when a peer is too slow, and
-//! how a connection ends are the same, and live here.
+//! The driver (`driver.rs`) runs every framing's connection on these: how bytes move,
+//! when a peer is too slow, which deadline is due and how a connection ends do not depend
+//! on what the messages mean.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -20,9 +20,9 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::io::poll_write_buf;
 use tracing::{debug, error};
 
+use super::close::Deadline;
 use crate::config::Config;
-use crate::stats::CloseReason;
-use crate::wire::{CodecError, ErrorCode};
+use crate::wire::CodecError;
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.
@@ -50,54 +50,6 @@ pub(crate) enum Io<T> {
     WriteFailed(io::Error),
     /// A deadline passed.
     Deadline(Deadline),
-}
-
-/// Which deadline ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deadline {
-    /// No HELLO within `handshake_timeout`.
-    Handshake,
-    /// A frame started but not finished within `frame_timeout`.
-    Frame,
-    /// Nothing happened for `idle_timeout`.
-    Idle,
-}
-
-impl Deadline {
-    /// The reason the close is counted under.
-    pub(crate) fn reason(self) -> CloseReason {
-        match self {
-            Deadline::Handshake => CloseReason::HandshakeTimeout,
-            Deadline::Frame => CloseReason::FrameTimeout,
-            Deadline::Idle => CloseReason::IdleTimeout,
-        }
-    }
-
-    /// The ERROR code and the text that tell a peer which deadline closed its connection.
-    pub(crate) fn describe(self, config: &Config) -> (ErrorCode, String) {
-        let (code, what, setting, limit) = match self {
-            Deadline::Handshake => (
-                ErrorCode::HandshakeTimeout,
-                "handshake timeout: no HELLO within",
-                "handshake_timeout",
-                config.handshake_timeout,
-            ),
-            Deadline::Frame => (
-                ErrorCode::FrameTimeout,
-                "frame timeout: a frame was started but not finished within",
-                "frame_timeout",
-                config.frame_timeout,
-            ),
-            Deadline::Idle => (
-                ErrorCode::IdleTimeout,
-                "idle timeout: nothing received or sent for",
-                "idle_timeout",
-                config.idle_timeout,
-            ),
-        };
-        let limit = humantime::format_duration(limit);
-        (code, format!("{what} {limit} ({setting})"))
-    }
 }
 
 /// A connection's outgoing messages: encoded straight into a buffer, so queuing never

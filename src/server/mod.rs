@@ -1,53 +1,58 @@
 //! Accepting and serving connections: the accept loop, one task per connection, the
-//! limits, graceful shutdown, and the [`Handler`] trait that answers requests.
+//! limits, and graceful shutdown. What answers a request is the [`Handler`] (`handler/`).
 //!
 //! [`run`] takes an already bound listener, so tests bind port 0 and production binds the
 //! configured address. Each accepted connection gets a task (tracked by a `TaskTracker`,
-//! stopped through a `CancellationToken`) that reads frames through a `FramedRead`,
-//! runs requests concurrently (up to `max_in_flight`), and writes each reply as soon as its
-//! handler finishes, batching replies that finish together into one write.
+//! stopped through a `CancellationToken`) that reads messages, runs requests concurrently
+//! (up to `max_in_flight`), and writes each reply as soon as its handler finishes,
+//! batching replies that finish together into one write.
+//!
+//! Layout, top down:
+//! - `mod.rs`: [`Server`], [`run`], the drain at shutdown, and what connections share.
+//! - `accept.rs`: the accept loop, the `max_connections` slots, the TLS handshake.
+//! - `driver.rs`: the one connection loop of every framing, and the `Protocol` trait a
+//!   framing implements.
+//! - `session.rs`: the courier protocol as an I/O-free state machine (its tests in
+//!   `session/tests.rs`).
+//! - `ordered.rs`: plain and raw framing, the same way.
+//! - `conn.rs`: I/O plumbing: the bounded outbox, the poller with its deadlines, the
+//!   close with its linger.
+//! - `close.rs`: why a connection ends (`Close`, the deadlines), and how payloads are
+//!   logged.
+//! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
 
-use std::collections::HashSet;
-use std::future::{poll_fn, Future};
-use std::io;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Framing};
-mod busy_poll;
-mod conn;
-mod ordered;
-
-use crate::handler::{call, Finished, Handler, Request};
-use crate::stats::{CloseReason, Stats, Tally, Turn};
+use crate::handler::Handler;
+use crate::stats::{CloseReason, Stats};
 use crate::transport::tls::ServerTls;
-use crate::transport::{Accepted, Listener};
-use crate::wire::{
-    Codec, CodecError, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
-    MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
-};
-use conn::{Conn, Io, Outbox};
+use crate::transport::Listener;
+use crate::wire::{PlainCodec, RawCodec};
+use close::Close;
+use driver::drive;
+use ordered::Ordered;
+use session::Session;
 
-/// Longest pause after an accept error that is not about one connection (out of file
-/// descriptors, say). The pause doubles from 10 ms up to this.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+mod accept;
+mod busy_poll;
+mod close;
+mod conn;
+mod driver;
+mod ordered;
+mod session;
 
 /// How long the server waits, after the drain timeout, for connections to close once told
 /// to stop at once: they only have to drop what they hold.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
-
-/// Payload bytes shown in debug logs; longer payloads are cut with a note of their size.
-const LOG_PAYLOAD_BYTES: usize = 256;
 
 /// Serves connections from `listener` until `shutdown` completes, then drains: stops
 /// accepting, sends GOAWAY on every connection, waits up to `config.drain_timeout` for
@@ -141,8 +146,6 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
-        let tls = self.tls;
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
@@ -153,77 +156,14 @@ impl<H: Handler> Server<H> {
             busy_poll::start(shared.config.busy_poll, &shared.stats, &token)
         });
 
-        tokio::pin!(shutdown);
-        let mut backoff = Duration::ZERO;
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = &mut shutdown => break,
-            };
-            let accepted = match accepted {
-                Ok(accepted) => {
-                    backoff = Duration::ZERO;
-                    accepted
-                }
-                Err(err) if is_connection_error(&err) => {
-                    debug!(cause = %err, "accept failed for one connection");
-                    continue;
-                }
-                Err(err) => {
-                    shared.stats.accept_error();
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                    error!(cause = %err, pause = ?backoff, "accept failed; pausing before the next accept");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => continue,
-                        _ = &mut shutdown => break,
-                    }
-                }
-            };
-            let admit = Admit {
-                shared: &shared,
-                limit: &limit,
-                token: &token,
-                tracker: &tracker,
-            };
-            match accepted {
-                Accepted::Tcp(stream, peer) => {
-                    // Small requests and replies must leave at once rather than wait for
-                    // Nagle's algorithm; batching is done by the connection task instead.
-                    if let Err(err) = stream.set_nodelay(true) {
-                        debug!(%peer, cause = %err, "cannot set TCP_NODELAY");
-                    }
-                    if let Some(tls) = &tls {
-                        // A busy ERROR in plain bytes would mean nothing to a TLS client;
-                        // it is closed.
-                        let busy = |_: &[u8]| Ok(0);
-                        if let Some(permit) = admit.permit(&peer, busy) {
-                            admit.spawn_tls(stream, peer.to_string(), permit, tls.clone());
-                        }
-                        continue;
-                    }
-                    let busy = |bytes: &[u8]| stream.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(stream, peer.to_string(), permit);
-                    }
-                }
-                #[cfg(windows)]
-                Accepted::Pipe(pipe) => {
-                    let peer = crate::transport::PipePeer::of(&pipe).to_string();
-                    let busy = |bytes: &[u8]| pipe.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(pipe, peer, permit);
-                    }
-                }
-                #[cfg(unix)]
-                Accepted::Unix(stream) => {
-                    let peer = crate::transport::UnixPeer(stream.peer_cred().ok()).to_string();
-                    let busy = |bytes: &[u8]| stream.try_write(bytes);
-                    if let Some(permit) = admit.permit(&peer, busy) {
-                        admit.spawn(stream, peer, permit);
-                    }
-                }
-            }
-        }
+        let admit = accept::Admit {
+            shared: &shared,
+            limit: Arc::new(Semaphore::new(shared.config.max_connections)),
+            token: &token,
+            tracker: &tracker,
+            tls: self.tls.as_ref(),
+        };
+        accept::accept_loop(&listener, &admit, shutdown).await;
 
         drop(listener);
         token.cancel();
@@ -231,74 +171,96 @@ impl<H: Handler> Server<H> {
             // Nothing to drain there: they stop at the cancel.
             polling.wait().await;
         }
-        tracker.close();
-        if !tracker.is_empty() {
-            info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
-        }
-        if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                connections = tracker.len(),
-                "drain timeout passed; closing the remaining connections"
-            );
-            // Each connection stops at its next poll, dropping its unfinished requests
-            // (which kills their processes), and is counted as closed by the drain timeout.
-            shared.abort.cancel();
-            if tokio::time::timeout(ABORT_GRACE, tracker.wait())
-                .await
-                .is_err()
-            {
-                warn!(
-                    connections = tracker.len(),
-                    "connections still not closed after the drain timeout"
-                );
-            }
-        } else {
-            info!("shut down cleanly");
-        }
+        drain(&shared, &tracker).await;
         info!(counters = %shared.stats.snapshot(), "counters at shutdown");
     }
 }
 
+/// Waits, once every connection was told to drain, up to `drain_timeout` for them to
+/// close; then stops the rest at once and gives them `ABORT_GRACE` to go.
+async fn drain<H>(shared: &Shared<H>, tracker: &TaskTracker) {
+    tracker.close();
+    if !tracker.is_empty() {
+        info!(connections = tracker.len(), drain_timeout = ?shared.config.drain_timeout, "draining");
+    }
+    if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
+        .await
+        .is_ok()
+    {
+        info!("shut down cleanly");
+        return;
+    }
+    warn!(
+        connections = tracker.len(),
+        "drain timeout passed; closing the remaining connections"
+    );
+    // Each connection stops at its next poll, dropping its unfinished requests (which
+    // kills their processes), and is counted as closed by the drain timeout.
+    shared.abort.cancel();
+    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tracker.len(),
+            "connections still not closed after the drain timeout"
+        );
+    }
+}
+
 /// Serves one accepted connection to its end in the configured framing, logs why it ended
-/// (at debug for an ordinary end, at info for a limit or a fault) and counts it.
+/// (at debug for an ordinary end, at info for a limit or a fault) and counts it, once.
 ///
 /// `permit`, the connection's slot under `max_connections`, is held until the end.
-async fn serve_connection<S, H>(
+///
+/// Not an async fn: its arguments would then be kept twice for the connection's whole
+/// life (as arguments and as their bindings); this block uses each in place (24 bytes
+/// less per connection, -Zprint-type-sizes).
+#[allow(clippy::manual_async_fn)]
+fn serve_connection<S, H>(
     stream: S,
     shared: Arc<Shared<H>>,
     token: CancellationToken,
     identity: Option<Arc<str>>,
-    _permit: Option<OwnedSemaphorePermit>,
-) -> CloseReason
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = CloseReason>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    shared.stats.opened();
-    debug!("accepted");
-    let served = match shared.config.framing {
-        Framing::Courier => serve(stream, &shared, token, identity).await,
-        Framing::Plain | Framing::Raw => ordered::serve(stream, &shared, token, identity).await,
-    };
-    let reason = match served {
-        Ok(close) if close.reason.is_clean() => {
-            debug!(reason = %close.reason, "connection closed");
-            close.reason
-        }
-        Ok(close) => {
-            info!(reason = %close.reason, detail = %close.detail, "connection closed");
-            close.reason
-        }
-        Err(err) => {
-            info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
-            CloseReason::IoError
-        }
-    };
-    shared.stats.closed(reason);
-    reason
+    async move {
+        shared.stats.opened();
+        debug!("accepted");
+        let config = &shared.config;
+        let served = match config.framing {
+            Framing::Courier => drive(stream, &shared, token, Session::new(identity)).await,
+            Framing::Plain => {
+                let session = Ordered::<PlainCodec>::new(config, identity);
+                drive(stream, &shared, token, session).await
+            }
+            Framing::Raw => {
+                let session = Ordered::<RawCodec>::new(config, identity);
+                drive(stream, &shared, token, session).await
+            }
+        };
+        let reason = match served {
+            Ok(close) if close.reason.is_clean() => {
+                debug!(reason = %close.reason, "connection closed");
+                close.reason
+            }
+            Ok(close) => {
+                info!(reason = %close.reason, detail = %close.detail, "connection closed");
+                close.reason
+            }
+            Err(err) => {
+                info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
+                CloseReason::IoError
+            }
+        };
+        shared.stats.closed(reason);
+        drop(permit);
+        reason
+    }
 }
 
 /// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
@@ -327,170 +289,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
-    }
-}
-
-/// Errors from `accept` that concern only the connection being accepted.
-fn is_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-/// What the accept loop needs to let a connection in or turn it away.
-struct Admit<'a, H> {
-    shared: &'a Arc<Shared<H>>,
-    limit: &'a Arc<Semaphore>,
-    token: &'a CancellationToken,
-    tracker: &'a TaskTracker,
-}
-
-impl<H: Handler> Admit<'_, H> {
-    /// A connection slot, or `None` after telling the peer the server is busy.
-    ///
-    /// The busy ERROR is written without waiting (`try_write`): it is a few dozen bytes
-    /// into a fresh socket's empty send buffer, so a non-blocking write takes it whole,
-    /// and the accept loop never stalls on a rejected peer. Plain and raw framing have no
-    /// way to say why, so those peers are only closed.
-    fn permit(
-        &self,
-        peer: &dyn std::fmt::Display,
-        try_write: impl Fn(&[u8]) -> io::Result<usize>,
-    ) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.limit.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        let config = &self.shared.config;
-        self.shared.stats.rejected_busy();
-        let limit = config.max_connections;
-        info!(%peer, limit, "rejected connection: server busy");
-        if config.framing == Framing::Courier {
-            let text =
-                format!("server busy: {limit} connections, the configured limit (max_connections)");
-            let bytes = connection_error(ErrorCode::ServerBusy, &text);
-            if let Err(err) = try_write(&bytes) {
-                debug!(%peer, cause = %err, "could not send the busy ERROR");
-            }
-        }
-        None
-    }
-
-    /// Serves the connection on a task of its own, holding `permit` until it ends.
-    fn spawn<S>(&self, stream: S, peer: String, permit: OwnedSemaphorePermit)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        // The connection's future is the task itself, with no async block around it: a
-        // wrapper would keep its own copies of the stream, the permit and the handles for
-        // the connection's whole life (128 bytes more per idle connection, measured with
-        // bench/idle_memory and -Zprint-type-sizes).
-        let served = serve_connection(
-            stream,
-            self.shared.clone(),
-            self.token.clone(),
-            None,
-            Some(permit),
-        );
-        self.tracker
-            .spawn(served.instrument(info_span!("conn", %peer)));
-    }
-
-    /// As [`Admit::spawn`], after a TLS handshake bounded by `handshake_timeout`.
-    fn spawn_tls(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: String,
-        permit: OwnedSemaphorePermit,
-        tls: ServerTls,
-    ) {
-        let shared = self.shared.clone();
-        let token = self.token.clone();
-        self.tracker.spawn(
-            async move {
-                let _permit = permit;
-                let handshake = tokio::select! {
-                    done = tls_handshake(stream, &tls, &shared.config) => done,
-                    () = shared.abort.cancelled() => {
-                        shared.stats.opened();
-                        info!(reason = %CloseReason::DrainTimeout, "connection closed during its TLS handshake");
-                        shared.stats.closed(CloseReason::DrainTimeout);
-                        return;
-                    }
-                };
-                match handshake {
-                    Ok((stream, identity)) => {
-                        match &identity {
-                            Some(subject) => {
-                                info!(client = %subject, "TLS client certificate verified")
-                            }
-                            None => debug!("TLS handshake done"),
-                        }
-                        serve_connection(stream, shared, token, identity, None).await;
-                    }
-                    Err(detail) => {
-                        shared.stats.opened();
-                        info!(reason = %CloseReason::Tls, %detail, "connection closed");
-                        shared.stats.closed(CloseReason::Tls);
-                    }
-                }
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
-    }
-}
-
-/// An ERROR about the whole connection, encoded, for a peer that is about to be closed
-/// before its connection loop runs (written with a non-blocking `try_write`: a few dozen
-/// bytes into a fresh socket's empty send buffer).
-fn connection_error(code: ErrorCode, text: &str) -> BytesMut {
-    let mut bytes = BytesMut::new();
-    // Encoding a short ERROR into a BytesMut cannot fail.
-    let _ = Codec::new(0).encode(Frame::error(0, code, text), &mut bytes);
-    bytes
-}
-
-/// The server side of a TLS handshake, within `handshake_timeout`.
-///
-/// A courier client that does not speak TLS sends nothing at all (it waits for the
-/// server's HELLO), while a TLS client starts at once. So a peer that has sent nothing by
-/// the deadline is told, in a plain courier ERROR, that this port speaks TLS: a clear
-/// error instead of a silent close.
-async fn tls_handshake(
-    stream: tokio::net::TcpStream,
-    tls: &ServerTls,
-    config: &Config,
-) -> Result<
-    (
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        Option<Arc<str>>,
-    ),
-    String,
-> {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Err(_) => {
-            let text = "this port speaks TLS: connect with TLS (courier: --tls-ca)";
-            let _ = stream.try_write(&connection_error(ErrorCode::Protocol, text));
-            return Err(format!(
-                "no TLS handshake within {} (handshake_timeout): the peer sent nothing, as a plaintext courier client does; told it this port speaks TLS",
-                humantime::format_duration(config.handshake_timeout)
-            ));
-        }
-        Ok(Err(err)) => return Err(format!("before the TLS handshake: {err}")),
-        Ok(Ok(0)) => return Err("closed before the TLS handshake".into()),
-        Ok(Ok(_)) => {}
-    }
-    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-        Err(_) => Err(format!(
-            "TLS handshake not finished within {} (handshake_timeout)",
-            humantime::format_duration(config.handshake_timeout)
-        )),
-        Ok(Err(err)) => Err(format!("TLS handshake failed: {err}")),
-        Ok(Ok(done)) => Ok(done),
     }
 }
 
@@ -528,520 +326,5 @@ impl<H> Shared<H> {
                 humantime::format_duration(self.config.drain_timeout)
             ),
         )
-    }
-}
-
-/// Why a connection ended without an I/O error: the counted reason and, for limits and
-/// faults, the text that was logged (and usually sent to the peer).
-pub(crate) struct Close {
-    pub(crate) reason: CloseReason,
-    pub(crate) detail: String,
-}
-
-impl Close {
-    pub(crate) fn new(reason: CloseReason, detail: impl Into<String>) -> Close {
-        Close {
-            reason,
-            detail: detail.into(),
-        }
-    }
-
-    /// The close a decoding error calls for: an oversize frame, a frame cut short by the
-    /// peer's close, or a protocol error.
-    pub(crate) fn for_codec(err: &CodecError) -> Close {
-        let reason = match err {
-            CodecError::FrameTooLarge { .. } | CodecError::MessageTooLarge { .. } => {
-                CloseReason::FrameTooLarge
-            }
-            CodecError::Truncated { .. } => CloseReason::Truncated,
-            CodecError::Io(_) => CloseReason::IoError,
-            CodecError::BadLength { .. } | CodecError::UnknownKind { .. } => CloseReason::Protocol,
-        };
-        Close::new(reason, err.to_string())
-    }
-}
-
-/// Serves one courier-protocol connection until the peer leaves, a limit or rule closes
-/// it, or shutdown drains it.
-async fn serve<S, H>(
-    stream: S,
-    shared: &Shared<H>,
-    token: CancellationToken,
-    identity: Option<Arc<str>>,
-) -> io::Result<Close>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler,
-{
-    let config = &shared.config;
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut conn = Conn::new(
-        read_half,
-        Codec::new(MAX_HELLO_PAYLOAD),
-        write_half,
-        Codec::new(0),
-        config,
-        true,
-    );
-    let hello = Hello::new(u32::try_from(config.max_frame).unwrap_or(u32::MAX));
-    conn.out.push(Frame::hello(&hello));
-
-    let mut session = Session {
-        identity,
-        peer_max_frame: MAX_HELLO_PAYLOAD,
-        ..Session::default()
-    };
-    let mut draining = false;
-    let mut in_flight = InFlight::default();
-
-    let close = 'conn: loop {
-        if conn.out.overflowed {
-            // The peer is not reading, so an ERROR would not reach it either.
-            return Ok(slow_reader(conn.out.pending(), config));
-        }
-        if !draining && token.is_cancelled() {
-            draining = true;
-            debug!(last_id = session.last_id, "draining: sending GOAWAY");
-            conn.out.push(Frame::goaway(session.last_id));
-        }
-        if (session.peer_done || draining) && in_flight.is_empty() && conn.out.pending() == 0 {
-            break Close::new(
-                if draining {
-                    CloseReason::Drained
-                } else {
-                    CloseReason::PeerClosed
-                },
-                "",
-            );
-        }
-        let can_read = !session.peer_done && !draining && in_flight.len() < config.max_in_flight;
-        let idle = in_flight.is_empty();
-
-        // The shutdown branch comes last: it only needs to wake an idle connection, and
-        // polling it first would cost every busy iteration a wasted registration.
-        let event = tokio::select! {
-            biased;
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let mut turn = Turn::new(&shared.stats);
-                session.finish(finished, &mut conn.out, &mut turn.tally);
-                continue;
-            }
-            event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
-            () = shared.stop_signal(&token, draining) => {
-                if draining {
-                    // No linger: the drain is over.
-                    return Ok(shared.aborted());
-                }
-                continue;
-            }
-        };
-
-        let first = match event {
-            Io::Flushed => {
-                conn.flushed();
-                continue;
-            }
-            Io::WriteFailed(err) => return Err(err),
-            Io::Read(None) => {
-                debug!("peer finished sending");
-                session.peer_done = true;
-                continue;
-            }
-            Io::Deadline(which) => {
-                let (code, reason) = which.describe(config);
-                conn.out.push(session.error(0, code, &reason));
-                break Close::new(which.reason(), reason);
-            }
-            Io::Read(Some(item)) => item,
-        };
-        // Handle this frame and every further one already in the read buffer, so that a
-        // pipelined batch costs one turn of the loop, not one per frame.
-        let mut turn = Turn::new(&shared.stats);
-        let mut next = Some(first);
-        while let Some(item) = next {
-            let frame = match item {
-                Ok(frame) => frame,
-                Err(CodecError::Io(err))
-                    if err.kind() == io::ErrorKind::UnexpectedEof
-                        && conn.reader.read_buffer().is_empty() =>
-                {
-                    // A TLS peer that closed between frames without a close_notify: as
-                    // far as the protocol goes, an orderly end.
-                    debug!(cause = %err, "peer finished sending");
-                    session.peer_done = true;
-                    break;
-                }
-                Err(CodecError::Io(err)) => return Err(err),
-                Err(err) => {
-                    let close = Close::for_codec(&err);
-                    if let Some(code) = err.error_code() {
-                        // Id 0: this ERROR closes the connection.
-                        conn.out.push(session.error(0, code, &close.detail));
-                    }
-                    break 'conn close;
-                }
-            };
-            match session.on_frame(frame, &mut conn, config, &mut turn.tally) {
-                Action::Nothing => {}
-                Action::Close(close) => break 'conn close,
-                Action::Stats(id) => {
-                    turn.flush();
-                    let snapshot = shared.stats.snapshot();
-                    // Serializing plain integers and strings cannot fail.
-                    let json = serde_json::to_vec(&snapshot).unwrap_or_default();
-                    conn.out
-                        .push(session.fitting(Frame::reply(id, Bytes::from(json))));
-                }
-                Action::Dispatch(request) => {
-                    if let Some(result) = shared.handler.ready(&request) {
-                        session.finish(
-                            Finished {
-                                id: request.id,
-                                oneway: request.oneway,
-                                result,
-                            },
-                            &mut conn.out,
-                            &mut turn.tally,
-                        );
-                    } else {
-                        if !request.oneway {
-                            session.ids.insert(request.id);
-                        }
-                        in_flight.push(call(&shared.handler, request));
-                    }
-                }
-            }
-            if session.peer_done || in_flight.len() >= config.max_in_flight {
-                break;
-            }
-            let mut decoder = conn.reader.decoder().clone();
-            next = decoder.decode(conn.reader.read_buffer_mut()).transpose();
-        }
-        conn.received();
-    };
-
-    // Requests still in flight here belong to a connection closed for a protocol error or
-    // a limit; they are dropped with it.
-    drop(in_flight);
-    conn.close().await;
-    Ok(close)
-}
-
-/// Requests whose handlers are still running. The set is created on first use: handlers
-/// that answer inline (`Handler::ready`) never need it, and an idle connection then holds
-/// no memory for it.
-struct InFlight<F>(Option<FuturesUnordered<F>>);
-
-impl<F> Default for InFlight<F> {
-    fn default() -> Self {
-        InFlight(None)
-    }
-}
-
-impl<F: Future> InFlight<F> {
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesUnordered::len)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn push(&mut self, future: F) {
-        self.0
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(future);
-    }
-
-    /// The next result; `None` when nothing runs (callers poll only while something does).
-    async fn next(&mut self) -> Option<F::Output> {
-        match &mut self.0 {
-            Some(set) => set.next().await,
-            None => None,
-        }
-    }
-}
-
-/// The protocol state of one courier connection.
-#[derive(Default)]
-struct Session {
-    handshaken: bool,
-    /// The largest payload the client accepts: from its HELLO, and the HELLO limit
-    /// until then. Nothing the server sends is larger (ERROR texts are cut to fit).
-    peer_max_frame: usize,
-    /// The client sent EOF or GOAWAY: no more frames will come.
-    peer_done: bool,
-    /// Id of the last REQUEST received (for GOAWAY).
-    last_id: u32,
-    /// Ids of requests being handled, to refuse duplicates.
-    ids: HashSet<u32>,
-    /// The verified TLS client certificate's subject, for handlers.
-    identity: Option<Arc<str>>,
-}
-
-/// What the connection loop does after a frame.
-enum Action {
-    Nothing,
-    Dispatch(Request),
-    /// Answer a STATS frame with this id.
-    Stats(u32),
-    Close(Close),
-}
-
-impl Session {
-    /// An ERROR whose text is cut so that the frame fits the client's max_frame.
-    fn error(&self, id: u32, code: ErrorCode, text: &str) -> Frame {
-        Frame::error_fitting(id, code, text, self.peer_max_frame)
-    }
-
-    /// `frame` if its payload fits the client's max_frame; otherwise an ERROR 4 for its
-    /// id saying so (a PONG echoing a large PING, the STATS reply).
-    fn fitting(&self, frame: Frame) -> Frame {
-        let max = self.peer_max_frame;
-        if frame.payload.len() <= max {
-            return frame;
-        }
-        let text = format!(
-            "frame too large: the {} would be {} bytes, the client's max_frame is {max} bytes",
-            frame.kind,
-            frame.payload.len()
-        );
-        self.error(frame.id, ErrorCode::FrameTooLarge, &text)
-    }
-
-    /// Applies one frame from the client; replies that need no handler are queued here.
-    fn on_frame<R, W>(
-        &mut self,
-        frame: Frame,
-        conn: &mut Conn<R, Codec, W, Codec>,
-        config: &Config,
-        tally: &mut Tally,
-    ) -> Action
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let out = &mut conn.out;
-        if !self.handshaken {
-            return match accept_hello(&frame, config) {
-                Ok(hello) if (hello.max_frame as usize) < MIN_MAX_FRAME => {
-                    self.peer_max_frame = hello.max_frame as usize;
-                    let reason = format!(
-                        "malformed body: the HELLO announces max_frame {}, below the minimum of {MIN_MAX_FRAME} bytes",
-                        hello.max_frame
-                    );
-                    out.push(self.error(0, ErrorCode::MalformedBody, &reason));
-                    Action::Close(Close::new(CloseReason::Protocol, reason))
-                }
-                Ok(hello) => {
-                    self.handshaken = true;
-                    conn.handshake_done();
-                    self.peer_max_frame = hello.max_frame as usize;
-                    conn.reader.decoder_mut().set_max_payload(config.max_frame);
-                    debug!(
-                        version = hello.version,
-                        max_frame = hello.max_frame,
-                        "handshake done"
-                    );
-                    Action::Nothing
-                }
-                Err((code, reason)) => {
-                    out.push(self.error(0, code, &reason));
-                    let why = if code == ErrorCode::AuthFailed {
-                        CloseReason::AuthFailed
-                    } else {
-                        CloseReason::Protocol
-                    };
-                    Action::Close(Close::new(why, reason))
-                }
-            };
-        }
-        match frame.kind {
-            Kind::Request | Kind::Oneway => {
-                let oneway = frame.kind == Kind::Oneway;
-                if !oneway {
-                    if frame.id == 0 {
-                        return self.id_zero(frame.kind, out);
-                    }
-                    if self.ids.contains(&frame.id) {
-                        debug!(id = frame.id, "duplicate request id");
-                        tally.protocol_errors += 1;
-                        tally.errors += 1;
-                        let text = format!(
-                            "duplicate request id {}: a request with this id is still in flight",
-                            frame.id
-                        );
-                        out.push(self.error(frame.id, ErrorCode::DuplicateId, &text));
-                        return Action::Nothing;
-                    }
-                    self.last_id = frame.id;
-                    tally.requests += 1;
-                } else {
-                    tally.oneway += 1;
-                }
-                debug!(
-                    id = frame.id,
-                    kind = %frame.kind,
-                    len = frame.payload.len(),
-                    payload = %LogHex(&frame.payload),
-                    "received"
-                );
-                Action::Dispatch(Request {
-                    id: frame.id,
-                    payload: frame.payload,
-                    oneway,
-                    peer_identity: self.identity.clone(),
-                })
-            }
-            Kind::Ping => {
-                tally.pings += 1;
-                out.push(self.fitting(Frame::new(Kind::Pong, frame.id, frame.payload)));
-                Action::Nothing
-            }
-            Kind::Stats if frame.id == 0 => self.id_zero(frame.kind, out),
-            Kind::Stats => Action::Stats(frame.id),
-            Kind::Pong => Action::Nothing,
-            Kind::GoAway => {
-                debug!("peer sent GOAWAY: finishing its requests");
-                self.peer_done = true;
-                Action::Nothing
-            }
-            Kind::Error => {
-                let body = crate::wire::ErrorBody::parse(&frame.payload);
-                warn!(?body, "peer sent ERROR; closing");
-                Action::Close(Close::new(CloseReason::PeerError, "peer sent ERROR"))
-            }
-            Kind::Hello | Kind::Reply => {
-                let reason = format!(
-                    "protocol error: a client does not send {} (id {}) after the handshake",
-                    frame.kind, frame.id
-                );
-                // Id 0, whatever the frame's: this ERROR closes the connection.
-                out.push(self.error(0, ErrorCode::Protocol, &reason));
-                Action::Close(Close::new(CloseReason::Protocol, reason))
-            }
-        }
-    }
-
-    /// Queues the outcome of a finished handler call.
-    fn finish<W: AsyncWrite + Unpin>(
-        &mut self,
-        Finished { id, oneway, result }: Finished,
-        out: &mut Outbox<W, Codec>,
-        tally: &mut Tally,
-    ) {
-        let peer_max_frame = self.peer_max_frame;
-        if oneway {
-            if let Err(err) = result {
-                warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
-            }
-            return;
-        }
-        self.ids.remove(&id);
-        let frame = match result {
-            Ok(payload) if payload.len() > peer_max_frame => {
-                warn!(
-                    id,
-                    len = payload.len(),
-                    peer_max_frame,
-                    "reply larger than the client accepts"
-                );
-                tally.errors += 1;
-                self.error(
-                    id,
-                    ErrorCode::FrameTooLarge,
-                    &format!(
-                        "frame too large: the reply is {} bytes, the client's max_frame is {peer_max_frame} bytes",
-                        payload.len()
-                    ),
-                )
-            }
-            Ok(payload) => {
-                debug!(id, len = payload.len(), payload = %LogHex(&payload), "reply");
-                tally.replies += 1;
-                Frame::reply(id, payload)
-            }
-            Err(err) => {
-                debug!(id, code = %err.code, message = %err.message, "handler failed");
-                tally.errors += 1;
-                self.error(id, err.code, &err.message)
-            }
-        };
-        out.push(frame);
-    }
-}
-
-impl Session {
-    /// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an
-    /// answer to it would be taken for one about the whole connection).
-    fn id_zero<W: AsyncWrite + Unpin>(&self, kind: Kind, out: &mut Outbox<W, Codec>) -> Action {
-        let reason =
-            format!("protocol error: {kind} with id 0; id 0 is reserved for the connection");
-        out.push(self.error(0, ErrorCode::Protocol, &reason));
-        Action::Close(Close::new(CloseReason::Protocol, reason))
-    }
-}
-
-/// Describes the close of a connection whose peer does not read its output.
-pub(crate) fn slow_reader(pending: usize, config: &Config) -> Close {
-    Close::new(
-        CloseReason::SlowReader,
-        format!(
-            "slow reader: {pending} bytes of output unread, more than max_pending_output ({})",
-            config.max_pending_output
-        ),
-    )
-}
-
-/// Checks the client's HELLO (and its token, where the server requires one); on failure
-/// returns the ERROR code and text to send.
-fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, String)> {
-    if frame.kind != Kind::Hello {
-        return Err((
-            ErrorCode::Protocol,
-            format!(
-                "protocol error: expected HELLO as the first frame, got {}",
-                frame.kind
-            ),
-        ));
-    }
-    let hello = Hello::parse(&frame.payload).map_err(|err| match err {
-        HelloError::BadMagic { .. } => (ErrorCode::BadMagic, err.to_string()),
-        HelloError::Malformed(_) => (ErrorCode::MalformedBody, err.to_string()),
-    })?;
-    if hello.version != PROTOCOL_VERSION {
-        return Err((
-            ErrorCode::UnsupportedVersion,
-            format!(
-                "unsupported version: the client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}",
-                hello.version
-            ),
-        ));
-    }
-    if let Some(token) = &config.auth_token {
-        let offered = hello
-            .field(HELLO_AUTH_TOKEN)
-            .map_or(&[][..], |value| &value[..]);
-        if !token.matches(offered) {
-            // The same text whether the token was missing or wrong.
-            return Err((ErrorCode::AuthFailed, "authentication failed".into()));
-        }
-    }
-    Ok(hello)
-}
-
-/// Formats a payload as lowercase hex for debug logs, cut at `LOG_PAYLOAD_BYTES`.
-pub(crate) struct LogHex<'a>(pub(crate) &'a [u8]);
-
-impl std::fmt::Display for LogHex<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = &self.0[..self.0.len().min(LOG_PAYLOAD_BYTES)];
-        for byte in shown {
-            write!(f, "{byte:02x}")?;
-        }
-        if shown.len() < self.0.len() {
-            write!(f, "... ({} bytes)", self.0.len())?;
-        }
-        Ok(())
     }
 }

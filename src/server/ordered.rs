@@ -1,169 +1,343 @@
-//! Talking to programs that were not written with courier: plain framing (a 4-byte length
-//! and the payload) and raw framing (no framing at all), on the server side and the
-//! client side.
+//! The server side of plain framing (a 4-byte length and the payload) and raw framing (no
+//! framing at all), for programs that were not written with courier, as an I/O-free
+//! session the driver (`driver.rs`) runs.
 //!
 //! Both framings have no request ids, no handshake and no ERROR frames, so replies go back
-//! in request order, and a failure the protocol cannot express (a handler error, a limit)
-//! closes the connection with a log line that says why. The limits, deadlines and shutdown
-//! are the server's usual ones (`connection.rs`).
+//! in request order (the driver's `InOrder` calls), and a failure the framing cannot
+//! express (a handler error, a limit) closes the connection with a log line that says
+//! why. The limits, deadlines and shutdown are the server's usual ones.
 
-use std::future::poll_fn;
-use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::conn::{Conn, Io};
-use super::{slow_reader, Close, LogHex, Shared};
-use crate::config::Framing;
-use crate::handler::{call, Finished, Handler, Request};
-use crate::stats::{CloseReason, Turn};
-use crate::wire::{CodecError, PlainCodec, RawCodec};
+use super::close::{Close, LogHex};
+use super::driver::{Ctx, InOrder, Protocol, Step};
+use crate::config::{Config, Framing};
+use crate::handler::{Finished, HandlerError, Request};
+use crate::stats::CloseReason;
+use crate::wire::{CodecError, ErrorCode, PlainCodec, RawCodec};
 
-/// Serves one connection in plain or raw framing (`shared.config.framing`).
-pub(crate) async fn serve<S, H>(
-    stream: S,
-    shared: &Shared<H>,
-    token: CancellationToken,
-    identity: Option<Arc<str>>,
-) -> io::Result<Close>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler,
+/// A codec for messages without ids: plain or raw framing.
+pub(crate) trait Chunks:
+    Decoder<Item = Bytes, Error = CodecError> + Encoder<Bytes, Error = CodecError> + Clone
 {
-    match shared.config.framing {
-        Framing::Raw => serve_ordered(stream, shared, token, RawCodec, identity).await,
-        _ => {
-            serve_ordered(
-                stream,
-                shared,
-                token,
-                PlainCodec::new(shared.config.max_frame),
-                identity,
-            )
-            .await
-        }
+    /// The framing this codec speaks.
+    const FRAMING: Framing;
+
+    /// The codec for `config`.
+    fn new(config: &Config) -> Self;
+}
+
+impl Chunks for PlainCodec {
+    const FRAMING: Framing = Framing::Plain;
+
+    fn new(config: &Config) -> PlainCodec {
+        PlainCodec::new(config.max_frame)
     }
 }
 
-/// The connection loop of both framings: read messages, run them through the handler
-/// concurrently (up to `max_in_flight`), and write the replies in request order.
-async fn serve_ordered<S, H, C>(
-    stream: S,
-    shared: &Shared<H>,
-    token: CancellationToken,
-    codec: C,
+impl Chunks for RawCodec {
+    const FRAMING: Framing = Framing::Raw;
+
+    fn new(_: &Config) -> RawCodec {
+        RawCodec
+    }
+}
+
+/// Where a plain or raw connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Messages are read and dispatched.
+    Open,
+    /// The peer finished sending; its messages are answered, then the connection closes.
+    PeerDone,
+    /// The server is shutting down: nothing more is read; the messages received are
+    /// answered, then the connection closes.
+    Draining,
+    /// A handler failed, which these framings cannot say: the connection closes.
+    Closed,
+}
+
+/// The state of one plain or raw connection, in codec `C`'s framing.
+#[derive(Debug)]
+pub(crate) struct Ordered<C> {
+    phase: Phase,
+    /// Messages received so far; the n-th gets request id n.
+    received: u64,
+    /// Close once this many messages are received and answered (0: never).
+    close_after: u64,
+    /// The verified TLS client certificate's subject, for handlers.
     identity: Option<Arc<str>>,
-) -> io::Result<Close>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-    H: Handler,
-    C: Decoder<Item = Bytes, Error = CodecError> + Encoder<Bytes, Error = CodecError> + Clone,
-{
-    let config = &shared.config;
-    let raw = config.framing == Framing::Raw;
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut conn = Conn::new(read_half, codec.clone(), write_half, codec, config, false);
-    // Validated when the config was loaded.
-    if let Ok(Some(greeting)) = config.greeting() {
-        conn.out.push(greeting);
+    codec: PhantomData<fn() -> C>,
+}
+
+impl<C: Chunks> Ordered<C> {
+    /// A session for a peer with this TLS identity.
+    pub(crate) fn new(config: &Config, identity: Option<Arc<str>>) -> Ordered<C> {
+        Ordered {
+            phase: Phase::Open,
+            received: 0,
+            close_after: config.close_after,
+            identity,
+            codec: PhantomData,
+        }
     }
 
-    let mut received: u64 = 0;
-    let mut draining = false;
-    let mut peer_done = false;
-    let mut in_flight = FuturesOrdered::new();
-    let close = loop {
-        if conn.out.overflowed {
-            return Ok(slow_reader(conn.out.pending(), config));
-        }
-        draining |= token.is_cancelled();
-        let enough = config.close_after > 0 && received >= config.close_after;
-        if (peer_done || draining || enough) && in_flight.is_empty() && conn.out.pending() == 0 {
-            let reason = if enough {
-                CloseReason::CloseAfter
-            } else if draining {
-                CloseReason::Drained
-            } else {
-                CloseReason::PeerClosed
-            };
-            break Close::new(reason, "");
-        }
-        let can_read = !peer_done && !draining && !enough && in_flight.len() < config.max_in_flight;
-        let idle = in_flight.is_empty();
+    /// Whether `close_after` messages have come.
+    fn enough(&self) -> bool {
+        self.close_after > 0 && self.received >= self.close_after
+    }
 
-        let event = tokio::select! {
-            biased;
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let Finished { result, .. } = finished;
-                match result {
-                    // In raw framing an empty reply is no reply at all.
-                    Ok(reply) if raw && reply.is_empty() => {}
-                    Ok(reply) => {
-                        Turn::new(&shared.stats).tally.replies += 1;
-                        conn.out.push(reply);
-                    }
-                    Err(err) => {
-                        let reason = format!(
-                            "handler failed ({}): {}; {:?} framing cannot report errors, so the connection is closed",
-                            err.code, err.message, config.framing
-                        );
-                        break Close::new(CloseReason::HandlerFailed, reason);
-                    }
-                }
-                continue;
-            }
-            event = poll_fn(|cx| conn.poll_io(cx, can_read, idle)) => event,
-            // Last, as in the courier loop: it only needs to wake an idle connection.
-            () = shared.stop_signal(&token, draining) => {
-                if draining {
-                    return Ok(shared.aborted());
-                }
-                continue;
-            }
-        };
+    fn raw() -> bool {
+        C::FRAMING == Framing::Raw
+    }
+}
 
-        let payload = match event {
-            Io::Flushed => {
-                conn.flushed();
-                continue;
-            }
-            Io::WriteFailed(err) => return Err(err),
-            Io::Read(None) => {
-                peer_done = true;
-                continue;
-            }
-            // I/O failures and EOF mid-message are reported as connection errors, as in
-            // the courier loop; the rest are limits the peer broke.
-            Io::Read(Some(Err(CodecError::Io(err)))) => return Err(err),
-            Io::Read(Some(Err(err))) => break Close::for_codec(&err),
-            Io::Deadline(which) => break Close::new(which.reason(), which.describe(config).1),
-            Io::Read(Some(Ok(payload))) => payload,
-        };
-        conn.received();
-        received += 1;
-        Turn::new(&shared.stats).tally.requests += 1;
-        if raw {
+impl<C: Chunks> Protocol for Ordered<C> {
+    type Codec = C;
+    type Out = Bytes;
+    type Calls<F: std::future::Future<Output = Finished>> = InOrder<F>;
+    const HANDSHAKE: bool = false;
+
+    fn codec(config: &Config) -> C {
+        C::new(config)
+    }
+
+    /// Never called: there is no handshake.
+    fn handshaken(_: &mut C, _: usize) {}
+
+    fn greeting(&mut self, config: &Config) -> Option<Bytes> {
+        // Validated when the config was loaded.
+        config.greeting().ok().flatten()
+    }
+
+    fn on_input<R>(&mut self, payload: Bytes, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Bytes>
+    where
+        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+    {
+        if self.phase != Phase::Open || self.enough() {
+            // Not read: the connection stopped reading before it.
+            return Step::Next;
+        }
+        self.received += 1;
+        ctx.turn.tally.requests += 1;
+        if Self::raw() {
             info!(len = payload.len(), data = %LogHex(&payload), "received");
         } else {
             debug!(len = payload.len(), payload = %LogHex(&payload), "received");
         }
         let request = Request {
-            id: received as u32,
+            // Ids only tell messages apart in the logs and in the handler; wrapping after
+            // 2^32 messages does no harm.
+            id: self.received as u32,
             payload,
             oneway: false,
-            peer_identity: identity.clone(),
+            peer_identity: self.identity.clone(),
         };
-        in_flight.push_back(call(&shared.handler, request));
-    };
+        match ready(&request) {
+            Some(result) => {
+                let finished = Finished {
+                    id: request.id,
+                    oneway: false,
+                    result,
+                };
+                self.on_finished(finished, ctx)
+            }
+            None => Step::Dispatch(request),
+        }
+    }
 
-    drop(in_flight);
-    conn.close().await;
-    Ok(close)
+    fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Bytes> {
+        match finished.result {
+            // In raw framing an empty reply is no reply at all.
+            Ok(reply) if Self::raw() && reply.is_empty() => Step::Next,
+            Ok(reply) => {
+                ctx.turn.tally.replies += 1;
+                Step::Send(reply)
+            }
+            Err(err) => {
+                self.phase = Phase::Closed;
+                let detail = format!(
+                    "handler failed ({}): {}; {:?} framing cannot report errors, so the connection is closed",
+                    err.code, err.message, C::FRAMING
+                );
+                Step::Close {
+                    last: None,
+                    close: Close::new(CloseReason::HandlerFailed, detail),
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::PeerDone;
+        }
+    }
+
+    /// Nothing to send: these framings cannot say the server is going.
+    fn drain(&mut self) -> Option<Bytes> {
+        if matches!(self.phase, Phase::Open | Phase::PeerDone) {
+            self.phase = Phase::Draining;
+        }
+        None
+    }
+
+    fn settled(&self) -> Option<CloseReason> {
+        if self.enough() {
+            return Some(CloseReason::CloseAfter);
+        }
+        match self.phase {
+            Phase::Open | Phase::Closed => None,
+            Phase::PeerDone => Some(CloseReason::PeerClosed),
+            Phase::Draining => Some(CloseReason::Drained),
+        }
+    }
+
+    /// Nothing: these framings have no way to say why.
+    fn goodbye(&self, _: ErrorCode, _: &str) -> Option<Bytes> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Stats, Turn};
+
+    /// Feeds one message to `session` and returns its step.
+    fn feed<C: Chunks>(
+        session: &mut Ordered<C>,
+        config: &Config,
+        stats: &Stats,
+        payload: &'static str,
+        ready: Option<&'static str>,
+    ) -> Step<Bytes> {
+        let mut turn = Turn::new(stats);
+        let mut ctx = Ctx {
+            config,
+            turn: &mut turn,
+            stats,
+        };
+        session.on_input(Bytes::from(payload), &mut ctx, |_| {
+            ready.map(|reply| Ok(Bytes::from(reply)))
+        })
+    }
+
+    fn finish<C: Chunks>(
+        session: &mut Ordered<C>,
+        config: &Config,
+        stats: &Stats,
+        result: Result<Bytes, HandlerError>,
+    ) -> Step<Bytes> {
+        let mut turn = Turn::new(stats);
+        let mut ctx = Ctx {
+            config,
+            turn: &mut turn,
+            stats,
+        };
+        let finished = Finished {
+            id: 1,
+            oneway: false,
+            result,
+        };
+        session.on_finished(finished, &mut ctx)
+    }
+
+    #[test]
+    fn messages_get_ids_counting_up_from_1() {
+        let (config, stats) = (Config::default(), Stats::new());
+        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        for expected in 1..=3 {
+            match feed(&mut session, &config, &stats, "m", None) {
+                Step::Dispatch(request) => assert_eq!(request.id, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(stats.snapshot().requests, 3);
+    }
+
+    #[test]
+    fn a_ready_answer_is_sent_at_once() {
+        let (config, stats) = (Config::default(), Stats::new());
+        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        match feed(&mut session, &config, &stats, "m", Some("r")) {
+            Step::Send(reply) => assert_eq!(reply, "r"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn close_after_settles_once_that_many_messages_came_and_reads_no_more() {
+        let config = Config {
+            close_after: 2,
+            ..Config::default()
+        };
+        let stats = Stats::new();
+        let mut session = Ordered::<RawCodec>::new(&config, None);
+        feed(&mut session, &config, &stats, "a", None);
+        assert_eq!(session.settled(), None);
+        feed(&mut session, &config, &stats, "b", None);
+        assert_eq!(session.settled(), Some(CloseReason::CloseAfter));
+        assert!(matches!(
+            feed(&mut session, &config, &stats, "c", None),
+            Step::Next
+        ));
+        // close_after wins over a drain that starts afterwards, as it always did.
+        assert_eq!(session.drain(), None);
+        assert_eq!(session.settled(), Some(CloseReason::CloseAfter));
+    }
+
+    #[test]
+    fn an_empty_raw_reply_sends_nothing_but_an_empty_plain_reply_is_a_message() {
+        let (config, stats) = (Config::default(), Stats::new());
+        let mut raw = Ordered::<RawCodec>::new(&config, None);
+        assert!(matches!(
+            finish(&mut raw, &config, &stats, Ok(Bytes::new())),
+            Step::Next
+        ));
+        let mut plain = Ordered::<PlainCodec>::new(&config, None);
+        assert!(matches!(
+            finish(&mut plain, &config, &stats, Ok(Bytes::new())),
+            Step::Send(reply) if reply.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_handler_failure_closes_the_connection_saying_why_in_the_log_only() {
+        let (config, stats) = (Config::default(), Stats::new());
+        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        match finish(
+            &mut session,
+            &config,
+            &stats,
+            Err(HandlerError::new("boom")),
+        ) {
+            Step::Close { last: None, close } => {
+                assert_eq!(close.reason, CloseReason::HandlerFailed);
+                assert!(close.detail.contains("boom"), "{}", close.detail);
+                assert!(close.detail.contains("Plain framing"), "{}", close.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eof_then_drain_ends_as_drained_and_nothing_more_is_read() {
+        let (config, stats) = (Config::default(), Stats::new());
+        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        session.on_eof();
+        assert_eq!(session.settled(), Some(CloseReason::PeerClosed));
+        assert_eq!(session.drain(), None);
+        assert_eq!(session.settled(), Some(CloseReason::Drained));
+        assert!(matches!(
+            feed(&mut session, &config, &stats, "late", None),
+            Step::Next
+        ));
+        assert_eq!(session.goodbye(ErrorCode::IdleTimeout, "idle"), None);
+    }
 }

@@ -1,0 +1,473 @@
+//! One connection loop for every framing, as hyper splits `proto::h1::conn` (the state)
+//! from `dispatch` (the loop that drives the socket).
+//!
+//! What a framing means lives in a [`Protocol`]: the courier [`Session`](super::session)
+//! and the plain and raw [`Ordered`](super::ordered) session. They take inputs (a decoded
+//! message, a finished handler call, the peer's end, the start of a drain) and return a
+//! [`Step`] without touching a socket. Everything else is here, once: reading in batches,
+//! `max_in_flight` backpressure, `Handler::ready` answers, the slow-reader limit, the
+//! deadlines, the drain and its timeout, and the close with its linger. The loops were two
+//! before, and disagreed in places; now a TLS peer that closes without close_notify is an
+//! orderly end whatever the framing.
+//!
+//! The loop is generic, not `dyn`: this is the hot path, and each framing gets a loop of
+//! its own from the compiler, with no call through a vtable per frame.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::close::Close;
+use super::conn::{Conn, Io};
+use super::Shared;
+use crate::config::Config;
+use crate::handler::{call, Finished, Handler, HandlerError, Request};
+use crate::stats::{CloseReason, Stats, Turn};
+use crate::wire::{CodecError, ErrorCode};
+
+/// The part of a connection that depends on its framing: what its messages mean and what
+/// to answer. Implementations do no I/O; the driver applies what they return.
+pub(crate) trait Protocol {
+    /// Decodes what the peer sends and encodes what goes back.
+    type Codec: Decoder<Error = CodecError> + Encoder<Self::Out, Error = CodecError> + Clone;
+    /// A message the connection sends.
+    type Out;
+    /// Where the handler calls still running wait: in completion order or request order.
+    type Calls<F: Future<Output = Finished>>: Calls<F>;
+    /// Whether the peer must finish a handshake within `handshake_timeout`.
+    const HANDSHAKE: bool;
+
+    /// The codec a connection starts with.
+    fn codec(config: &Config) -> Self::Codec;
+
+    /// Raises the decoder's limit once the handshake is done (framings with one).
+    fn handshaken(codec: &mut Self::Codec, max_frame: usize);
+
+    /// What the server sends as soon as the connection opens, if anything.
+    fn greeting(&mut self, config: &Config) -> Option<Self::Out>;
+
+    /// Handles one decoded message. `ready` is the handler's inline answer
+    /// (`Handler::ready`), already `None` where the framing's order forbids one now.
+    fn on_input<R>(
+        &mut self,
+        input: <Self::Codec as Decoder>::Item,
+        ctx: &mut Ctx<'_, '_>,
+        ready: R,
+    ) -> Step<Self::Out>
+    where
+        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>;
+
+    /// Handles the end of a handler call.
+    fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Self::Out>;
+
+    /// The peer finished sending (EOF, or a TLS close without close_notify).
+    fn on_eof(&mut self);
+
+    /// The server started to drain: nothing more will be read. Returns what tells the
+    /// peer (GOAWAY), the first time only.
+    fn drain(&mut self) -> Option<Self::Out>;
+
+    /// Why the connection will end once every call is answered and written, or `None`
+    /// while it still reads.
+    fn settled(&self) -> Option<CloseReason>;
+
+    /// The message that tells the peer why the driver closes its connection (a deadline,
+    /// a broken frame), where the framing can say it.
+    fn goodbye(&self, code: ErrorCode, text: &str) -> Option<Self::Out>;
+}
+
+/// What the driver does after an input, as a [`Protocol`] decides.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// Nothing.
+    Next,
+    /// Queue this message: an answer that needed no handler call.
+    Send(T),
+    /// Run this request through the handler.
+    Dispatch(Request),
+    /// The handshake is done: stop its deadline and take messages up to `max_frame`.
+    Handshaken {
+        /// The decoder's limit from now on.
+        max_frame: usize,
+    },
+    /// Queue `last` (the ERROR that says why, if any), then close.
+    Close {
+        /// The last message to the peer.
+        last: Option<T>,
+        /// Why, as counted and logged.
+        close: Close,
+    },
+}
+
+/// What a session may read while it handles an input, none of it I/O: the settings, and
+/// the counters of this turn of the loop (and the server's, for a STATS answer).
+pub(crate) struct Ctx<'a, 't> {
+    /// The server's settings.
+    pub(crate) config: &'a Config,
+    /// Counts of this turn, added to `stats` when the turn ends.
+    pub(crate) turn: &'a mut Turn<'t>,
+    /// The server's counters.
+    pub(crate) stats: &'t Stats,
+}
+
+/// Handler calls still running on one connection.
+pub(crate) trait Calls<F: Future<Output = Finished>>: Default {
+    /// How many run.
+    fn len(&self) -> usize;
+
+    /// Whether none runs.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts waiting for `call`.
+    fn push(&mut self, call: F);
+
+    /// The next result that may be sent; `Ready(None)` when nothing runs.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished>>;
+
+    /// Whether an answer that is ready now may be sent before the calls still running.
+    fn may_pass(&self) -> bool;
+}
+
+/// Calls whose answers go out as they finish (courier framing: ids say which is which).
+/// The set is created on first use: handlers that answer inline (`Handler::ready`) never
+/// need it, and an idle connection then holds no memory for it.
+pub(crate) struct Unordered<F>(Option<FuturesUnordered<F>>);
+
+impl<F> Default for Unordered<F> {
+    fn default() -> Self {
+        Unordered(None)
+    }
+}
+
+impl<F: Future<Output = Finished>> Calls<F> for Unordered<F> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn push(&mut self, call: F) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(call);
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished>> {
+        match &mut self.0 {
+            Some(set) => set.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn may_pass(&self) -> bool {
+        true
+    }
+}
+
+/// Calls whose answers go out in request order (plain and raw framing have no ids), so
+/// an answer ready at once may only skip the queue when the queue is empty. Created on
+/// first use, as [`Unordered`].
+pub(crate) struct InOrder<F: Future>(Option<FuturesOrdered<F>>);
+
+impl<F: Future> Default for InOrder<F> {
+    fn default() -> Self {
+        InOrder(None)
+    }
+}
+
+impl<F: Future<Output = Finished>> Calls<F> for InOrder<F> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn push(&mut self, call: F) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(call);
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished>> {
+        match &mut self.0 {
+            Some(queue) => queue.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn may_pass(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+/// Serves one connection in `session`'s framing until the peer leaves, a limit or rule
+/// closes it, or shutdown (`token`) drains it.
+///
+/// # Errors
+/// Reading or writing failed (the close is then counted as an I/O error).
+pub(crate) fn drive<'a, S, H, P>(
+    stream: S,
+    shared: &'a Shared<H>,
+    token: CancellationToken,
+    mut session: P,
+) -> impl Future<Output = io::Result<Close>> + 'a
+where
+    S: AsyncRead + AsyncWrite + 'a,
+    H: Handler,
+    P: Protocol + 'a,
+{
+    let config = &shared.config;
+    let (read_half, write_half) = tokio::io::split(stream);
+    let codec = P::codec(config);
+    let mut conn = Conn::new(
+        read_half,
+        codec.clone(),
+        write_half,
+        codec,
+        config,
+        P::HANDSHAKE,
+    );
+    if let Some(first) = session.greeting(config) {
+        conn.out.push(first);
+    }
+    let mut driver = Driver {
+        shared,
+        token,
+        conn,
+        session,
+        calls: P::Calls::default(),
+        start: call::<H>,
+    };
+    // The driver is this block's own, used in place: `run` borrows it rather than
+    // taking it, since an async fn taking `self` would hold two copies of it (the
+    // argument and its binding) for the connection's whole life.
+    async move {
+        // Taken out of `End` at once, so that the linger's state does not hold it too.
+        let close = match driver.run().await {
+            End::Now(result) => return result,
+            End::Linger(close) => close,
+        };
+        let Driver { conn, calls, .. } = driver;
+        // Calls still running here belong to a connection closed for a protocol error or
+        // a limit; they are dropped with it.
+        drop(calls);
+        conn.close().await;
+        Ok(close)
+    }
+}
+
+/// How [`Driver::run`] ended.
+enum End {
+    /// Close after the linger, which lets the peer read every byte sent.
+    Linger(Close),
+    /// Close at once: the peer is gone, does not read, or the drain timeout passed.
+    Now(io::Result<Close>),
+}
+
+/// What the select in [`Driver::run`] woke for.
+enum Event<T> {
+    /// A handler call ended.
+    Finished(Finished),
+    /// The poller read, wrote, or saw a deadline pass.
+    Io(Io<T>),
+    /// Shutdown started (or, while draining, the drain timeout passed).
+    Stop,
+}
+
+/// One connection being served: its I/O, its session and the calls it runs.
+struct Driver<'a, S, H, P: Protocol, F: Future<Output = Finished>, M> {
+    shared: &'a Shared<H>,
+    /// Cancelled at shutdown: the connection drains.
+    token: CancellationToken,
+    conn: Conn<ReadHalf<S>, P::Codec, WriteHalf<S>, P::Codec>,
+    /// What the framing means; no I/O in it.
+    session: P,
+    calls: P::Calls<F>,
+    /// Starts a handler call ([`call`]): a function, named here because the type of the
+    /// future it returns cannot be.
+    start: M,
+}
+
+impl<'a, S, H, P, F, M> Driver<'a, S, H, P, F, M>
+where
+    S: AsyncRead + AsyncWrite,
+    H: Handler,
+    P: Protocol,
+    F: Future<Output = Finished>,
+    M: Fn(&'a H, Request) -> F,
+{
+    /// The loop: settle what the last turn changed, wait for the next event, handle it.
+    async fn run(&mut self) -> End {
+        loop {
+            if self.conn.out.overflowed {
+                // The peer is not reading, so a last message would not reach it either.
+                let pending = self.conn.out.pending();
+                return End::Now(Ok(Close::slow_reader(pending, &self.shared.config)));
+            }
+            let draining = self.token.is_cancelled();
+            if draining {
+                if let Some(goaway) = self.session.drain() {
+                    self.conn.out.push(goaway);
+                }
+            }
+            let settled = self.session.settled();
+            if let Some(reason) = settled {
+                if self.calls.is_empty() && self.conn.out.pending() == 0 {
+                    return End::Linger(Close::new(reason, ""));
+                }
+            }
+            let can_read = settled.is_none() && self.calls.len() < self.shared.config.max_in_flight;
+            let idle = self.calls.is_empty();
+
+            // The stop branch comes last: it only needs to wake an idle connection, and
+            // polling it first would cost every busy turn a wasted registration.
+            let event = tokio::select! {
+                biased;
+                Some(finished) = poll_fn(|cx| self.calls.poll_next(cx)), if !idle => {
+                    Event::Finished(finished)
+                }
+                io = poll_fn(|cx| self.conn.poll_io(cx, can_read, idle)) => Event::Io(io),
+                () = self.shared.stop_signal(&self.token, draining) => Event::Stop,
+            };
+            let closed = match event {
+                Event::Finished(finished) => self.finish(finished),
+                Event::Io(io) => match self.on_io(io) {
+                    Ok(closed) => closed,
+                    Err(err) => return End::Now(Err(err)),
+                },
+                // No linger: the drain is over.
+                Event::Stop if draining => return End::Now(Ok(self.shared.aborted())),
+                // The top of the loop starts the drain.
+                Event::Stop => None,
+            };
+            if let Some(close) = closed {
+                return End::Linger(close);
+            }
+        }
+    }
+
+    /// Hands a finished call to the session and applies its answer.
+    fn finish(&mut self, finished: Finished) -> Option<Close> {
+        let shared = self.shared;
+        let mut turn = Turn::new(&shared.stats);
+        let mut ctx = Ctx {
+            config: &shared.config,
+            turn: &mut turn,
+            stats: &shared.stats,
+        };
+        let step = self.session.on_finished(finished, &mut ctx);
+        self.apply(step)
+    }
+
+    /// Handles what the poller reported.
+    fn on_io(&mut self, io: Io<<P::Codec as Decoder>::Item>) -> io::Result<Option<Close>> {
+        match io {
+            Io::Flushed => {
+                self.conn.flushed();
+                Ok(None)
+            }
+            Io::WriteFailed(err) => Err(err),
+            Io::Read(None) => {
+                debug!("peer finished sending");
+                self.session.on_eof();
+                Ok(None)
+            }
+            Io::Deadline(which) => {
+                let (code, text) = which.describe(&self.shared.config);
+                let last = self.session.goodbye(code, &text);
+                let close = Close::new(which.reason(), text);
+                Ok(self.apply(Step::Close { last, close }))
+            }
+            Io::Read(Some(item)) => self.on_read(item),
+        }
+    }
+
+    /// Handles this message and every further one already in the read buffer, so that a
+    /// pipelined batch costs one turn of the loop, not one per message.
+    fn on_read(
+        &mut self,
+        first: Result<<P::Codec as Decoder>::Item, CodecError>,
+    ) -> io::Result<Option<Close>> {
+        let shared = self.shared;
+        let mut turn = Turn::new(&shared.stats);
+        let mut next = Some(first);
+        while let Some(item) = next {
+            let step = match item {
+                Ok(input) => {
+                    let may_pass = self.calls.may_pass();
+                    let mut ctx = Ctx {
+                        config: &shared.config,
+                        turn: &mut turn,
+                        stats: &shared.stats,
+                    };
+                    self.session.on_input(input, &mut ctx, |request| {
+                        may_pass.then(|| shared.handler.ready(request)).flatten()
+                    })
+                }
+                Err(CodecError::Io(err))
+                    if err.kind() == io::ErrorKind::UnexpectedEof
+                        && self.conn.reader.read_buffer().is_empty() =>
+                {
+                    // A TLS peer that closed between messages without a close_notify: as
+                    // far as the protocol goes, an orderly end.
+                    debug!(cause = %err, "peer finished sending");
+                    self.session.on_eof();
+                    break;
+                }
+                Err(CodecError::Io(err)) => return Err(err),
+                Err(err) => {
+                    let close = Close::for_codec(&err);
+                    let last = err
+                        .error_code()
+                        .and_then(|code| self.session.goodbye(code, &close.detail));
+                    Step::Close { last, close }
+                }
+            };
+            if let Some(close) = self.apply(step) {
+                return Ok(Some(close));
+            }
+            if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
+                break;
+            }
+            let mut decoder = self.conn.reader.decoder().clone();
+            next = decoder
+                .decode(self.conn.reader.read_buffer_mut())
+                .transpose();
+        }
+        self.conn.received();
+        Ok(None)
+    }
+
+    /// Does what the session asked; returns the close it called for, if any.
+    fn apply(&mut self, step: Step<P::Out>) -> Option<Close> {
+        match step {
+            Step::Next => None,
+            Step::Send(out) => {
+                self.conn.out.push(out);
+                None
+            }
+            Step::Dispatch(request) => {
+                self.calls.push((self.start)(&self.shared.handler, request));
+                None
+            }
+            Step::Handshaken { max_frame } => {
+                self.conn.handshake_done();
+                P::handshaken(self.conn.reader.decoder_mut(), max_frame);
+                None
+            }
+            Step::Close { last, close } => {
+                if let Some(last) = last {
+                    self.conn.out.push(last);
+                }
+                Some(close)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
