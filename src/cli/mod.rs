@@ -46,7 +46,8 @@ pub(crate) enum RuntimeKind {
 /// The subcommands; each variant's documentation is its `--help`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run a server until SIGINT or SIGTERM (a second signal exits at once).
+    /// Run a server until SIGINT or SIGTERM (on Windows: Ctrl-C, Ctrl-Break, console close
+    /// or shutdown); a second signal exits at once.
     ///
     /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
     /// then the built-in defaults (config/courier.toml, shown by --print-config).

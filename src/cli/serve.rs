@@ -50,8 +50,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", env = "COURIER_CLOSE_AFTER")]
     close_after: Option<u64>,
 
-    /// Answer requests with a command run by `sh -c`: payload on its stdin, reply from its
-    /// stdout; a non-zero exit becomes an ERROR with the status and stderr's first line
+    /// Answer requests with a command run by `sh -c` (Windows: `cmd /C`, the line as
+    /// written): payload on its stdin, reply from its stdout; a non-zero exit becomes an
+    /// ERROR with the status and stderr's first line
     #[arg(long, value_name = "CMD", env = "COURIER_EXEC")]
     exec: Option<String>,
 

@@ -263,7 +263,8 @@ where
     }
 }
 
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+/// Waits for Ctrl-C (SIGINT); on Unix also SIGTERM, on Windows also Ctrl-Break, console
+/// close and system shutdown.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
@@ -284,7 +285,27 @@ pub async fn shutdown_signal() {
             }
         }
     };
-    #[cfg(not(unix))]
+    // Ctrl-Break, closing the console and system shutdown: what ends a console program on
+    // Windows besides Ctrl-C. Windows ends the process itself a few seconds after a close
+    // or shutdown event (about 5 s for a console close), which bounds the drain there.
+    #[cfg(windows)]
+    let terminate = async {
+        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+        match (ctrl_break(), ctrl_close(), ctrl_shutdown()) {
+            (Ok(mut brk), Ok(mut close), Ok(mut shutdown)) => {
+                tokio::select! {
+                    _ = brk.recv() => {}
+                    _ = close.recv() => {}
+                    _ = shutdown.recv() => {}
+                }
+            }
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+                error!(cause = %err, "cannot listen for Ctrl-Break, console close or shutdown");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(any(unix, windows)))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {}
