@@ -71,15 +71,25 @@ fn groups() -> MutexGuard<'static, Groups> {
 /// [`std::process::exit`]: from then on a command that starts is killed at once, and
 /// worker pools stop replacing their workers.
 ///
-/// On unix each group gets SIGKILL. On other platforms it kills nothing (commands there
-/// are killed when their handles are dropped, which `exit` skips); it only stops new
-/// commands and workers from being registered as running.
+/// On unix each group gets SIGKILL. On Windows every process in courier's job object is
+/// ended (`windows_job.rs`; Windows would end them anyway when the server exits).
 pub fn kill_children() {
     let mut groups = groups();
     groups.exiting = true;
     for pid in std::mem::take(&mut groups.live).into_values() {
         kill_group(pid);
     }
+    #[cfg(windows)]
+    super::windows_job::kill_all();
+}
+
+/// Makes a just-started child one of the processes [`kill_children`] (and, on Windows,
+/// the server's own exit) ends; on unix its process group already is.
+pub(super) fn adopt(child: &tokio::process::Child) {
+    #[cfg(windows)]
+    super::windows_job::adopt(child);
+    #[cfg(not(windows))]
+    let _ = child;
 }
 
 /// Whether [`kill_children`] has run: the process is on its way out.

@@ -20,6 +20,8 @@ use crate::wire::ErrorCode;
 mod children;
 mod exec;
 mod pool;
+#[cfg(windows)]
+mod windows_job;
 
 pub use children::kill_children;
 pub use exec::Exec;
