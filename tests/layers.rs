@@ -221,7 +221,15 @@ fn oversize(sources: &[Source]) -> Vec<String> {
             let trimmed = line.trim_start();
             let is_fn = trimmed.starts_with("fn ")
                 || trimmed.contains(" fn ") && !trimmed.starts_with("//");
-            if !is_fn || trimmed.ends_with(';') {
+            if !is_fn {
+                continue;
+            }
+            // A declaration without a body (a trait's method) ends with `;` before any `{`.
+            let head_end = lines[start..]
+                .iter()
+                .map(|l| l.trim_end())
+                .find(|l| l.ends_with('{') || l.ends_with(';'));
+            if head_end.is_none_or(|l| l.ends_with(';')) {
                 continue;
             }
             // rustfmt closes a function with `}` at the indentation it opened with.
@@ -319,4 +327,10 @@ fn the_check_catches_a_long_function_but_not_a_long_test_module() {
         "    x();\n".repeat(MAX_FUNCTION_LINES - 2)
     );
     assert!(oversize(&[source("wire/y.rs", &short)]).is_empty());
+    // A trait method without a body, its signature over several lines, is no function.
+    let comments = "    // x\n".repeat(MAX_FUNCTION_LINES);
+    let declared = format!(
+        "trait T {{\n    fn f(\n        &self,\n    ) -> u8;\n{comments}}}\n\nimpl T for U {{\n    fn f(&self) -> u8 {{\n        1\n    }}\n}}\n"
+    );
+    assert!(oversize(&[source("wire/z.rs", &declared)]).is_empty());
 }
