@@ -83,15 +83,6 @@ pub fn kill_children() {
     super::windows_job::kill_all();
 }
 
-/// Makes a just-started child one of the processes [`kill_children`] (and, on Windows,
-/// the server's own exit) ends; on unix its process group already is.
-pub(super) fn adopt(child: &tokio::process::Child) {
-    #[cfg(windows)]
-    super::windows_job::adopt(child);
-    #[cfg(not(windows))]
-    let _ = child;
-}
-
 /// Whether [`kill_children`] has run: the process is on its way out.
 pub(super) fn exiting() -> bool {
     groups().exiting
@@ -120,10 +111,13 @@ pub(super) struct GroupGuard {
 }
 
 impl GroupGuard {
-    /// Guards the group led by `pid`, a child started by [`shell`] (so in a group of its
-    /// own). If the server is already exiting, kills it at once instead.
-    pub(super) fn arm(pid: Option<u32>) -> GroupGuard {
-        let Some(pid) = pid else {
+    /// Guards the group led by `child`, started by [`shell`] (so in a group of its own),
+    /// and on Windows puts it in the job that ends with the server. If the server is
+    /// already exiting, kills it at once instead.
+    pub(super) fn arm(child: &tokio::process::Child) -> GroupGuard {
+        #[cfg(windows)]
+        super::windows_job::adopt(child);
+        let Some(pid) = child.id() else {
             return GroupGuard { armed: None };
         };
         let mut groups = groups();

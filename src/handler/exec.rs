@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use super::children::{self, shell, GroupGuard};
+use super::children::{shell, GroupGuard};
 use super::{Handler, HandlerError, Request};
 use crate::wire::ErrorCode;
 
@@ -163,8 +163,7 @@ impl Exec {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| HandlerError::new(format!("cannot start the command: {err}")))?;
-        children::adopt(&child);
-        let mut guard = GroupGuard::arm(child.id());
+        let mut guard = GroupGuard::arm(&child);
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, error, warn};
 
-use super::children::{self, exiting, shell, GroupGuard};
+use super::children::{exiting, shell, GroupGuard};
 use super::exec::busy;
 use super::{Handler, HandlerError, Request};
 use crate::wire::PlainCodec;
@@ -286,8 +286,7 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        children::adopt(&child);
-        let guard = GroupGuard::arm(child.id());
+        let guard = GroupGuard::arm(&child);
         let missing = || std::io::Error::other("the worker's pipes were not set up");
         #[cfg(not(unix))]
         let input = child.stdin.take().ok_or_else(missing)?;
