@@ -184,6 +184,11 @@ def goals_second_round(rows):
     check("request/reply, 1 connection: p50 ≤ 0.5 × NATS", ratio("nats", "1 conn", "p50"), lambda r: r <= 0.5)
     check("request/reply, 50 connections: ≥ 3 × tonic requests/s", ratio("tonic", "50 conn"), lambda r: r >= 3)
     check("request/reply, 1 connection: p50 ≤ 0.5 × tonic", ratio("tonic", "1 conn", "p50"), lambda r: r <= 0.5)
+    for shape in ("1 conn 64 KiB", "1 conn 1 MiB"):
+        check(f"large messages, {shape}: ≥ 0.8 × the C blocking loop's MB/s", ratio("floor", shape),
+              lambda r: r >= 0.8)
+        check(f"large messages, {shape}: ≥ 1.5 × ZeroMQ REQ/REP's MB/s", ratio("zeromq", shape),
+              lambda r: r >= 1.5)
     check("1 connection, default settings: p50 ≤ 1.2 × the polling C floor",
           ratio("floor busy-poll", "1 conn", "p50"), lambda r: r <= 1.2)
     return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
@@ -324,6 +329,9 @@ figures are in [raw.jsonl](raw.jsonl).
   in flight each): request/reply as a NATS user writes it.
 - **tonic**: gRPC unary echo with tonic, bench/anchors' server and client (one HTTP/2
   connection per client task, one call in flight each).
+- **1 conn 64 KiB, 1 conn 1 MiB**: large messages on one connection, one in flight:
+  courier bench against courier, bench/floor.c's blocking ping-pong, ZeroMQ REQ/REP; the
+  same size for all, so the requests/s ratio is the MB/s ratio.
 - **50 conn C load**: courier, Redis (`ECHO` with the payload), the C epoll echo server
   (floor) and the toy, each loaded by bench/epoll_floor.c's client speaking its protocol,
   50 connections, one request in flight each: the same load generator for every server.
