@@ -105,8 +105,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// After peers were last active, keep polling sockets for this long instead of
-    /// sleeping (0: never). Lower round-trip latency for a CPU kept busy; see
-    /// `busy_poll.rs`.
+    /// sleeping (0: never), while requests arrive less than this far apart. Lower
+    /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
 }

@@ -123,8 +123,8 @@ pub(crate) struct ServeArgs {
     drain_timeout: Option<Duration>,
 
     /// After a request, keep polling sockets instead of sleeping for this long: lower
-    /// round-trip latency for a CPU kept busy while requests keep coming. 0s turns it off
-    /// [default: 0s]
+    /// round-trip latency for a CPU kept busy while requests keep coming less than this
+    /// far apart (after a longer gap it sleeps). 0s turns it off [default: 0s]
     #[arg(long, value_name = "DUR", env = "COURIER_BUSY_POLL", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 

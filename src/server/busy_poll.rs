@@ -17,11 +17,13 @@
 //! its connection task runs at once. Other tasks are not held up: a yielding task goes to
 //! the back of the line.
 //!
-//! The cost is a CPU kept busy for `busy_poll` after each request. Once the server's
-//! counters have not moved for that long, the tasks wait on [`Stats::changed`] and the
-//! workers sleep as usual: an idle server uses no CPU. It is off by default, since a
-//! server taking a request every few dozen microseconds would otherwise keep a whole CPU
-//! busy; turn it on where round-trip latency matters more than CPU time.
+//! It adapts: the tasks poll only while requests keep arriving closer together than the
+//! window. After a gap longer than the window they sleep until the counters move, and
+//! they poll again from the first short gap on; once the counters have not moved for a
+//! window, they sleep too. So a client that sends a request every millisecond costs no
+//! polling at all (it would be woken anyway), an idle server uses no CPU, and only a busy
+//! connection keeps a CPU polling, for at most one window past its last request. It is off
+//! by default; turn it on where round-trip latency matters more than CPU time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,25 +48,59 @@ pub(crate) fn start(window: Duration, stats: &Arc<Stats>, stop: &CancellationTok
     tracker
 }
 
-/// Polls for `window` after the counters last moved, then waits for them to move again.
+/// Polls for `window` after the counters move, but only while they keep moving closer
+/// together than `window`: a gap longer than that says the next request will not come
+/// within a window either, so polling would cost a CPU for nothing, and the task sleeps
+/// until the counters move again. The first short gap after such a sleep turns polling
+/// back on.
 async fn spin(window: Duration, stats: Arc<Stats>, stop: CancellationToken) {
-    let mut seen = stats.activity();
-    let mut until = Instant::now() + window;
+    let mut pace = Pace::new(window, stats.activity(), Instant::now());
     while !stop.is_cancelled() {
-        let now = stats.activity();
-        if now != seen {
-            seen = now;
-            until = Instant::now() + window;
-        } else if Instant::now() >= until {
+        if !pace.poll_on(stats.activity(), Instant::now()) {
+            let seen = pace.seen;
             tokio::select! {
                 () = stats.changed(seen) => {}
                 () = stop.cancelled() => return,
             }
-            seen = stats.activity();
-            until = Instant::now() + window;
+            pace.moved(stats.activity(), Instant::now());
             continue;
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// When polling pays: the counters' last value, when they last moved, and whether the
+/// gap before that was shorter than the window.
+#[derive(Debug)]
+struct Pace {
+    window: Duration,
+    seen: u64,
+    moved_at: Instant,
+    close_together: bool,
+}
+
+impl Pace {
+    fn new(window: Duration, seen: u64, now: Instant) -> Pace {
+        Pace {
+            window,
+            seen,
+            moved_at: now,
+            close_together: false,
+        }
+    }
+
+    /// The counters read `activity` at `now`: whether to go on polling.
+    fn poll_on(&mut self, activity: u64, now: Instant) -> bool {
+        if activity != self.seen {
+            self.moved(activity, now);
+        }
+        self.close_together && now < self.moved_at + self.window
+    }
+
+    fn moved(&mut self, activity: u64, now: Instant) {
+        self.close_together = now.saturating_duration_since(self.moved_at) <= self.window;
+        self.seen = activity;
+        self.moved_at = now;
     }
 }
 
@@ -73,36 +109,82 @@ mod tests {
     use super::*;
     use crate::stats::Tally;
 
-    /// The window runs on tokio's clock, so a paused test decides when it has passed.
-    #[tokio::test(start_paused = true)]
-    async fn polls_while_active_then_waits_for_the_counters_to_move() {
-        let stats = Arc::new(Stats::new());
-        let stop = CancellationToken::new();
-        let tracker = start(Duration::from_micros(100), &stats, &stop);
-        tokio::task::yield_now().await;
-        assert_eq!(stats.watchers(), 0, "polling within its first window");
+    const WINDOW: Duration = Duration::from_micros(100);
 
-        // Past the window with nothing new: the task waits instead of polling.
-        tokio::time::advance(Duration::from_micros(150)).await;
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(stats.watchers(), 1, "asleep after a quiet window");
-
-        // A request counted wakes it, and it polls for another window.
+    fn count_one(stats: &Stats) {
         stats.add(&mut Tally {
             requests: 1,
             ..Tally::default()
         });
+    }
+
+    async fn settle() {
         for _ in 0..3 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(stats.watchers(), 0, "polling again after activity");
+    }
+
+    #[test]
+    fn polling_pays_only_after_a_gap_shorter_than_the_window() {
+        let start = Instant::now();
+        let at = |us| start + Duration::from_micros(us);
+        let mut pace = Pace::new(WINDOW, 0, start);
+        assert!(!pace.poll_on(0, at(0)), "nothing has moved yet");
+        assert!(
+            pace.poll_on(1, at(60)),
+            "60 µs after the start: close together"
+        );
+        assert!(pace.poll_on(1, at(159)), "within a window of the last move");
+        assert!(!pace.poll_on(1, at(161)), "a window without a move");
+        assert!(
+            !pace.poll_on(2, at(1_000)),
+            "after a long gap, the next move does not poll"
+        );
+        assert!(
+            pace.poll_on(3, at(1_040)),
+            "the first short gap turns it back on"
+        );
+        assert!(
+            pace.poll_on(4, at(1_140)),
+            "a gap of exactly one window still counts"
+        );
+        assert!(
+            !pace.poll_on(5, at(1_241)),
+            "a gap of just over one window does not"
+        );
+    }
+
+    /// The window runs on tokio's clock, so a paused test decides when it has passed.
+    #[tokio::test(start_paused = true)]
+    async fn polls_while_requests_come_close_together_and_sleeps_otherwise() {
+        let stats = Arc::new(Stats::new());
+        let stop = CancellationToken::new();
+        let tracker = start(WINDOW, &stats, &stop);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "nothing counted yet: asleep");
+
+        // A request within a window of the start: close together, so it polls.
+        tokio::time::advance(Duration::from_micros(50)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 0, "polling after a short gap");
+
+        // Past the window with nothing new: the task waits instead of polling.
         tokio::time::advance(Duration::from_micros(150)).await;
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(stats.watchers(), 1);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "asleep after a quiet window");
+
+        // A request after a long gap wakes it, but it goes back to sleep at once.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "a long gap: not worth polling");
+
+        // The next one close behind it turns polling on again.
+        tokio::time::advance(Duration::from_micros(40)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 0, "polling again after a short gap");
 
         stop.cancel();
         tracker.wait().await;
