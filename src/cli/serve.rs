@@ -52,7 +52,7 @@ pub(crate) struct ServeArgs {
 
     /// Answer requests with a command run by `sh -c` (Windows: `cmd /C`, the line as
     /// written): payload on its stdin, reply from its stdout; a non-zero exit becomes an
-    /// ERROR with the status and stderr's first line
+    /// ERROR with the status and the last lines of stderr (at most 1 KiB)
     #[arg(long, value_name = "CMD", env = "COURIER_EXEC")]
     exec: Option<String>,
 
