@@ -4,8 +4,12 @@
 
 pub(crate) mod bench;
 pub(crate) mod client_args;
+pub(crate) mod env;
+pub(crate) mod exit;
 pub(crate) mod logging;
+pub(crate) mod output;
 pub(crate) mod send;
+pub(crate) mod send_stream;
 pub(crate) mod serve;
 pub(crate) mod stats;
 
