@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Stats(args) => cli::stats::run(args).await,
+            Command::Completions(args) => cli::manual::completions(&args),
+            Command::Man => cli::manual::man(),
         }
     });
     // Ends the tasks still running (and what they hold) before the last logs are flushed.

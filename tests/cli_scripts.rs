@@ -608,3 +608,59 @@ fn raw_framing_logs_chunks_only_at_debug_level() {
     assert!(log.contains("listening"), "{log}");
     assert!(!log.contains("c0ffee"), "{log}");
 }
+
+#[test]
+fn the_bash_completion_script_parses_and_knows_the_subcommands() {
+    let output = courier(&["completions", "bash"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let script = stdout(&output);
+    for word in ["send", "serve", "bench", "stats", "--lines", "--max-frame"] {
+        assert!(script.contains(word), "the script lacks {word}");
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("courier-completion-{}.bash", std::process::id()));
+    std::fs::write(&file, &script).unwrap();
+    let parsed = Command::new("bash").arg("-n").arg(&file).output();
+    std::fs::remove_file(&file).ok();
+    match parsed {
+        Ok(parsed) => assert!(parsed.status.success(), "{}", stderr(&parsed)),
+        Err(err) => eprintln!("skipping the bash -n check: cannot run bash ({err})"),
+    }
+}
+
+#[test]
+fn the_man_page_has_every_subcommand_and_renders() {
+    let output = courier(&["man"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let page = stdout(&output);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH courier 1"),
+        "{page}"
+    );
+    for sub in ["SERVE", "SEND", "BENCH", "STATS", "COMPLETIONS"] {
+        assert!(
+            page.contains(&format!(".SH \"COURIER {sub}\"")),
+            "no section for {sub}"
+        );
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("courier-{}.1", std::process::id()));
+    std::fs::write(&file, &page).unwrap();
+    let rendered = Command::new("man")
+        .arg("-l")
+        .arg(&file)
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .output();
+    std::fs::remove_file(&file).ok();
+    match rendered {
+        Ok(rendered) if rendered.status.success() => {
+            let text = stdout(&rendered);
+            assert!(
+                text.contains("COURIER SEND") && text.contains("--lines"),
+                "{text}"
+            );
+        }
+        _ => eprintln!("skipping the man -l rendering check: man is not installed here"),
+    }
+}
