@@ -17,7 +17,8 @@ pub mod size;
 pub use size::parse_size;
 
 /// How messages are delimited on a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// The courier protocol (docs/PROTOCOL.md): HELLO, request ids, ERROR frames.

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 
+#[cfg(feature = "json")]
 use crate::stats::Snapshot;
 use crate::transport::tls::ClientTls;
 use crate::transport::{connect_stream, DialError};
@@ -341,13 +342,24 @@ impl Client {
         self.exchange(Kind::Ping, payload.into()).await
     }
 
-    /// Asks the server for its counters (a STATS frame).
+    /// Asks the server for its counters (a STATS frame) and returns its JSON as it came
+    /// (docs/PROTOCOL.md, "Counters and STATS").
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn stats_json(&self) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Stats, Bytes::new()).await
+    }
+
+    /// Asks the server for its counters (a STATS frame). Needs the `json` feature (on by
+    /// default); [`Client::stats_json`] does without.
     ///
     /// # Errors
     /// As [`Client::call`], and [`ClientError::Protocol`] when the answer is not the JSON
     /// a courier server sends.
+    #[cfg(feature = "json")]
     pub async fn stats(&self) -> Result<Snapshot, ClientError> {
-        let json = self.exchange(Kind::Stats, Bytes::new()).await?;
+        let json = self.stats_json().await?;
         serde_json::from_slice(&json)
             .map_err(|err| ClientError::Protocol(format!("cannot read the STATS reply: {err}")))
     }

@@ -242,9 +242,7 @@ impl Session {
     /// The REPLY to a STATS frame: the counters as JSON, or ERROR 4 where they do not
     /// fit the client's max_frame.
     fn stats_reply(&self, id: u32, snapshot: &Snapshot) -> Frame {
-        // Serializing plain integers and strings cannot fail.
-        let json = serde_json::to_vec(snapshot).unwrap_or_default();
-        self.fitting(Frame::reply(id, Bytes::from(json)))
+        self.fitting(Frame::reply(id, Bytes::from(snapshot.to_json())))
     }
 
     /// The answer to a finished handler call: its REPLY, or an ERROR for its id (the

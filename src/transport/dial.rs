@@ -1,6 +1,9 @@
 //! Dialing: connecting to an address of any transport, with TLS when asked, within a
 //! timeout, with errors that name the address.
 
+// Socket's blocking form is the load generator's: unused without the bench feature.
+#![cfg_attr(not(feature = "bench"), allow(dead_code))]
+
 use std::fmt;
 use std::io;
 use std::pin::Pin;
