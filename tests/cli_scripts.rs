@@ -664,3 +664,66 @@ fn the_man_page_has_every_subcommand_and_renders() {
         _ => eprintln!("skipping the man -l rendering check: man is not installed here"),
     }
 }
+
+/// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
+#[cfg(target_os = "linux")]
+fn ended(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_exec_command_whose_caller_has_gone_is_killed_and_logged() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("caller-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("pid");
+    let command = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let server = Served::start(&["--exec", &command], &[]);
+    let mut send = Command::new(BIN)
+        .args(["send", "--data", "x", &server.addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            if text.ends_with('\n') {
+                break text.trim().to_owned();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // The caller goes: its process is killed, and the kernel closes its socket.
+    send.kill().unwrap();
+    send.wait().unwrap();
+    while !ended(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command (pid {pid}) still runs after its caller went:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    while !server.log_text().contains("its caller has gone") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

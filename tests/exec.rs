@@ -406,3 +406,22 @@ async fn the_command_finds_the_request_id_in_its_environment() {
     assert!(ids[0] != 0 && ids[0] != ids[1], "{ids:?}");
     server.shutdown().await;
 }
+
+/// A client that only closes its write side (`Client::close` with a call in flight) is
+/// still there: the server's probes after its EOF (a PING each second) must neither end
+/// the connection nor cost the call its reply.
+#[tokio::test]
+async fn a_half_closed_client_still_gets_the_reply_of_a_slow_command() {
+    let server = start_server(test_config(), exec("sleep 2.5; cat")).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("still here").await })
+    };
+    // Let the request leave before the write side closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.close().await;
+    let reply = call.await.unwrap().expect("the reply, after the probes");
+    assert_eq!(&reply[..], b"still here");
+    server.shutdown().await;
+}

@@ -136,6 +136,26 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> std::io::
     }
 }
 
+/// Logs, when dropped armed, that a command is being killed because its request was
+/// dropped before it finished: the connection ended (its client closed it, or a write to
+/// it failed), or the server stopped waiting. The [`GroupGuard`] dropped with it does the
+/// killing.
+struct CallerGone<'a> {
+    command: &'a str,
+    armed: bool,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            warn!(
+                command = self.command,
+                "exec command killed with its process group: its caller has gone (the connection ended before the reply)"
+            );
+        }
+    }
+}
+
 /// Reads at most `limit` bytes; more is an error (the reply would not fit a frame).
 async fn read_limited(reader: impl AsyncRead + Unpin, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
@@ -217,6 +237,10 @@ impl Exec {
             .spawn()
             .map_err(|err| HandlerError::new(format!("cannot start the command: {err}")))?;
         let mut guard = GroupGuard::arm(&child);
+        let mut gone = CallerGone {
+            command: &self.command,
+            armed: true,
+        };
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -237,9 +261,9 @@ impl Exec {
             let status = child.wait().await;
             (out, err, status)
         };
-        let (out, err, status) = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| {
+        let finished = tokio::time::timeout(self.timeout, work).await;
+        gone.armed = false;
+        let (out, err, status) = finished.map_err(|_| {
                 warn!(command = %self.command, timeout = %humantime::format_duration(self.timeout), "exec command timed out (exec_timeout) and was killed");
                 timed_out(self.timeout)
             })?;

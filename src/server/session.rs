@@ -360,6 +360,12 @@ impl Protocol for Session {
     fn goodbye(&self, code: ErrorCode, text: &str) -> Option<Frame> {
         Some(self.error(0, code, text))
     }
+
+    /// A PING (id 0, empty) once the client finished sending: writing it to a client that
+    /// closed its socket fails, and the connection's calls are cancelled.
+    fn probe(&self) -> Option<Frame> {
+        matches!(self.phase, Phase::PeerDone).then(|| Frame::new(Kind::Ping, 0, Bytes::new()))
+    }
 }
 
 /// Checks the client's HELLO (and its token, where the server requires one); on failure
