@@ -408,8 +408,8 @@ fn tls_mistakes_name_tls_and_exit_9_or_8() {
 
 #[test]
 fn peers_that_are_not_courier_are_named_with_their_first_bytes() {
-    let http = banner_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", 2);
-    let ssh = banner_server(b"SSH-2.0-OpenSSH_9.6\r\n", 2);
+    let http = banner_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", 3);
+    let ssh = banner_server(b"SSH-2.0-OpenSSH_9.6\r\n", 3);
     for (addr, bytes) in [
         (
             &http,
@@ -420,10 +420,12 @@ fn peers_that_are_not_courier_are_named_with_their_first_bytes() {
             "53 53 48 2d 32 2e 30 2d 4f 70 65 6e 53 53 48 5f ... = 'SSH-2.0-OpenSSH_'",
         ),
     ] {
-        for command in ["send", "stats"] {
+        for command in ["send", "stats", "bench"] {
             let mut args = vec![command, addr.as_str()];
-            if command == "send" {
-                args.extend(["--data", "x"]);
+            match command {
+                "send" => args.extend(["--data", "x"]),
+                "bench" => args.extend(["-c", "1", "-n", "10", "--warmup", "0s"]),
+                _ => {}
             }
             let output = courier(&args);
             assert_eq!(
