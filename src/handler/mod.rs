@@ -17,14 +17,20 @@ use futures::FutureExt;
 
 use crate::wire::ErrorCode;
 
+#[cfg(feature = "exec")]
 mod children;
+#[cfg(feature = "exec")]
 mod exec;
+#[cfg(feature = "exec")]
 mod pool;
-#[cfg(windows)]
+#[cfg(all(windows, feature = "exec"))]
 mod windows_job;
 
+#[cfg(feature = "exec")]
 pub use children::kill_children;
+#[cfg(feature = "exec")]
 pub use exec::Exec;
+#[cfg(feature = "exec")]
 pub use pool::ExecPool;
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
