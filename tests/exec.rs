@@ -251,13 +251,15 @@ async fn a_worker_that_hangs_is_killed_at_the_timeout_and_replaced() {
     let Some(command) = worker_command() else {
         return;
     };
-    let pool = ExecPool::start(&command, 1, Duration::from_millis(500), 16, 1 << 20);
+    // The timeout also covers the replacement worker's start (a Python interpreter), which
+    // took over 500 ms on a loaded 2-CPU machine: 2 s leaves it room.
+    let pool = ExecPool::start(&command, 1, Duration::from_secs(2), 16, 1 << 20);
     let server = start_server(test_config(), pool).await;
     let client = Client::connect(server.addr).await.unwrap();
     assert_server_error(
         client.call("hang").await,
         ErrorCode::HandlerFailed,
-        &["timed out", "500ms"],
+        &["timed out", "2s"],
     );
     assert_eq!(client.call("awake").await.unwrap(), "AWAKE");
     server.shutdown().await;
