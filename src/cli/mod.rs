@@ -7,6 +7,7 @@ pub(crate) mod client_args;
 pub(crate) mod logging;
 pub(crate) mod send;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};

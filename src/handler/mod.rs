@@ -158,6 +158,8 @@ pub(crate) struct Finished {
     pub(crate) oneway: bool,
     /// The reply, or the ERROR to send.
     pub(crate) result: Result<Bytes, HandlerError>,
+    /// Time from the call's start to its end (zero for an answer given inline).
+    pub(crate) took: std::time::Duration,
 }
 
 /// Runs one request through the handler, turning a panic into an ERROR so that one bad
@@ -168,11 +170,14 @@ pub(crate) fn call<H: Handler>(
 ) -> impl Future<Output = Finished> + Send + '_ {
     let id = request.id;
     let oneway = request.oneway;
+    // Called when the request is dispatched, so the clock starts at its arrival.
+    let started = std::time::Instant::now();
     AssertUnwindSafe(handler.call(request))
         .catch_unwind()
         .map(move |result| Finished {
             id,
             oneway,
             result: result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked"))),
+            took: started.elapsed(),
         })
 }

@@ -247,7 +247,12 @@ where
     // argument and its binding) for the connection's whole life.
     async move {
         // Taken out of `End` at once, so that the linger's state does not hold it too.
-        let close = match driver.run().await {
+        let end = driver.run().await;
+        // Calls still running end with the connection: they run no more.
+        let mut turn = Turn::new(&shared.stats);
+        turn.tally.timing.in_flight -= driver.calls.len() as i64;
+        drop(turn);
+        let close = match end {
             End::Now(result) => return result,
             End::Linger(close) => close,
         };
@@ -354,6 +359,10 @@ where
     fn finish(&mut self, finished: Finished) -> Option<Close> {
         let shared = self.shared;
         let mut turn = Turn::new(&shared.stats);
+        turn.tally.timing.in_flight -= 1;
+        if !finished.oneway {
+            turn.tally.timing.record(finished.took);
+        }
         let mut ctx = Ctx {
             config: &shared.config,
             turn: &mut turn,
@@ -387,13 +396,32 @@ where
     }
 
     /// Handles this message and every further one already in the read buffer, so that a
-    /// pipelined batch costs one turn of the loop, not one per message.
+    /// pipelined batch costs one turn of the loop, not one per message; counts the
+    /// batch's inline answers and the handler calls it started in the turn's tally.
     fn on_read(
         &mut self,
         first: Result<<P::Codec as Decoder>::Item, CodecError>,
     ) -> io::Result<Option<Close>> {
         let shared = self.shared;
         let mut turn = Turn::new(&shared.stats);
+        let calls_before = self.calls.len();
+        // Answers the handler gives inline, counted here so that they need no clock.
+        let mut inline = 0u64;
+        let result = self.read_batch(first, &mut turn, &mut inline);
+        turn.tally.timing.record_inline(inline);
+        // Calls only start here; the ones that end are counted in `finish`.
+        turn.tally.timing.in_flight += (self.calls.len() - calls_before) as i64;
+        result
+    }
+
+    /// [`Driver::on_read`]'s loop.
+    fn read_batch(
+        &mut self,
+        first: Result<<P::Codec as Decoder>::Item, CodecError>,
+        turn: &mut Turn<'a>,
+        inline: &mut u64,
+    ) -> io::Result<Option<Close>> {
+        let shared = self.shared;
         let mut next = Some(first);
         while let Some(item) = next {
             let step = match item {
@@ -401,11 +429,14 @@ where
                     let may_pass = self.calls.may_pass();
                     let mut ctx = Ctx {
                         config: &shared.config,
-                        turn: &mut turn,
+                        turn,
                         stats: &shared.stats,
                     };
+                    let inline = &mut *inline;
                     self.session.on_input(input, &mut ctx, |request| {
-                        may_pass.then(|| shared.handler.ready(request)).flatten()
+                        let answer = may_pass.then(|| shared.handler.ready(request)).flatten();
+                        *inline += u64::from(answer.is_some() && !request.oneway);
+                        answer
                     })
                 }
                 Err(CodecError::Io(err))

@@ -144,6 +144,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
                     id: request.id,
                     oneway: false,
                     result,
+                    took: std::time::Duration::ZERO,
                 };
                 self.on_finished(finished, ctx)
             }
@@ -244,6 +245,7 @@ mod tests {
             id: 1,
             oneway: false,
             result,
+            took: std::time::Duration::ZERO,
         };
         session.on_finished(finished, &mut ctx)
     }

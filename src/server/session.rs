@@ -224,7 +224,16 @@ impl Session {
         };
         if let Some(result) = ready(&request) {
             let id = request.id;
-            return self.finish(Finished { id, oneway, result }, tally);
+            let took = std::time::Duration::ZERO;
+            return self.finish(
+                Finished {
+                    id,
+                    oneway,
+                    result,
+                    took,
+                },
+                tally,
+            );
         }
         if let (false, Phase::Open(ids)) = (oneway, &mut self.phase) {
             ids.insert(request.id);
@@ -250,7 +259,9 @@ impl Session {
     /// The answer to a finished handler call: its REPLY, or an ERROR for its id (the
     /// handler failed, or the reply is larger than the client takes); nothing for ONEWAY.
     fn finish(&mut self, finished: Finished, tally: &mut Tally) -> Step<Frame> {
-        let Finished { id, oneway, result } = finished;
+        let Finished {
+            id, oneway, result, ..
+        } = finished;
         if oneway {
             if let Err(err) = result {
                 warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
