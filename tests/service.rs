@@ -383,7 +383,12 @@ mod max_age {
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
 
-        let client = Reconnecting::new(addr, ClientConfig::default(), Backoff::default());
+        // Calls on an echo server take microseconds; a stuck one fails in 10 s, not 30.
+        let config = ClientConfig {
+            call_timeout: Duration::from_secs(10),
+            ..ClientConfig::default()
+        };
+        let client = Reconnecting::new(addr, config, Backoff::default());
         let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut callers = Vec::new();
         for caller in 0..8 {
