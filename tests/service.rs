@@ -169,6 +169,92 @@ mod unix {
     }
 
     #[test]
+    fn a_real_prometheus_server_scrapes_the_endpoint() {
+        let Some(prometheus) = tool("prometheus", "prometheus") else {
+            return;
+        };
+        let server = Served::start(&["--metrics", "127.0.0.1:0"], &[]);
+        let metrics = metrics_addr(&server);
+        let bench = Command::new(BIN)
+            .args([
+                "bench",
+                &server.addr,
+                "-c",
+                "2",
+                "-n",
+                "500",
+                "--warmup",
+                "0s",
+            ])
+            .output()
+            .expect("run courier bench");
+        assert!(bench.status.success());
+
+        let dir = std::env::temp_dir().join(format!("courier-prometheus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 100ms\n\
+                 scrape_configs:\n  - job_name: courier\n    static_configs:\n      - targets: ['{metrics}']\n"
+            ),
+        )
+        .unwrap();
+        let web = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let mut child = Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        // The scrape lands within a few intervals of the server's start; bounded at 60 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        let value = loop {
+            if let Ok(mut stream) = TcpStream::connect(&web) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let request = format!(
+                    "GET /api/v1/query?query=courier_requests_total HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
+                );
+                let mut response = String::new();
+                if stream.write_all(request.as_bytes()).is_ok()
+                    && stream.read_to_string(&mut response).is_ok()
+                {
+                    last = response;
+                    let json = last.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+                    let value = serde_json::from_str::<serde_json::Value>(json)
+                        .ok()
+                        .and_then(|json| {
+                            json["data"]["result"][0]["value"][1]
+                                .as_str()
+                                .map(str::to_owned)
+                        });
+                    if let Some(value) = value {
+                        break Some(value);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(value.as_deref(), Some("500"), "last answer: {last}");
+    }
+
+    #[test]
     fn metrics_off_a_loopback_address_are_refused_without_allow_insecure() {
         let out = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics", "0.0.0.0:0"])
