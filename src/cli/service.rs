@@ -10,7 +10,7 @@ use std::future::Future;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use courier::config::Config;
 use courier::handler::Handler;
@@ -96,8 +96,10 @@ fn notify(state: State) {
             State::Watchdog => (sd_notify::NotifyState::Watchdog, "WATCHDOG=1"),
         };
         match sd_notify::notify(&[message]) {
-            Ok(()) => debug!(state = name, "told the service manager"),
-            Err(err) => warn!(state = name, cause = %err, "cannot notify the service manager"),
+            Ok(()) => tracing::debug!(state = name, "told the service manager"),
+            Err(err) => {
+                tracing::warn!(state = name, cause = %err, "cannot notify the service manager");
+            }
         }
     }
     #[cfg(not(unix))]
