@@ -219,6 +219,8 @@ counters! {
         errors: "ERROR frames answering a request (handler failures, duplicate ids, \
             replies too large for the client).",
         pings: "PING frames answered.",
+        bytes_in: "Bytes of the messages received and decoded, frame headers included.",
+        bytes_out: "Bytes of the messages queued for sending, frame headers included.",
     }
 }
 

@@ -135,6 +135,16 @@ mod unix {
             N as f64
         );
         assert_eq!(sample(&page, "courier_requests_in_flight"), 0.0);
+        // Each request and reply is a 9-byte header and the bench's 64-byte payload; the
+        // four HELLOs each way add a little.
+        let frames = (N * (9 + 64)) as f64;
+        for name in ["courier_bytes_in_total", "courier_bytes_out_total"] {
+            let bytes = sample(&page, name);
+            assert!(
+                bytes >= frames && bytes <= frames + 4.0 * 100.0,
+                "{name} {bytes}, expected {frames} and four HELLOs"
+            );
+        }
         assert_eq!(
             sample(
                 &page,

@@ -48,6 +48,9 @@ pub(crate) trait Protocol {
     /// The codec a connection starts with.
     fn codec(config: &Config) -> Self::Codec;
 
+    /// How many bytes `input` took on the wire (for the `bytes_in` counter).
+    fn wire_len(input: &<Self::Codec as Decoder>::Item) -> usize;
+
     /// Raises the decoder's limit once the handshake is done (framings with one).
     fn handshaken(codec: &mut Self::Codec, max_frame: usize);
 
@@ -232,7 +235,8 @@ where
         P::HANDSHAKE,
     );
     if let Some(first) = session.greeting(config) {
-        conn.out.push(first);
+        let mut turn = Turn::new(&shared.stats);
+        turn.tally.bytes_out += conn.out.push(first) as u64;
     }
     let mut driver = Driver {
         shared,
@@ -316,7 +320,8 @@ where
             let draining = self.token.is_cancelled();
             if draining {
                 if let Some(goaway) = self.session.drain() {
-                    self.conn.out.push(goaway);
+                    let mut turn = Turn::new(&self.shared.stats);
+                    turn.tally.bytes_out += self.conn.out.push(goaway) as u64;
                 }
             }
             let settled = self.session.settled();
@@ -369,7 +374,7 @@ where
             stats: &shared.stats,
         };
         let step = self.session.on_finished(finished, &mut ctx);
-        self.apply(step)
+        self.apply(step, &mut turn)
     }
 
     /// Handles what the poller reported.
@@ -389,7 +394,8 @@ where
                 let (code, text) = which.describe(&self.shared.config);
                 let last = self.session.goodbye(code, &text);
                 let close = Close::new(which.reason(), text);
-                Ok(self.apply(Step::Close { last, close }))
+                let mut turn = Turn::new(&self.shared.stats);
+                Ok(self.apply(Step::Close { last, close }, &mut turn))
             }
             Io::Read(Some(item)) => self.on_read(item),
         }
@@ -426,6 +432,7 @@ where
         while let Some(item) = next {
             let step = match item {
                 Ok(input) => {
+                    turn.tally.bytes_in += P::wire_len(&input) as u64;
                     let may_pass = self.calls.may_pass();
                     let mut ctx = Ctx {
                         config: &shared.config,
@@ -458,7 +465,7 @@ where
                     Step::Close { last, close }
                 }
             };
-            if let Some(close) = self.apply(step) {
+            if let Some(close) = self.apply(step, turn) {
                 return Ok(Some(close));
             }
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
@@ -473,12 +480,13 @@ where
         Ok(None)
     }
 
-    /// Does what the session asked; returns the close it called for, if any.
-    fn apply(&mut self, step: Step<P::Out>) -> Option<Close> {
+    /// Does what the session asked, counting what it queues in `turn`; returns the close
+    /// it called for, if any.
+    fn apply(&mut self, step: Step<P::Out>, turn: &mut Turn<'_>) -> Option<Close> {
         match step {
             Step::Next => None,
             Step::Send(out) => {
-                self.conn.out.push(out);
+                turn.tally.bytes_out += self.conn.out.push(out) as u64;
                 None
             }
             Step::Dispatch(request) => {
@@ -492,7 +500,7 @@ where
             }
             Step::Close { last, close } => {
                 if let Some(last) = last {
-                    self.conn.out.push(last);
+                    turn.tally.bytes_out += self.conn.out.push(last) as u64;
                 }
                 Some(close)
             }

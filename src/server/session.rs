@@ -315,6 +315,10 @@ impl Protocol for Session {
     const HANDSHAKE: bool = true;
 
     /// Until the handshake is done the limit is the HELLO's.
+    fn wire_len(frame: &Frame) -> usize {
+        crate::wire::HEADER_LEN + frame.payload.len()
+    }
+
     fn codec(_: &Config) -> Codec {
         Codec::new(MAX_HELLO_PAYLOAD)
     }
