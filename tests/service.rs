@@ -264,6 +264,49 @@ mod unix {
         assert_eq!(value.as_deref(), Some("500"), "last answer: {last}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_pool_reports_busy_workers_and_restarts() {
+        // Each worker echoes one plain frame ("hello" is 4 + 5 bytes) after a pause, then
+        // exits: every request leaves a worker to restart.
+        let server = tokio::task::block_in_place(|| {
+            Served::start(
+                &[
+                    "--exec",
+                    "sleep 0.3; head -c 9",
+                    "--exec-workers",
+                    "2",
+                    "--metrics",
+                    "127.0.0.1:0",
+                ],
+                &[],
+            )
+        });
+        let metrics = metrics_addr(&server);
+        let page = get(&metrics, "/metrics").1;
+        assert_eq!(sample(&page, "courier_exec_workers"), 2.0);
+        assert_eq!(sample(&page, "courier_exec_workers_busy"), 0.0);
+        let client = courier::client::Client::connect(server.addr.as_str())
+            .await
+            .unwrap();
+        let call = tokio::spawn(async move { client.call("hello").await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sample(&get(&metrics, "/metrics").1, "courier_exec_workers_busy") < 1.0 {
+            assert!(Instant::now() < deadline, "no worker ever busy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(call.await.unwrap().unwrap(), "hello");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let page = loop {
+            let page = get(&metrics, "/metrics").1;
+            if sample(&page, "courier_exec_worker_restarts_total") >= 1.0 {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "no restart counted:\n{page}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(sample(&page, "courier_exec_workers_busy"), 0.0);
+    }
+
     #[test]
     fn metrics_off_a_loopback_address_are_refused_without_allow_insecure() {
         let out = Command::new(BIN)

@@ -312,7 +312,7 @@ async fn serve_with_handler(
     match (config.exec.clone(), config.exec_workers) {
         (None, _) => {
             let handler = Builtin::from_reply(config.fixed_reply()?);
-            run_server(listener, config, handler, tls, stop).await;
+            run_server(listener, config, handler, tls, stop, None).await;
         }
         (Some(command), 0) => {
             let handler = Exec::new(
@@ -322,7 +322,7 @@ async fn serve_with_handler(
                 config.exec_queue,
                 config.max_frame,
             );
-            run_server(listener, config, handler, tls, stop).await;
+            run_server(listener, config, handler, tls, stop, None).await;
         }
         (Some(command), workers) => {
             let handler = ExecPool::start(
@@ -332,23 +332,26 @@ async fn serve_with_handler(
                 config.exec_queue,
                 config.max_frame,
             );
-            run_server(listener, config, handler, tls, stop).await;
+            let pool = Some(handler.stats());
+            run_server(listener, config, handler, tls, stop, pool).await;
         }
     }
     Ok(())
 }
 
-/// Runs the server, with TLS when configured.
+/// Runs the server, with TLS when configured; `pool`, an `--exec-workers` pool's
+/// counters, for `--metrics`.
 async fn run_server<H: Handler>(
     listeners: Listeners,
     config: Config,
     handler: H,
     tls: Option<ServerTls>,
     stop: impl Future,
+    pool: Option<std::sync::Arc<courier::handler::PoolStats>>,
 ) {
     let mut server = server::Server::new(config, handler);
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
-    super::service::run(server, listeners.listener, listeners.metrics, stop).await;
+    super::service::run(server, listeners.listener, listeners.metrics, pool, stop).await;
 }

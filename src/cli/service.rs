@@ -7,13 +7,14 @@
 //! A failed notification is logged and never stops the server.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use courier::config::Config;
-use courier::handler::Handler;
+use courier::handler::{Handler, PoolStats};
 use courier::server::metrics::serve_metrics;
 use courier::server::Server;
 use courier::transport::Listener;
@@ -38,13 +39,15 @@ pub(crate) async fn bind_metrics(
     Ok(Some(listener))
 }
 
-/// Runs `server` on `listener` until `stop`, with the metrics endpoint on `metrics` (kept
+/// Runs `server` on `listener` until `stop`, with the metrics endpoint on `metrics` (with
+/// `pool`'s workers when the handler is a pool; kept
 /// up through the drain, so that `/readyz` answers 503 meanwhile) and the service
 /// manager told of each step.
 pub(crate) async fn run<H: Handler>(
     server: Server<H>,
     listener: Listener,
     metrics: Option<tokio::net::TcpListener>,
+    pool: Option<Arc<PoolStats>>,
     stop: impl Future,
 ) {
     let metrics_stop = CancellationToken::new();
@@ -52,6 +55,7 @@ pub(crate) async fn run<H: Handler>(
         tokio::spawn(serve_metrics(
             metrics,
             server.stats(),
+            pool,
             server.readiness(),
             metrics_stop.clone(),
         ))

@@ -25,7 +25,7 @@ mod windows_job;
 
 pub use children::kill_children;
 pub use exec::Exec;
-pub use pool::ExecPool;
+pub use pool::{ExecPool, PoolStats};
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).

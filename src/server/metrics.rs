@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::Readiness;
+use crate::handler::PoolStats;
 use crate::stats::{CloseReason, Snapshot, Stats};
 
 /// Scrapers served at once; more are closed at once. Prometheus opens one or two.
@@ -52,13 +53,17 @@ fn family(name: &str) -> (&str, MetricType) {
     }
 }
 
-/// Reads a server's [`Stats`] into metric families at each scrape.
+/// Reads a server's [`Stats`] (and its `--exec-workers` pool's, if it has one) into
+/// metric families at each scrape.
 #[derive(Debug)]
-struct StatsCollector(Arc<Stats>);
+struct StatsCollector {
+    stats: Arc<Stats>,
+    pool: Option<Arc<PoolStats>>,
+}
 
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let snapshot = self.0.snapshot();
+        let snapshot = self.stats.snapshot();
         for (counter, (_, value)) in Snapshot::COUNTERS.iter().zip(snapshot.counters()) {
             let (name, kind) = family(counter.name);
             let help = counter.help.trim_end_matches('.');
@@ -80,7 +85,7 @@ impl Collector for StatsCollector {
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&snapshot.closed(reason), None)?;
         }
-        let durations = self.0.durations();
+        let durations = self.stats.durations();
         encoder
             .encode_descriptor(
                 "request_duration",
@@ -101,9 +106,44 @@ impl Collector for StatsCollector {
                 None,
                 MetricType::Gauge,
             )?
-            .encode_gauge(&self.0.in_flight())?;
+            .encode_gauge(&self.stats.in_flight())?;
+        if let Some(pool) = &self.pool {
+            encode_pool(pool, &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+/// The `--exec-workers` pool's families.
+fn encode_pool(
+    pool: &PoolStats,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(
+            "exec_workers",
+            "Workers in the pool (exec_workers)",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(pool.workers() as u64))?;
+    encoder
+        .encode_descriptor(
+            "exec_workers_busy",
+            "Workers exchanging a request with their process now",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&pool.busy())?;
+    encoder
+        .encode_descriptor(
+            "exec_worker_restarts",
+            "Worker processes started again after one exited, was killed or overran exec_timeout",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&pool.restarts(), None)?;
+    Ok(())
 }
 
 /// prometheus-client takes each bucket's own count, not the cumulative ones Prometheus
@@ -121,17 +161,17 @@ fn with_inf(cumulative: &[(f64, u64)], count: u64) -> Vec<(f64, u64)> {
 }
 
 /// The registry of one server's metrics, all named `courier_...`.
-fn registry(stats: Arc<Stats>) -> Registry {
+fn registry(stats: Arc<Stats>, pool: Option<Arc<PoolStats>>) -> Registry {
     let mut registry = Registry::with_prefix("courier");
-    registry.register_collector(Box::new(StatsCollector(stats)));
+    registry.register_collector(Box::new(StatsCollector { stats, pool }));
     registry
 }
 
-/// The `/metrics` page for `stats`, as a scrape gets it.
-pub fn render(stats: Arc<Stats>) -> String {
+/// The `/metrics` page for `stats` (and `pool`), as a scrape gets it.
+pub fn render(stats: Arc<Stats>, pool: Option<Arc<PoolStats>>) -> String {
     let mut text = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry(stats));
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry(stats, pool));
     text
 }
 
@@ -171,18 +211,20 @@ fn respond(
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop` is cancelled.
-/// Keep it running through the server's drain, so that `/readyz` says 503 meanwhile.
+/// Serves `/metrics` (from `stats`, and `pool` when the handler is an `--exec-workers`
+/// pool), `/healthz` and `/readyz` on `listener` until `stop` is cancelled. Keep it
+/// running through the server's drain, so that `/readyz` says 503 meanwhile.
 ///
 /// At most 16 connections at once; a connection has 10 s to send its headers. Accept
 /// errors are logged and followed by a short pause, never the end of the loop.
 pub async fn serve_metrics(
     listener: TcpListener,
     stats: Arc<Stats>,
+    pool: Option<Arc<PoolStats>>,
     readiness: Readiness,
     stop: CancellationToken,
 ) {
-    let registry = Arc::new(registry(stats));
+    let registry = Arc::new(registry(stats, pool));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
@@ -242,7 +284,7 @@ mod tests {
             errors: 1,
             ..Tally::default()
         });
-        let text = render(stats.clone());
+        let text = render(stats.clone(), None);
         let snapshot = stats.snapshot();
         for (name, value) in snapshot.counters() {
             let (metric, kind) = family(name);
@@ -268,7 +310,7 @@ mod tests {
         tally.timing.record(Duration::from_secs(100));
         tally.timing.record_inline(1);
         stats.add(&mut tally);
-        let text = render(stats);
+        let text = render(stats, None);
         for line in [
             "courier_request_duration_seconds_bucket{le=\"0.0001\"} 1\n",
             "courier_request_duration_seconds_bucket{le=\"0.0025\"} 2\n",
