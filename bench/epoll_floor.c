@@ -4,13 +4,23 @@
  * its tail in particular is the machine's, whatever server sits on top.
  *
  *   epoll_floor server PORT                         echo every byte back, any connections
- *   epoll_floor client PORT SIZE CONNS SECONDS      1 s warm-up, then SECONDS measured;
+ *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO]
+ *                                                   1 s warm-up, then SECONDS measured;
  *                                                   prints {"rps":..., "p50_us":..., ...}
+ *
+ * PROTO is what the client speaks, so that one C load generator drives every server:
+ *   raw      SIZE bytes out, SIZE bytes back (the default; the C server above)
+ *   courier  a HELLO exchange, then REQUEST frames of SIZE payload bytes, REPLY expected
+ *   plain    a 4-byte big-endian length and SIZE bytes (courier --framing plain, the toys)
+ *   redis    ECHO with a SIZE-byte argument, its bulk-string reply expected
+ * Every reply is checked where it starts (its kind byte, or the reply's first byte);
+ * replies that are not what the protocol says count as "errors".
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,13 +72,68 @@ static int serve(struct sockaddr_in *addr) {
     }
 }
 
-static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds) {
+/* The request every connection sends over and over, the length of its reply, and where
+ * (offset) the reply carries which byte, for the check. */
+struct proto {
+    char *msg;
+    size_t len, reply_len, check_at;
+    char check;
+};
+
+static int make_proto(const char *name, size_t size, struct proto *p) {
+    p->check_at = 0;
+    p->check = 0;
+    if (!strcmp(name, "raw")) {
+        p->msg = calloc(size, 1);
+        p->len = p->reply_len = size;
+        p->check = 0;
+    } else if (!strcmp(name, "courier") || !strcmp(name, "plain")) {
+        int courier = !strcmp(name, "courier");
+        size_t header = courier ? 9 : 4;
+        uint32_t length = (uint32_t)(courier ? size + 5 : size);
+        p->msg = calloc(header + size, 1);
+        p->msg[0] = length >> 24; p->msg[1] = length >> 16; p->msg[2] = length >> 8; p->msg[3] = length;
+        if (courier) { p->msg[4] = 0x02; p->msg[8] = 0x01; p->check_at = 4; p->check = 0x03; }
+        p->len = p->reply_len = header + size;
+    } else if (!strcmp(name, "redis")) {
+        p->msg = malloc(size + 64);
+        int n = sprintf(p->msg, "*2\r\n$4\r\nECHO\r\n$%zu\r\n", size);
+        memset(p->msg + n, 'x', size);
+        memcpy(p->msg + n + size, "\r\n", 2);
+        p->len = n + size + 2;
+        char head[32];
+        p->reply_len = sprintf(head, "$%zu\r\n", size) + size + 2;
+        p->check = '$';
+    } else {
+        fprintf(stderr, "epoll_floor: unknown protocol %s (raw, courier, plain, redis)\n", name);
+        return 1;
+    }
+    return 0;
+}
+
+/* courier's HELLO exchange, on a blocking socket: our HELLO (version 1, max_frame 1 MiB),
+ * then the server's whole HELLO frame, which must be a HELLO. */
+static int courier_hello(int fd) {
+    static const unsigned char hello[] = {0, 0, 0, 0x0f, 0x01, 0, 0, 0, 0, 'C', 'O', 'U', 'R',
+                                          0, 1, 0, 0x10, 0, 0};
+    if (write(fd, hello, sizeof hello) != sizeof hello) return 1;
+    unsigned char head[5];
+    if (recv(fd, head, 5, MSG_WAITALL) != 5 || head[4] != 0x01) return 1;
+    size_t rest = ((size_t)head[0] << 24 | head[1] << 16 | head[2] << 8 | head[3]) - 1;
+    char body[4096];
+    if (rest > sizeof body) return 1;
+    return recv(fd, body, rest, MSG_WAITALL) != (ssize_t)rest;
+}
+
+static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name) {
     int one = 1;
     int ep = epoll_create1(0);
     int *fds = malloc(sizeof(int) * conns);
     double *sent = malloc(sizeof(double) * conns);
     size_t *got = calloc(conns, sizeof(size_t));
-    char *msg = calloc(size, 1);
+    struct proto p;
+    if (make_proto(name, size, &p)) return 2;
+    long errors = 0;
     long cap = (long)(seconds * 2e6) + 1000;
     double *lat = malloc(sizeof(double) * cap);
     long count = 0;
@@ -79,6 +144,10 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
             usleep(20000);
         }
         setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!strcmp(name, "courier") && courier_hello(fds[i])) {
+            fprintf(stderr, "epoll_floor: the courier HELLO exchange failed\n");
+            return 1;
+        }
         fcntl(fds[i], F_SETFL, O_NONBLOCK);
         struct epoll_event e = {.events = EPOLLIN, .data.u32 = i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
@@ -86,7 +155,7 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
     double start = now_us(), from = start + 1e6, until = from + seconds * 1e6;
     for (int i = 0; i < conns; i++) {
         sent[i] = now_us();
-        if (write(fds[i], msg, size) != (ssize_t)size) { perror("epoll_floor: write"); return 1; }
+        if (write(fds[i], p.msg, p.len) != (ssize_t)p.len) { perror("epoll_floor: write"); return 1; }
     }
     struct epoll_event events[64];
     static char buf[65536];
@@ -96,31 +165,33 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
             int i = events[j].data.u32;
             ssize_t n = read(fds[i], buf, sizeof buf);
             if (n <= 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
+            /* At one message in flight a reply begins where a read begins. */
+            if (got[i] == 0 && p.check && (size_t)n > p.check_at && buf[p.check_at] != p.check) errors++;
             got[i] += n;
-            while (got[i] >= size) {
-                got[i] -= size;
+            while (got[i] >= p.reply_len) {
+                got[i] -= p.reply_len;
                 double t = now_us();
                 if (sent[i] >= from && t <= until && count < cap) lat[count++] = t - sent[i];
                 sent[i] = t;
-                if (write(fds[i], msg, size) != (ssize_t)size) { perror("epoll_floor: write"); return 1; }
+                if (write(fds[i], p.msg, p.len) != (ssize_t)p.len) { perror("epoll_floor: write"); return 1; }
             }
         }
     }
     if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
     qsort(lat, count, sizeof(double), cmp);
-    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f}\n",
+    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
            count / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
-           lat[count * 999 / 1000], lat[count - 1]);
+           lat[count * 999 / 1000], lat[count - 1], errors);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc < 3 || (!strcmp(argv[1], "client") && argc < 6)) {
-        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS\n");
+        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis]\n");
         return 2;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     if (!strcmp(argv[1], "server")) return serve(&addr);
-    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]));
+    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), argc > 6 ? argv[6] : "raw");
 }

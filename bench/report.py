@@ -22,6 +22,8 @@ COLORS = {
     "toy": "#9467bd",
     "toy+deadline": "#c5b0d5",
     "python": "#ff7f0e",
+    "nats": "#17becf",
+    "tonic": "#bcbd22",
 }
 PERCENTILES = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9")]
 
@@ -155,6 +157,43 @@ def goals(rows, busy_poll):
     return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
 
 
+def goals_second_round(rows):
+    """The second round's targets (the shapes this run measures; large messages, 10,000
+    connections and idle memory are measured by other scripts)."""
+    out = []
+
+    def ratio(system, shape, key="rps", courier="courier"):
+        c, a = find(rows, courier, shape), find(rows, system, shape)
+        if not c or not a or not c.get(key) or not a.get(key):
+            return None
+        return c[key] / a[key]
+
+    def check(name, r, ok):
+        if r is None:
+            out.append(f"| {name} | not measured in this run | |")
+        else:
+            out.append(f"| {name} | {r:.2f}× | {'met' if ok(r) else '**not met**'} |")
+
+    for shape in ("50 conn P16", "50 conn P64"):
+        check(f"{shape}: ≥ 1.5 × Redis", ratio("redis", shape), lambda r: r >= 1.5)
+    check("one-way streaming: ≥ 2.0 × ZeroMQ PUSH/PULL", ratio("zeromq", "one-way"), lambda r: r >= 2.0)
+    check("50 connections, C load generator: ≥ 0.9 × the C epoll echo server",
+          ratio("floor", "50 conn C load"), lambda r: r >= 0.9)
+    check("50 connections, C load generator: ≥ 1.5 × Redis", ratio("redis", "50 conn C load"), lambda r: r >= 1.5)
+    check("request/reply, 50 connections: ≥ 4 × NATS requests/s", ratio("nats", "50 conn"), lambda r: r >= 4)
+    check("request/reply, 1 connection: p50 ≤ 0.5 × NATS", ratio("nats", "1 conn", "p50"), lambda r: r <= 0.5)
+    check("request/reply, 50 connections: ≥ 3 × tonic requests/s", ratio("tonic", "50 conn"), lambda r: r >= 3)
+    check("request/reply, 1 connection: p50 ≤ 0.5 × tonic", ratio("tonic", "1 conn", "p50"), lambda r: r <= 0.5)
+    for shape in ("1 conn 64 KiB", "1 conn 1 MiB"):
+        check(f"large messages, {shape}: ≥ 0.8 × the C blocking loop's MB/s", ratio("floor", shape),
+              lambda r: r >= 0.8)
+        check(f"large messages, {shape}: ≥ 1.5 × ZeroMQ REQ/REP's MB/s", ratio("zeromq", shape),
+              lambda r: r >= 1.5)
+    check("1 connection, default settings: p50 ≤ 1.2 × the polling C floor",
+          ratio("floor busy-poll", "1 conn", "p50"), lambda r: r <= 1.2)
+    return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
+
+
 def server_cpu(rows):
     """Server CPU per request beside the toys': throughput alone cannot show it where the
     load generator, or both processes, run their CPUs flat out."""
@@ -285,6 +324,17 @@ figures are in [raw.jsonl](raw.jsonl).
 - **toy+deadline**: examples/toy_deadline.rs, the toy with one idle deadline per connection
   (courier has three: handshake, frame and idle): what having a timer at all costs.
 - **python**: bench/py_echo.py, an asyncio length-prefixed echo server, loaded the same way.
+- **nats**: Debian's nats-server with bench/anchors' responder (async-nats, a queue-group
+  member, pinned with the server) and requester (one connection per requester, one request
+  in flight each): request/reply as a NATS user writes it.
+- **tonic**: gRPC unary echo with tonic, bench/anchors' server and client (one HTTP/2
+  connection per client task, one call in flight each).
+- **1 conn 64 KiB, 1 conn 1 MiB**: large messages on one connection, one in flight:
+  courier bench against courier, bench/floor.c's blocking ping-pong, ZeroMQ REQ/REP; the
+  same size for all, so the requests/s ratio is the MB/s ratio.
+- **50 conn C load**: courier, Redis (`ECHO` with the payload), the C epoll echo server
+  (floor) and the toy, each loaded by bench/epoll_floor.c's client speaking its protocol,
+  50 connections, one request in flight each: the same load generator for every server.
 {baseline_note(meta)}
 "courier ÷ this": above 1 means courier served more requests per second; for p50, below 1
 means courier answered faster. "server CPU µs/req" is the server process's CPU time (all its
@@ -300,6 +350,10 @@ and a ratio between two such rows compares load generators.
 ## Against the performance goals
 
 {goals(rows, busy_poll)}
+
+## Against the second round's goals
+
+{goals_second_round(rows)}
 
 ## Server CPU per request
 

@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
 
+pub mod size;
+pub use size::parse_size;
+
 /// How messages are delimited on a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// The courier protocol (docs/PROTOCOL.md): HELLO, request ids, ERROR frames.
@@ -86,11 +90,14 @@ pub struct Config {
     pub exec_queue: usize,
     /// Connections served at once; more get ERROR "server busy" and are closed.
     pub max_connections: usize,
-    /// Largest payload of one frame, in bytes.
+    /// Largest payload of one frame, in bytes (`"64k"`, `"1MiB"` allowed).
+    #[serde(with = "size")]
     pub max_frame: usize,
     /// Requests handled at once per connection; past it the server stops reading it.
     pub max_in_flight: usize,
-    /// Bytes of unwritten replies per connection before it is closed as a slow reader.
+    /// Bytes of unwritten replies per connection before it is closed as a slow reader
+    /// (`"8MiB"` allowed).
+    #[serde(with = "size")]
     pub max_pending_output: usize,
     /// Time from accept to the client's HELLO.
     #[serde(with = "humantime_serde")]
@@ -105,8 +112,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// After peers were last active, keep polling sockets for this long instead of
-    /// sleeping (0: never). Lower round-trip latency for a CPU kept busy; see
-    /// `busy_poll.rs`.
+    /// sleeping (0: never), while requests arrive less than this far apart. Lower
+    /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
     /// A connection older than about this (±10 %, so that connections made together do
@@ -220,12 +227,12 @@ impl AuthToken {
     /// warning when others than the owner may read the file.
     ///
     /// # Errors
-    /// [`ConfigError::Read`] when it cannot be read, [`ConfigError::Invalid`] when the
+    /// [`ConfigError::ReadToken`] when it cannot be read, [`ConfigError::Invalid`] when the
     /// token is empty or too long.
     pub fn from_file(path: &Path) -> Result<(AuthToken, Option<String>), ConfigError> {
-        let mut bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        let mut bytes = std::fs::read(path).map_err(|cause| ConfigError::ReadToken {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         if bytes.ends_with(b"\n") {
             bytes.pop();
@@ -247,23 +254,31 @@ impl fmt::Debug for AuthToken {
 /// A configuration that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    /// The file could not be read. (The OS's reason is part of the message, not a
+    /// separate source, so that printing the error's chain says it once.)
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// The TOML does not parse or has unknown or mistyped keys.
-    #[error("invalid config{}: {source}", origin.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
+    /// The auth token file could not be read.
+    #[error("cannot read the auth token file {path}: {cause}")]
+    ReadToken {
+        /// The file.
+        path: String,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown or mistyped keys; the parser's diagnostic
+    /// (with the line it points at) is part of the message, once.
+    #[error("invalid config{}: {cause}", origin.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
     Parse {
         /// The file, when there is one.
         origin: Option<String>,
         /// What the parser said.
-        #[source]
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     /// A value is out of range.
     #[error("invalid config: {0}")]
@@ -277,9 +292,9 @@ impl Config {
     /// [`ConfigError::Parse`] for bad TOML or unknown keys, [`ConfigError::Invalid`] for
     /// values out of range.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             origin: None,
-            source,
+            cause,
         })?;
         config.validate()?;
         Ok(config)
@@ -290,14 +305,14 @@ impl Config {
     /// # Errors
     /// As [`Config::from_toml`], plus [`ConfigError::Read`] when the file cannot be read.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Config::from_toml(&text).map_err(|err| match err {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse {
                 origin: Some(path.display().to_string()),
-                source,
+                cause,
             },
             other => other,
         })
@@ -405,26 +420,31 @@ impl Config {
                 "TLS applies to TCP; unix: sockets and pipe: names are local and protected by their permissions".into(),
             );
         }
-        if self.max_connections == 0 {
-            return invalid("max_connections must be at least 1".into());
+        let min_frame = if self.framing == Framing::Courier {
+            MIN_MAX_FRAME
+        } else {
+            1
+        };
+        for (name, value, min, max) in [
+            ("max_connections", self.max_connections, 1, 1_000_000),
+            ("backlog", self.backlog as usize, 1, 65_535),
+            ("max_in_flight", self.max_in_flight, 1, 65_536),
+            ("max_frame", self.max_frame, min_frame, MAX_PAYLOAD_LIMIT),
+            ("max_pending_output", self.max_pending_output, 1, 1 << 40),
+            ("exec_workers", self.exec_workers, 0, 1024),
+            ("exec_max_children", self.exec_max_children, 1, 4096),
+            ("exec_queue", self.exec_queue, 0, 1_000_000),
+        ] {
+            if !(min..=max).contains(&value) {
+                return invalid(format!(
+                    "{name} is {value}, out of range: it must be from {min} to {max}"
+                ));
+            }
         }
-        if self.backlog == 0 {
-            return invalid("backlog must be at least 1".into());
-        }
-        if self.max_in_flight == 0 {
-            return invalid("max_in_flight must be at least 1".into());
-        }
-        if self.framing == Framing::Courier && self.max_frame < MIN_MAX_FRAME {
-            return invalid(format!(
-                "max_frame is {}, below the protocol's minimum of {MIN_MAX_FRAME} bytes",
-                self.max_frame
-            ));
-        }
-        if self.max_frame > MAX_PAYLOAD_LIMIT {
-            return invalid(format!(
-                "max_frame is {}, above the protocol's limit of {MAX_PAYLOAD_LIMIT} bytes",
-                self.max_frame
-            ));
+        if self.exec_workers > 0 && self.exec.is_none() {
+            return invalid(
+                "exec_workers applies to exec: set exec too, or leave exec_workers at 0".into(),
+            );
         }
         let fixed = self.fixed_reply()?;
         if self.exec.is_some() && fixed.is_some() {
@@ -436,9 +456,6 @@ impl Config {
             .is_some_and(|cmd| cmd.trim().is_empty())
         {
             return invalid("exec is empty: give a command, or leave it out".into());
-        }
-        if self.exec_max_children == 0 {
-            return invalid("exec_max_children must be at least 1".into());
         }
         if self.greeting()?.is_some() && self.framing != Framing::Raw {
             return invalid("greeting applies to framing \"raw\" only".into());
@@ -454,8 +471,11 @@ impl Config {
             ("frame_timeout", self.frame_timeout),
             ("idle_timeout", self.idle_timeout),
         ] {
-            if value.is_zero() {
-                return invalid(format!("{name} must be longer than zero"));
+            if value.is_zero() || value > Duration::from_secs(7 * 24 * 3600) {
+                return invalid(format!(
+                    "{name} is {}, out of range: it must be from 1ms to 7days",
+                    humantime::format_duration(value)
+                ));
             }
         }
         Ok(())
@@ -597,6 +617,15 @@ mod tests {
     }
 
     #[test]
+    fn sizes_in_the_file_take_suffixes_and_print_as_numbers() {
+        let config =
+            Config::from_toml("max_frame = \"64k\"\nmax_pending_output = \"2MiB\"").unwrap();
+        assert_eq!(config.max_frame, 65536);
+        assert_eq!(config.max_pending_output, 2 << 20);
+        assert!(config.to_toml().contains("max_frame = 65536"));
+    }
+
+    #[test]
     fn humantime_durations_parse() {
         let config = Config::from_toml("idle_timeout = \"250ms\"").unwrap();
         assert_eq!(config.idle_timeout, Duration::from_millis(250));
@@ -616,6 +645,11 @@ mod tests {
             ("exec = \"cat\"\nreply = \"00\"", "exec"),
             ("exec_max_children = 0", "exec_max_children"),
             ("framing = \"raw\"\ngreeting = \"0g\"", "greeting"),
+            ("framing = \"plain\"\nmax_frame = 0", "from 1 to"),
+            ("max_frame = 0", "from 16 to"),
+            ("max_frame = \"64KB\"", "ambiguous"),
+            ("backlog = 0", "from 1 to 65535"),
+            ("exec_workers = 2", "exec_workers applies to exec"),
         ] {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");

@@ -47,7 +47,18 @@
 //!   one-way), verifying every reply and measuring latency with an HdrHistogram.
 //! - `src/main.rs` and `src/cli/`: the `courier` command line; they parse arguments, set up
 //!   logging, choose the handler and call into this library.
+//!
+//! # Features
+//! All on by default: `cli` (the binary's argument parsing, logging and output; needs the
+//! rest), `json` ([`client::Client::stats`]), `bench` ([`bench`](mod@bench)), `tls`
+//! ([`transport::tls`] with rustls; without it the TLS types have no values and loading
+//! certificates says so) and `exec` ([`handler::Exec`], [`handler::ExecPool`]). With
+//! `default-features = false` the library is the protocol, server and client on Tokio.
 
+// Without TLS, the TLS types have no values: the code that would use one is unreachable.
+#![cfg_attr(not(feature = "tls"), allow(unreachable_code))]
+
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod client;
 pub mod config;

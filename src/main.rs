@@ -7,15 +7,11 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use courier::client::{ClientError, Outcome};
-
 use cli::logging::{flush_logs, say};
-use cli::{Cli, Command, RuntimeKind};
+use cli::{Command, RuntimeKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::env::parse();
     cli::logging::init(cli.log_format);
     let runtime = match runtime(cli.runtime) {
         Ok(runtime) => runtime,
@@ -30,16 +26,18 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Stats(args) => cli::stats::run(args).await,
+            Command::Completions(args) => cli::manual::completions(&args),
+            Command::Man => cli::manual::man(),
         }
     });
     // Ends the tasks still running (and what they hold) before the last logs are flushed.
     drop(runtime);
     flush_logs();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(cli::exit::OK),
         Err(err) => {
             say(format_args!("courier: {err:#}"));
-            exit_code(&err)
+            cli::exit::exit_code(&err)
         }
     }
 }
@@ -55,19 +53,3 @@ fn runtime(kind: RuntimeKind) -> std::io::Result<tokio::runtime::Runtime> {
             .build(),
     }
 }
-
-/// The exit status for an error: 3 when a request's outcome is unknown, 1 otherwise.
-fn exit_code(err: &anyhow::Error) -> ExitCode {
-    let unknown = err
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<ClientError>())
-        .any(|err| err.outcome() == Outcome::Unknown);
-    if unknown {
-        ExitCode::from(OUTCOME_UNKNOWN)
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// The exit status of a command that sent a request whose outcome is unknown.
-const OUTCOME_UNKNOWN: u8 = 3;

@@ -210,7 +210,8 @@ fn the_cli_serves_with_a_token_file_and_sends_with_the_token() {
         .env_remove("COURIER_AUTH_TOKEN")
         .output()
         .unwrap();
-    assert_eq!(without.status.code(), Some(1));
+    // The server answered with an ERROR: exit status 5.
+    assert_eq!(without.status.code(), Some(5));
     let err = String::from_utf8_lossy(&without.stderr);
     assert!(err.contains("authentication failed"), "{err}");
     let (_, log) = server.terminate();

@@ -106,7 +106,7 @@ fn send_to_a_closed_port_fails_with_one_line_on_stderr() {
         .local_addr()
         .unwrap();
     let output = courier(&["send", "--data", "x", &port.to_string()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(6));
     assert_eq!(stdout(&output), "");
     let err = stderr(&output);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -242,7 +242,8 @@ fn send_help_states_its_defaults() {
     let help = stdout(&courier(&["send", "--help"]));
     for expected in [
         "[default: 127.0.0.1:12345]",
-        "[default: 10s]",
+        "[default: 60s]",
+        "[default: 5s]",
         "[default: hex]",
         "--oneway",
     ] {
@@ -409,14 +410,16 @@ fn stats_json_carries_every_counter_of_the_table() {
     for counter in Snapshot::COUNTERS {
         assert!(json[counter.name].is_u64(), "no {}: {json}", counter.name);
     }
-    let closed: Vec<_> = json["closed"]
-        .as_array()
-        .expect("closed")
+    // A flat object per counter family: closed is {reason: count}.
+    let closed = json["closed"].as_object().expect("closed, an object");
+    let mut named: Vec<_> = closed.keys().cloned().collect();
+    let mut reasons: Vec<_> = CloseReason::ALL
         .iter()
-        .map(|pair| pair[0].as_str().expect("a reason").to_owned())
+        .map(|r| r.name().to_owned())
         .collect();
-    let reasons: Vec<_> = CloseReason::ALL.iter().map(|r| r.name()).collect();
-    assert_eq!(closed, reasons);
-    let snapshot: Snapshot = serde_json::from_value(json).expect("a Snapshot");
-    assert_eq!(snapshot.open, 1, "the asking connection");
+    named.sort();
+    reasons.sort();
+    assert_eq!(named, reasons);
+    assert!(closed.values().all(serde_json::Value::is_u64), "{json}");
+    assert_eq!(json["open"], 1, "the asking connection");
 }

@@ -51,7 +51,7 @@ async fn connecting_to_a_closed_port_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn connect_times_out_when_the_server_never_says_hello() {
+async fn a_server_that_never_says_hello_is_named_as_silent_not_as_a_connect_timeout() {
     // A TCP listener that accepts and then says nothing.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -64,9 +64,17 @@ async fn connect_times_out_when_the_server_never_says_hello() {
         connect_timeout: Duration::from_secs(2),
         ..ClientConfig::default()
     };
+    // The TCP connect succeeded: the error says the peer was silent, and may be a TLS
+    // port or a plain-framing server, rather than blaming the connect.
     match Client::connect_with(addr, config).await {
-        Err(ClientError::ConnectTimeout { after, .. }) => assert_eq!(after, Duration::from_secs(2)),
-        other => panic!("expected ConnectTimeout, got {other:?}"),
+        Err(err @ ClientError::NoHello) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("TLS port") && text.contains("plain"),
+                "{text}"
+            );
+        }
+        other => panic!("expected NoHello, got {other:?}"),
     }
     holder.abort();
 }
@@ -281,7 +289,7 @@ async fn a_goaway_naming_no_request_means_none_was_received() {
 }
 
 #[tokio::test]
-async fn a_server_that_does_not_speak_courier_is_a_protocol_error() {
+async fn a_server_that_does_not_speak_courier_is_named_with_its_first_bytes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let http = tokio::spawn(async move {
@@ -290,8 +298,15 @@ async fn a_server_that_does_not_speak_courier_is_a_protocol_error() {
         let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
     });
     match Client::connect(addr).await {
-        Err(ClientError::Protocol(text)) => assert!(text.contains("too large"), "{text}"),
-        other => panic!("expected Protocol, got {other:?}"),
+        Err(err @ ClientError::NotCourier { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains("did not speak courier (first bytes: 48 54 54 50 2f")
+                    && text.contains("= 'HTTP/1.1 400 Bad'"),
+                "{text}"
+            );
+        }
+        other => panic!("expected NotCourier, got {other:?}"),
     }
     http.await.unwrap();
 }

@@ -41,18 +41,25 @@ async fn per_request_command_turns_stdin_into_the_reply() {
 }
 
 #[tokio::test]
-async fn a_failing_command_gives_an_error_with_its_status_and_first_stderr_line() {
+async fn a_failing_command_gives_an_error_with_its_status_and_last_stderr_lines() {
     let server = start_server(
         test_config(),
-        exec("echo 'no such record' >&2; echo more >&2; exit 3"),
+        exec("echo 'Traceback' >&2; for i in $(seq 300); do echo \"  frame $i\" >&2; done; echo 'no such record' >&2; exit 3"),
     )
     .await;
     let client = Client::connect(server.addr).await.unwrap();
     assert_server_error(
         client.call("x").await,
         ErrorCode::HandlerFailed,
-        &["status 3", "no such record"],
+        &["status 3", "frame 300 | no such record"],
     );
+    match client.call("x").await {
+        Err(ClientError::Server { message, .. }) => {
+            assert!(!message.contains("Traceback"), "{message}");
+            assert!(message.len() < 1200, "{}", message.len());
+        }
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
     // The connection survives a failed command.
     assert_server_error(
         client.call("y").await,
@@ -377,5 +384,44 @@ async fn a_worker_that_exits_after_every_reply_fails_no_request() {
         let reply = client.call(format!("call {n}")).await;
         assert_eq!(reply.unwrap(), format!("CALL {n}"), "call {n}");
     }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_command_finds_the_request_id_in_its_environment() {
+    let server = start_server(
+        test_config(),
+        exec("printf %s \"$COURIER_REQUEST_ID:${COURIER_PEER_IDENTITY-none}\""),
+    )
+    .await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = client.call("x").await.unwrap();
+        let text = String::from_utf8(reply.to_vec()).unwrap();
+        let (id, identity) = text.split_once(':').expect("id:identity");
+        assert_eq!(identity, "none", "{text}");
+        ids.push(id.parse::<u32>().expect("a request id"));
+    }
+    assert!(ids[0] != 0 && ids[0] != ids[1], "{ids:?}");
+    server.shutdown().await;
+}
+
+/// A client that only closes its write side (`Client::close` with a call in flight) is
+/// still there: the server's probes after its EOF (a PING each second) must neither end
+/// the connection nor cost the call its reply.
+#[tokio::test]
+async fn a_half_closed_client_still_gets_the_reply_of_a_slow_command() {
+    let server = start_server(test_config(), exec("sleep 2.5; cat")).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("still here").await })
+    };
+    // Let the request leave before the write side closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.close().await;
+    let reply = call.await.unwrap().expect("the reply, after the probes");
+    assert_eq!(&reply[..], b"still here");
     server.shutdown().await;
 }

@@ -70,6 +70,8 @@ fn kind(err: &ClientError) -> &'static str {
         ClientError::Closed { .. } => "closed",
         ClientError::OutcomeUnknown { .. } => "outcome_unknown",
         ClientError::Protocol(_) => "protocol",
+        ClientError::NotCourier { .. } | ClientError::NoHello => "not_courier",
+        ClientError::Tls { .. } => "tls",
     }
 }
 

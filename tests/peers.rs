@@ -73,7 +73,7 @@ fn the_tutorial_python_client_talks_to_courier_serve_raw() {
             "--close-after",
             "1",
         ],
-        &[],
+        &[("RUST_LOG", "courier=debug")],
     );
     let port = server.addr.rsplit(':').next().unwrap();
     let output = Command::new(python)
@@ -87,7 +87,7 @@ fn the_tutorial_python_client_talks_to_courier_serve_raw() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "01020304\n");
-    // The server logs every chunk it receives at info level, as lowercase hex.
+    // The server logs every chunk it receives at debug level, as lowercase hex.
     wait_for_log(&server, "data=05060708");
 }
 

@@ -453,9 +453,8 @@ mod tls {
             started.elapsed()
         );
         match err {
-            ClientError::Server { code, message } => {
-                assert_eq!(code, ErrorCode::Protocol);
-                assert!(message.contains("speaks TLS"), "{message}");
+            ClientError::Tls { reason } => {
+                assert!(reason.contains("speaks TLS"), "{reason}");
             }
             other => panic!("expected an ERROR naming TLS, got {other}"),
         }

@@ -10,6 +10,17 @@ script:
         print(client.call(b"hello", timeout=5))      # b'hello' from the echo server
         client.send_oneway(b"a note; no reply")
 
+Or install it (`pip install clients/python`) and `import courier_client`. For a server
+that speaks TLS, pass an `ssl.SSLContext`:
+
+    context = ssl.create_default_context(cafile="ca.pem")
+    with Client("server.example", 12345, tls=context) as client:
+        ...
+
+A peer that is not a courier server (an HTTP or SSH server, a plain-framing server, a TLS
+port reached without TLS) raises NotCourier, which names its first bytes, or says it sent
+nothing.
+
 One call is on the wire at a time per Client (calls from several threads take turns);
 open one Client per thread for parallel calls.
 
@@ -45,10 +56,14 @@ answer, or one left unanswered by a close without GOAWAY, has an unknown outcome
         ...  # GoingAway or nothing sent: send it again, on a new connection
 """
 
+from __future__ import annotations
+
 import socket
+import ssl
 import struct
 import threading
 import time
+from typing import Optional, Tuple, Union
 
 __all__ = [
     "Client",
@@ -60,6 +75,7 @@ __all__ = [
     "GoingAway",
     "OutcomeUnknown",
     "ProtocolError",
+    "NotCourier",
 ]
 
 MAGIC = b"COUR"
@@ -79,7 +95,7 @@ class ServerError(CourierError):
     docs/PROTOCOL.md (11: handler failed, 14: busy, 1000+: the application's own),
     `text` the server's explanation."""
 
-    def __init__(self, code, text):
+    def __init__(self, code: int, text: str) -> None:
         super().__init__(f"server error {code}: {text}")
         self.code = code
         self.text = text
@@ -132,19 +148,58 @@ class ProtocolError(CourierError):
     a call that gets it after its request was sent has an unknown outcome."""
 
 
+class NotCourier(ProtocolError):
+    """Connected, but the peer is not a courier server: its first bytes cannot start a
+    courier HELLO (`first` holds them; the message shows them in hex and as text), or it
+    sent nothing within the timeout where a courier server sends its HELLO at once (a
+    TLS port reached without TLS, a plain-framing server). Nothing was sent."""
+
+    def __init__(self, message: str, first: bytes = b"") -> None:
+        super().__init__(message)
+        self.first = first
+
+
+def describe_bytes(data: bytes) -> str:
+    """Bytes as hex and as text, for a person: `48 54 54 50 = 'HTTP'` (at most 16)."""
+    shown = data[:16]
+    text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in shown)
+    more = " ..." if len(data) > len(shown) else ""
+    hint = ""
+    if data[:2] in (b"\x15\x03", b"\x16\x03"):
+        hint = ": a TLS record, so this port speaks TLS (pass tls=ssl.SSLContext)"
+    return f"{' '.join(f'{b:02x}' for b in shown)}{more} = '{text}'{hint}"
+
+
+def _could_be_courier(head: bytes) -> bool:
+    """Whether `head` can start a courier server's first frame (as the Rust client
+    checks): a length no larger than a HELLO's, kind HELLO (then the magic) or ERROR,
+    and id 0."""
+    if len(head) >= 4:
+        (length,) = struct.unpack(">I", head[:4])
+        if not 5 <= length <= MAX_HELLO_PAYLOAD + 5:
+            return False
+    if len(head) >= 5 and head[4] not in (HELLO, ERROR):
+        return False
+    if len(head) >= 9 and head[5:9] != b"\0\0\0\0":
+        return False
+    if len(head) >= 13 and head[4] == HELLO and head[9:13] != MAGIC:
+        return False
+    return True
+
+
 class _Ended(Exception):
     """Internal: the connection ended (EOF, a socket error) while a call was under way.
     The caller that knows whether the request was sent turns it into the ConnectionClosed
     subclass that says so."""
 
-    def __init__(self, reason, written=True):
+    def __init__(self, reason: str, written: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         # False only when provably no byte of the frame being sent left this client.
         self.written = written
 
 
-def _sent_after(request_id, last_id):
+def _sent_after(request_id: int, last_id: int) -> bool:
     """Whether `request_id` was sent after `last_id`, in this client's send order.
 
     Ids count up from 1 and wrap after 2**32 - 1 (skipping 0), so plain `>` is wrong
@@ -164,12 +219,25 @@ class Client:
     Every call ends in exactly one of: a reply, "not received" (safe to send again), or
     "outcome unknown"; the module docstring says which exception means which."""
 
-    def __init__(self, host="127.0.0.1", port=12345, timeout=10.0, max_frame=16 << 20,
-                 auth_token=None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 12345,
+        timeout: float = 10.0,
+        max_frame: int = 16 << 20,
+        auth_token: Union[bytes, str, None] = None,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+    ) -> None:
         """Connects and does the HELLO exchange within `timeout` seconds. Replies larger
         than `max_frame` bytes are refused (the server is told so in our HELLO).
         `auth_token` (bytes or str) is presented to a server that requires one; a missing
-        or wrong token makes the first call raise ServerError with code 15."""
+        or wrong token makes the first call raise ServerError with code 15.
+
+        `tls`: speak TLS with this context (`ssl.create_default_context(cafile=...)`,
+        plus `load_cert_chain` for a server that requires client certificates); the
+        certificate must carry `server_hostname` (default: `host`). A failed handshake
+        raises ssl.SSLError. A peer that is not courier raises NotCourier."""
         self._max_frame = max_frame
         if isinstance(auth_token, str):
             auth_token = auth_token.encode()
@@ -183,10 +251,14 @@ class Client:
         # did not parse (then no unanswered request can be called "not received").
         self._goaway_last_id = None
         self._closed = False
+        deadline = time.monotonic() + timeout
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._handshake(time.monotonic() + timeout)
+            if tls is not None:
+                self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                self._sock = tls.wrap_socket(self._sock, server_hostname=server_hostname or host)
+            self._handshake(deadline)
         except _Ended as end:
             self._sock.close()
             raise ConnectionClosed(f"during the HELLO exchange: {end.reason}") from end.__cause__
@@ -194,19 +266,19 @@ class Client:
             self._sock.close()
             raise
 
-    def __enter__(self):
+    def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.close()
         return False
 
     @property
-    def server_max_frame(self):
+    def server_max_frame(self) -> int:
         """The largest payload the server accepts."""
         return self._server_max_frame
 
-    def call(self, payload, timeout=None):
+    def call(self, payload: bytes, timeout: Optional[float] = None) -> bytes:
         """Sends `payload` (bytes) as a REQUEST and returns the reply's bytes.
 
         Every call ends in exactly one of: a reply, "not received" (safe to send again),
@@ -217,12 +289,12 @@ class Client:
         have been processed; FrameTooLarge (nothing sent) or ProtocolError."""
         return self._exchange(REQUEST, payload, timeout)
 
-    def ping(self, payload=b"", timeout=None):
+    def ping(self, payload: bytes = b"", timeout: Optional[float] = None) -> bytes:
         """Sends a PING and returns the PONG's payload (the same bytes). Fails like
         `call`; a PING has no effect on the server, so every outcome is safe to repeat."""
         return self._exchange(PING, payload, timeout)
 
-    def send_oneway(self, payload):
+    def send_oneway(self, payload: bytes) -> None:
         """Sends `payload` as a ONEWAY message: no reply, no confirmation. Raises
         ConnectionClosed when nothing was sent, OutcomeUnknown when sending failed part
         way (or GoingAway after the server's GOAWAY)."""
@@ -235,7 +307,7 @@ class Client:
             except _Ended as end:
                 raise self._unsent_or_unknown("the ONEWAY message", end) from end.__cause__
 
-    def close(self):
+    def close(self) -> None:
         """Closes the connection. The server still answers what it has received, but this
         client no longer reads it."""
         if not self._closed:
@@ -248,7 +320,7 @@ class Client:
 
     # Internals.
 
-    def _exchange(self, kind, payload, timeout):
+    def _exchange(self, kind: int, payload: bytes, timeout: Optional[float]) -> bytes:
         payload = bytes(payload)
         self._check_size(payload)
         with self._lock:
@@ -266,7 +338,7 @@ class Client:
                 raise self._unanswered(request_id, end) from end.__cause__
 
     @staticmethod
-    def _unsent_or_unknown(what, end):
+    def _unsent_or_unknown(what: str, end: _Ended) -> ConnectionClosed:
         if not end.written:
             return ConnectionClosed(f"{what} was not sent: {end.reason}")
         return OutcomeUnknown(
@@ -274,7 +346,7 @@ class Client:
             "the server may or may not have processed it"
         )
 
-    def _unanswered(self, request_id, end):
+    def _unanswered(self, request_id: int, end: _Ended) -> ConnectionClosed:
         """The exception for a request that was sent and whose connection then ended."""
         last_id = self._goaway_last_id
         if self._going_away and last_id is not None and _sent_after(request_id, last_id):
@@ -289,8 +361,50 @@ class Client:
             "the server may or may not have processed it"
         )
 
-    def _handshake(self, deadline):
-        kind, _, payload = self._read_frame(deadline, MAX_HELLO_PAYLOAD)
+    def _first_bytes(self, deadline: float) -> None:
+        """Reads the peer's first bytes into the buffer and checks they can start a
+        courier HELLO, raising NotCourier when they cannot or when nothing comes."""
+        while len(self._buffer) < 13:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self._sock.settimeout(remaining)
+                chunk = self._sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError as err:
+                raise _Ended(f"receiving failed: {err}") from err
+            if not chunk:
+                break
+            self._buffer += chunk
+            if not _could_be_courier(bytes(self._buffer)):
+                break
+            if len(self._buffer) >= 9 and self._buffer[4] == ERROR:
+                break
+        head = bytes(self._buffer)
+        if not head and time.monotonic() >= deadline:
+            raise NotCourier(
+                "connected, but the peer sent nothing within the timeout, where a courier "
+                "server sends its HELLO at once: is it a TLS port (pass tls=), or a server "
+                "in plain or raw framing?"
+            )
+        if head and not _could_be_courier(head):
+            raise NotCourier(
+                f"connected, but the peer did not speak courier (first bytes: {describe_bytes(head)})",
+                head,
+            )
+
+    def _handshake(self, deadline: float) -> None:
+        self._first_bytes(deadline)
+        try:
+            kind, _, payload = self._read_frame(deadline, MAX_HELLO_PAYLOAD)
+        except CallTimeout:
+            head = bytes(self._buffer)
+            raise NotCourier(
+                f"connected, but the peer did not speak courier (first bytes: {describe_bytes(head)})",
+                head,
+            ) from None
         if kind == ERROR:
             raise self._server_error(payload)
         if kind != HELLO:
@@ -307,27 +421,27 @@ class Client:
             fields = struct.pack(">BH", AUTH_TOKEN_FIELD, len(self._auth_token)) + self._auth_token
         self._send(HELLO, 0, MAGIC + struct.pack(">HI", VERSION, self._max_frame) + fields, deadline)
 
-    def _deadline(self, timeout):
+    def _deadline(self, timeout: Optional[float]) -> float:
         return time.monotonic() + (self._timeout if timeout is None else timeout)
 
-    def _check_size(self, payload):
+    def _check_size(self, payload: bytes) -> None:
         if len(payload) > self._server_max_frame:
             raise FrameTooLarge(
                 f"the payload is {len(payload)} bytes, the server accepts at most {self._server_max_frame}"
             )
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._going_away:
             raise GoingAway("the server is going away (GOAWAY): the request was not sent")
         if self._closed:
             raise ConnectionClosed("the connection is closed: the request was not sent")
 
-    def _take_id(self):
+    def _take_id(self) -> int:
         request_id = self._next_id
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # never 0, wraps after 2**32 - 1
         return request_id
 
-    def _send(self, kind, request_id, payload, deadline):
+    def _send(self, kind: int, request_id: int, payload: bytes, deadline: float) -> None:
         """Writes one frame, raising _Ended (the connection closed) on failure.
 
         `send`, not `sendall`: on an error sendall does not say how much it wrote, and
@@ -356,7 +470,7 @@ class Client:
                 raise _Ended("sending failed: the socket took no bytes", written > 0)
             written += count
 
-    def _wait_for(self, request_id, deadline):
+    def _wait_for(self, request_id: int, deadline: float) -> bytes:
         # Bounded by the deadline: every turn reads a frame or raises once it passes.
         while True:
             kind, frame_id, payload = self._read_frame(deadline, self._max_frame)
@@ -380,7 +494,7 @@ class Client:
                 self._send(PONG, frame_id, payload, deadline)
             # Anything else answers an earlier call that gave up; skip it.
 
-    def _read_frame(self, deadline, max_payload):
+    def _read_frame(self, deadline: float, max_payload: int) -> Tuple[int, int, bytes]:
         header = self._read_exact(HEADER.size, deadline)
         length, kind, frame_id = HEADER.unpack(header)
         if length < 5:
@@ -391,7 +505,7 @@ class Client:
             raise ProtocolError(f"frame too large: {length - 5} bytes, the limit is {max_payload}")
         return kind, frame_id, self._read_exact(length - 5, deadline)
 
-    def _read_exact(self, size, deadline):
+    def _read_exact(self, size: int, deadline: float) -> bytes:
         # Bounded by the deadline: each turn gets bytes, ends the connection, or times out.
         while len(self._buffer) < size:
             remaining = deadline - time.monotonic()
@@ -415,7 +529,7 @@ class Client:
         return data
 
     @staticmethod
-    def _server_error(payload):
+    def _server_error(payload: bytes) -> CourierError:
         if len(payload) < 2:
             return ProtocolError("an ERROR frame shorter than its 2-byte code")
         (code,) = struct.unpack(">H", payload[:2])

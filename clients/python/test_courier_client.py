@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from courier_client import (  # noqa: E402
     CourierError,
     FrameTooLarge,
     GoingAway,
+    NotCourier,
     OutcomeUnknown,
     ServerError,
 )
@@ -523,6 +525,85 @@ class FailingSocket:
 
     def __getattr__(self, name):
         return getattr(self.sock, name)
+
+
+def banner_server(banner):
+    """A TCP listener that writes `banner` to its one peer, then waits for it to close.
+    Returns the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        with listener:
+            listener.settimeout(30)
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(banner)
+                conn.settimeout(30)
+                try:
+                    while conn.recv(1024):
+                        pass
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return port
+
+
+class NotCourierTest(unittest.TestCase):
+    def test_an_http_server_is_named_with_its_first_bytes(self):
+        port = banner_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        with self.assertRaises(NotCourier) as caught:
+            Client("127.0.0.1", port, timeout=5)
+        text = str(caught.exception)
+        self.assertIn("did not speak courier (first bytes: 48 54 54 50 2f", text)
+        self.assertIn("'HTTP/1.1 400 Bad'", text)
+        self.assertTrue(caught.exception.first.startswith(b"HTTP/1.1"))
+
+    def test_an_ssh_banner_is_named_too(self):
+        port = banner_server(b"SSH-2.0-OpenSSH_9.6\r\n")
+        with self.assertRaises(NotCourier) as caught:
+            Client("127.0.0.1", port, timeout=5)
+        self.assertIn("53 53 48 2d", str(caught.exception))
+
+    def test_a_plain_framing_server_is_silent_and_said_to_be(self):
+        server = Server("--framing", "plain")
+        try:
+            with self.assertRaises(NotCourier) as caught:
+                server.client(timeout=0.5)
+            self.assertIn("sent nothing", str(caught.exception))
+            self.assertIn("plain", str(caught.exception))
+        finally:
+            server.stop()
+
+
+TLS_FILES = [os.environ.get(name) for name in ("COURIER_TEST_CA", "COURIER_TEST_CERT", "COURIER_TEST_KEY")]
+
+
+@unittest.skipUnless(all(TLS_FILES), "COURIER_TEST_CA/CERT/KEY not set (tests/python.rs sets them)")
+class TlsTest(unittest.TestCase):
+    def setUp(self):
+        ca, cert, key = TLS_FILES
+        self.ca = ca
+        self.server = Server("--tls-cert", cert, "--tls-key", key)
+
+    def tearDown(self):
+        self.server.stop()
+
+    def test_a_call_over_tls_is_answered(self):
+        context = ssl.create_default_context(cafile=self.ca)
+        with self.server.client(tls=context, server_hostname="localhost") as client:
+            self.assertEqual(client.call(b"over tls"), b"over tls")
+
+    def test_a_plaintext_client_on_the_tls_port_is_told_it_may_be_tls(self):
+        with self.assertRaises(NotCourier) as caught:
+            self.server.client(timeout=0.5)
+        self.assertIn("TLS port", str(caught.exception))
+
+    def test_an_untrusted_certificate_fails_the_handshake(self):
+        context = ssl.create_default_context()  # the system's CAs: not the test CA
+        with self.assertRaises(ssl.SSLError):
+            self.server.client(tls=context, server_hostname="localhost")
 
 
 class AuthTest(unittest.TestCase):

@@ -3,7 +3,8 @@
 //! Each connection is a task that drives frames itself (not through [`crate::client::Client`],
 //! whose per-call channels would make the load generator, not the server, the bottleneck).
 //! Every reply is checked against its request, by id and content, so a wrong server cannot
-//! score; latency goes into an HdrHistogram per connection, merged at the end.
+//! score; latency goes into a buffer per connection, moved into an HdrHistogram when it
+//! fills and merged at the end.
 //!
 //! - Closed loop: each connection keeps `pipeline` requests in flight.
 //! - Open loop (`rate`): requests leave on a fixed schedule and latency is measured from the
@@ -174,11 +175,11 @@ impl Report {
     fn new(
         config: &BenchConfig,
         connections: usize,
-        total: &Outcome,
+        total: &mut Outcome,
         seconds: f64,
         cpu: f64,
     ) -> Report {
-        let h = &total.histogram;
+        let h = total.latencies();
         let latency = (!config.oneway && !h.is_empty()).then(|| Latency::of(h));
         Report {
             mode: if config.oneway {
@@ -254,7 +255,7 @@ pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report
     // CPU is sampled over the measured window only, like the requests it is divided by.
     tokio::time::sleep_until(window.measure_from).await;
     let cpu_before = cpu_time();
-    let (total, last_end) = collect(tasks, window.measure_from).await;
+    let (mut total, last_end) = collect(tasks, window.measure_from).await;
     let seconds = match window.until {
         Some(until) => until.duration_since(window.measure_from),
         None => last_end.duration_since(window.measure_from),
@@ -262,7 +263,7 @@ pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report
     .as_secs_f64()
     .max(1e-9);
     let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
-    Ok(Report::new(config, connections, &total, seconds, cpu))
+    Ok(Report::new(config, connections, &mut total, seconds, cpu))
 }
 
 /// Starts one job per connection: a task on the runtime, or a thread of its own for a

@@ -92,6 +92,7 @@ where
         writer,
         MAX_PAYLOAD_LIMIT,
         config.auth_token.as_ref(),
+        tokio::time::Instant::now() + config.timeout,
     );
     let (framed_read, framed_write, _) = tokio::time::timeout(config.timeout, exchange)
         .await

@@ -31,8 +31,8 @@ pub(crate) struct BenchArgs {
     #[arg(short = 'P', long, value_name = "N", default_value_t = 1)]
     pipeline: usize,
 
-    /// Payload size in bytes.
-    #[arg(short = 's', long, value_name = "BYTES", default_value_t = 64)]
+    /// Payload size in bytes (64, 4k, 1MiB: suffixes are powers of 1024).
+    #[arg(short = 's', long, value_name = "BYTES", default_value = "64", value_parser = courier::config::parse_size)]
     size: usize,
 
     /// How long to measure, after the warm-up.
@@ -57,9 +57,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     oneway: bool,
 
-    /// The server's framing (plain: 4-byte length + payload, replies in order).
-    #[arg(long, value_enum, default_value_t = Framing::Courier)]
-    framing: Framing,
+    /// The server's framing (plain: 4-byte length + payload, replies in order; raw
+    /// framing has no replies to match, so it cannot be measured).
+    #[arg(long, value_enum, default_value_t = BenchFraming::Courier)]
+    framing: BenchFraming,
 
     /// Time allowed to connect, and for any one reply.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -71,6 +72,24 @@ pub(crate) struct BenchArgs {
 
     #[command(flatten)]
     auth: ClientAuthArgs,
+}
+
+/// The framings `courier bench` can load (`--framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchFraming {
+    /// The courier protocol.
+    Courier,
+    /// A 4-byte length and the payload.
+    Plain,
+}
+
+impl From<BenchFraming> for Framing {
+    fn from(framing: BenchFraming) -> Framing {
+        match framing {
+            BenchFraming::Courier => Framing::Courier,
+            BenchFraming::Plain => Framing::Plain,
+        }
+    }
 }
 
 /// Runs `courier bench`: fails (exit status 1) on any error, mismatched reply, or
@@ -106,10 +125,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Checks the flags and turns them into the library's settings.
 fn bench_config(args: &BenchArgs) -> anyhow::Result<BenchConfig> {
-    if args.framing == Framing::Raw {
-        bail!("courier bench loads courier or plain framing; raw framing has no replies to match");
-    }
-    if args.oneway && args.framing != Framing::Courier {
+    if args.oneway && args.framing != BenchFraming::Courier {
         bail!("--oneway needs --framing courier: plain framing has no one-way messages");
     }
     if args.connections == 0 || args.pipeline == 0 {
@@ -125,7 +141,7 @@ fn bench_config(args: &BenchArgs) -> anyhow::Result<BenchConfig> {
         warmup: args.warmup,
         rate: args.rate,
         oneway: args.oneway,
-        framing: args.framing,
+        framing: args.framing.into(),
         timeout: args.timeout,
         auth_token: args.auth.token()?,
         tls: args.auth.tls()?,

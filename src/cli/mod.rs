@@ -4,8 +4,13 @@
 
 pub(crate) mod bench;
 pub(crate) mod client_args;
+pub(crate) mod env;
+pub(crate) mod exit;
 pub(crate) mod logging;
+pub(crate) mod manual;
+pub(crate) mod output;
 pub(crate) mod send;
+pub(crate) mod send_stream;
 pub(crate) mod serve;
 pub(crate) mod service;
 pub(crate) mod stats;
@@ -62,16 +67,25 @@ pub(crate) enum Command {
     Bench(bench::BenchArgs),
     /// Send a message to a server and print the reply on stdout.
     ///
-    /// Exits 0 when every reply arrived. Otherwise prints one line on stderr saying what
-    /// went wrong, and exits 3 when a request's outcome is unknown (it was sent and the
-    /// connection ended before its answer: the server may have processed it, so do not
-    /// resend it blindly), 1 for anything else (an ERROR answer, or a request the server
-    /// did not receive, which is safe to send again).
+    /// One message (--data, --hex, --file, or stdin), --count of them, or one per item of
+    /// a stream (--lines, --null, --jsonl). Exits 0 when every reply arrived. Otherwise
+    /// prints one line on stderr saying what went wrong and exits with the status of its
+    /// kind (the table at the end): 3 means the request's outcome is unknown (it was sent
+    /// and the connection ended before its answer: the server may have processed it, so
+    /// do not resend it blindly).
     Send(send::SendArgs),
     /// Print a running server's counters: connections accepted, rejected and closed by
     /// reason, protocol errors, requests and replies.
     ///
     /// Asks with a STATS frame (courier framing only). Prints one `name value` line per
-    /// counter, or the server's JSON with --json.
+    /// counter, one flat JSON object with --json, or rates per second with --watch.
     Stats(stats::StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    ///
+    /// Install for bash: `courier completions bash > ~/.local/share/bash-completion/completions/courier`.
+    Completions(manual::CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Install: `courier man > ~/.local/share/man/man1/courier.1`, then `man courier`.
+    Man,
 }

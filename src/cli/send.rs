@@ -1,21 +1,25 @@
-//! `courier send`: sends a message (or `--count` of them) in any framing and prints each
-//! reply on stdout.
+//! `courier send`: sends a message (or `--count` of them, or one per item of a stream
+//! with `--lines`, `--null` or `--jsonl`) in any framing and prints each reply on stdout.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use courier::client::{raw_exchange, Client, ClientConfig, PlainClient, RawOptions};
+use courier::client::{raw_exchange, Client, ClientConfig, ClientError, PlainClient, RawOptions};
 use courier::config::{parse_hex, Framing};
 
 use super::client_args::ClientAuthArgs;
+use super::exit::Usage;
+use super::output::Output;
+use super::send_stream::{self, Split, StreamOptions};
 
 /// `courier send`'s arguments.
 #[derive(Debug, Args)]
+#[command(after_help = super::exit::TABLE)]
 pub(crate) struct SendArgs {
     /// Server address.
     #[arg(
@@ -43,9 +47,38 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "TEXT", group = "input")]
     data: Option<String>,
 
-    /// The payload from a file, or from stdin with `-`.
-    #[arg(long, value_name = "PATH|-", group = "input")]
+    /// The payload from a file, or from stdin with `-` (with --lines, --null or --jsonl:
+    /// the stream to cut into requests). Without --hex, --data or --file, the payload is
+    /// stdin, which must then not be a terminal.
+    #[arg(long, value_name = "PATH|-")]
     file: Option<PathBuf>,
+
+    /// One request per line of the input (stdin, or --file), without its newline.
+    #[arg(long, group = "split", conflicts_with_all = ["hex", "data", "count"])]
+    lines: bool,
+
+    /// One request per NUL-terminated item of the input (as `find -print0` writes).
+    #[arg(long, group = "split", conflicts_with_all = ["hex", "data", "count"])]
+    null: bool,
+
+    /// One request per line of JSON: {"text": "..."}, {"hex": "..."} or {"base64":
+    /// "..."}, with an optional "id" that the --json output repeats.
+    #[arg(long, group = "split", conflicts_with_all = ["hex", "data", "count"])]
+    jsonl: bool,
+
+    /// With --lines, --null or --jsonl: requests in flight at once on the connection.
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 1)]
+    concurrency: usize,
+
+    /// With --lines, --null or --jsonl: print replies as they come, not in input order.
+    #[arg(long)]
+    unordered: bool,
+
+    /// Print one JSON object per reply: {"index", "id" (from --jsonl), "status" ("ok" or
+    /// "error"), "rtt_us", and "reply" (--output text), "reply_hex" (hex) or
+    /// "reply_base64" (raw, base64) or "error": {"kind", "outcome", "message", "code"}}.
+    #[arg(long)]
+    json: bool,
 
     /// Send as ONEWAY: no reply is expected and nothing is printed.
     #[arg(long)]
@@ -56,15 +89,17 @@ pub(crate) struct SendArgs {
     count: u64,
 
     /// Time allowed for each reply (raw framing: the quiet time that ends the exchange).
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Longer than the server's default exec_timeout (30s), so that a slow --exec command
+    /// is reported by the server's ERROR naming its limit.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
     /// Time allowed to connect and exchange HELLO.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
 
-    /// How to print each reply: lowercase hex on one line, the raw bytes, or UTF-8 text
-    /// on one line.
+    /// How to print each reply: lowercase hex on one line, the raw bytes, UTF-8 text on
+    /// one line (no newline added to a reply that ends with one), or base64 on one line.
     #[arg(long, value_enum, default_value_t = Output::Hex)]
     output: Output,
 
@@ -72,28 +107,16 @@ pub(crate) struct SendArgs {
     auth: ClientAuthArgs,
 }
 
-/// How `courier send` prints a reply (`--output`).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    /// Lowercase hex, one line per reply.
-    Hex,
-    /// The bytes as they are, nothing added.
-    Raw,
-    /// The bytes as UTF-8 text (invalid sequences replaced), one line per reply.
-    Text,
-}
-
 /// Runs `courier send`.
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let payload = read_payload(&args)?;
     check(&args)?;
+    if let Some(split) = split(&args) {
+        return send_stream(&args, split).await;
+    }
+    let payload = read_payload(&args)?;
     let mut stdout = std::io::stdout().lock();
     let print = |reply: &[u8]| -> std::io::Result<()> {
-        match args.output {
-            Output::Hex => writeln!(stdout, "{}", hex::encode(reply)),
-            Output::Raw => stdout.write_all(reply),
-            Output::Text => writeln!(stdout, "{}", String::from_utf8_lossy(reply)),
-        }?;
+        args.output.write(&mut stdout, reply)?;
         stdout.flush()
     };
     match args.framing {
@@ -103,37 +126,102 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The payload from --hex, --data or --file (`-` for stdin); empty without any.
+/// The stream mode asked for, if any.
+fn split(args: &SendArgs) -> Option<Split> {
+    match (args.lines, args.null, args.jsonl) {
+        (true, _, _) => Some(Split::Lines),
+        (_, true, _) => Some(Split::Null),
+        (_, _, true) => Some(Split::Jsonl),
+        _ => None,
+    }
+}
+
+/// The payload from --hex, --data or --file (`-` for stdin), or stdin when it is not a
+/// terminal.
 fn read_payload(args: &SendArgs) -> anyhow::Result<Bytes> {
+    let stdin = || -> anyhow::Result<Bytes> {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read the payload from stdin")?;
+        Ok(Bytes::from(buf))
+    };
     Ok(match (&args.hex, &args.data, &args.file) {
         (Some(bytes), _, _) => bytes.clone(),
         (_, Some(text), _) => Bytes::from(text.clone().into_bytes()),
-        (_, _, Some(path)) if path.as_os_str() == "-" => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read the payload from stdin")?;
-            Bytes::from(buf)
-        }
+        (_, _, Some(path)) if path.as_os_str() == "-" => stdin()?,
         (_, _, Some(path)) => Bytes::from(
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         ),
-        _ => Bytes::new(),
+        _ if std::io::stdin().is_terminal() => {
+            return Err(Usage(
+                "no payload: give --data TEXT, --hex HEX or --file PATH, or pipe it on stdin (--lines, --null or --jsonl for one request per item); --data '' sends an empty message".into(),
+            )
+            .into())
+        }
+        _ => stdin()?,
     })
 }
 
 /// Refuses flags that make no sense together, before connecting.
 fn check(args: &SendArgs) -> anyhow::Result<()> {
+    let usage = |text: &str| Err(Usage(text.to_owned()).into());
+    let streaming = split(args).is_some();
     if args.count == 0 {
-        bail!("--count must be at least 1");
+        return usage("--count must be at least 1");
+    }
+    if args.file.is_some() && (args.hex.is_some() || args.data.is_some()) {
+        return usage("--file, --hex and --data are alternatives: give one");
     }
     if args.oneway && args.framing != Framing::Courier {
-        bail!("--oneway needs --framing courier: plain and raw framing have no one-way messages");
+        return usage(
+            "--oneway needs --framing courier: plain and raw framing have no one-way messages",
+        );
     }
     if args.recv_first && args.framing != Framing::Raw {
-        bail!("--recv-first applies to --framing raw only");
+        return usage("--recv-first applies to --framing raw only");
+    }
+    if streaming && args.framing != Framing::Courier {
+        return usage("--lines, --null and --jsonl need --framing courier");
+    }
+    if !streaming && (args.concurrency != 1 || args.unordered || args.json) {
+        return usage("--concurrency, --unordered and --json apply to --lines, --null and --jsonl");
+    }
+    if args.concurrency == 0 {
+        return usage("--concurrency must be at least 1");
     }
     Ok(())
+}
+
+/// Adds which limit fired to a call's timeout.
+fn name_the_limit(err: ClientError) -> anyhow::Error {
+    let timed_out = matches!(err, ClientError::Timeout { .. });
+    let err = anyhow::Error::new(err);
+    if timed_out {
+        err.context("no reply within send's --timeout (the server's exec_timeout, when it fires first, comes back as an ERROR naming it)")
+    } else {
+        err
+    }
+}
+
+/// `--lines`, `--null`, `--jsonl`: a stream of requests on one connection.
+async fn send_stream(args: &SendArgs, split: Split) -> anyhow::Result<()> {
+    let config = args
+        .auth
+        .client_config(args.connect_timeout, args.timeout)?;
+    let client = Client::connect_with(args.addr.as_str(), config).await?;
+    let options = StreamOptions {
+        split,
+        file: args.file.clone(),
+        concurrency: args.concurrency,
+        unordered: args.unordered,
+        json: args.json,
+        oneway: args.oneway,
+        output: args.output,
+    };
+    let result = send_stream::run(&client, &options).await;
+    client.close().await;
+    result
 }
 
 /// Courier framing: HELLO, then `--count` requests (or one-way messages) in turn.
@@ -150,7 +238,7 @@ async fn send_courier(
         if args.oneway {
             client.send_oneway(payload.clone()).await?;
         } else {
-            let reply = client.call(payload.clone()).await?;
+            let reply = client.call(payload.clone()).await.map_err(name_the_limit)?;
             print(&reply).context("cannot write to stdout")?;
         }
     }
@@ -173,7 +261,7 @@ async fn send_plain(
     )
     .await?;
     for _ in 0..args.count {
-        let reply = client.call(payload.clone()).await?;
+        let reply = client.call(payload.clone()).await.map_err(name_the_limit)?;
         print(&reply).context("cannot write to stdout")?;
     }
     Ok(())

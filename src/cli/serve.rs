@@ -52,7 +52,7 @@ pub(crate) struct ServeArgs {
 
     /// Answer requests with a command run by `sh -c` (Windows: `cmd /C`, the line as
     /// written): payload on its stdin, reply from its stdout; a non-zero exit becomes an
-    /// ERROR with the status and stderr's first line
+    /// ERROR with the status and the last lines of stderr (at most 1 KiB)
     #[arg(long, value_name = "CMD", env = "COURIER_EXEC")]
     exec: Option<String>,
 
@@ -92,17 +92,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", env = "COURIER_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 
-    /// Largest payload of one frame, in bytes [default: 1048576]
-    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_FRAME")]
+    /// Largest payload of one frame, in bytes (64k, 1MiB: suffixes are powers of 1024)
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_FRAME", value_parser = courier::config::parse_size)]
     max_frame: Option<usize>,
 
     /// Requests handled at once per connection; past it reading pauses [default: 128]
     #[arg(long, value_name = "N", env = "COURIER_MAX_IN_FLIGHT")]
     max_in_flight: Option<usize>,
 
-    /// Unwritten reply bytes per connection before it is closed as a slow reader
-    /// [default: 8388608]
-    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_PENDING_OUTPUT")]
+    /// Unwritten reply bytes per connection before it is closed as a slow reader (8MiB
+    /// allowed) [default: 8388608]
+    #[arg(long, value_name = "BYTES", env = "COURIER_MAX_PENDING_OUTPUT", value_parser = courier::config::parse_size)]
     max_pending_output: Option<usize>,
 
     /// Time from accept to the client's HELLO [default: 10s]
@@ -123,8 +124,8 @@ pub(crate) struct ServeArgs {
     drain_timeout: Option<Duration>,
 
     /// After a request, keep polling sockets instead of sleeping for this long: lower
-    /// round-trip latency for a CPU kept busy while requests keep coming. 0s turns it off
-    /// [default: 0s]
+    /// round-trip latency for a CPU kept busy while requests keep coming less than this
+    /// far apart (after a longer gap it sleeps). 0s turns it off [default: 0s]
     #[arg(long, value_name = "DUR", env = "COURIER_BUSY_POLL", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 

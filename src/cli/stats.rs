@@ -1,9 +1,10 @@
 //! `courier stats`: asks a running server for its counters with a STATS frame and prints
 //! them, one `name value` line each (the library's counter table, then one line per
-//! close reason), or the server's JSON.
+//! close reason), or one flat JSON object; `--watch` prints rates per second, a line per
+//! interval, as `redis-cli --stat` does.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
@@ -19,9 +20,20 @@ pub(crate) struct StatsArgs {
     #[arg(value_name = "ADDR", default_value = "127.0.0.1:12345")]
     addr: String,
 
-    /// Print the JSON object the server sent.
-    #[arg(long)]
+    /// Print one JSON object: every counter by name, and "closed" as an object of
+    /// close reason to count.
+    #[arg(long, conflicts_with = "watch")]
     json: bool,
+
+    /// Keep asking, every INTERVAL (default 1s), and print one line of rates per second
+    /// (connections, requests, replies, errors, closes) and the connections open, until
+    /// Ctrl-C or --count lines.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
+
+    /// With --watch: stop after this many lines.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 
     /// Time allowed to connect and for the answer.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -35,15 +47,96 @@ pub(crate) struct StatsArgs {
 pub(crate) async fn run(args: StatsArgs) -> anyhow::Result<()> {
     let config = args.auth.client_config(args.timeout, args.timeout)?;
     let client = Client::connect_with(args.addr.as_str(), config).await?;
+    if let Some(interval) = args.watch {
+        let watched = watch(&client, interval, args.count).await;
+        client.close().await;
+        return watched;
+    }
     let snapshot = client.stats().await?;
     client.close().await;
     let text = if args.json {
-        format!("{}\n", serde_json::to_string_pretty(&snapshot)?)
+        format!("{}\n", serde_json::to_string_pretty(&flat(&snapshot))?)
     } else {
         lines(&snapshot)
     };
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The counters as one flat JSON object: each counter by name, `closed` an object of
+/// reason to count.
+fn flat(snapshot: &Snapshot) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for (name, value) in snapshot.counters() {
+        object.insert(name.to_owned(), value.into());
+    }
+    let closed: serde_json::Map<String, serde_json::Value> = snapshot
+        .closed
+        .iter()
+        .map(|(reason, value)| (reason.clone(), (*value).into()))
+        .collect();
+    object.insert("closed".to_owned(), closed.into());
+    object.into()
+}
+
+/// The columns of `--watch`: a title and how to get the counter (`open` is a level, the
+/// others are rates).
+const WATCHED: [&str; 7] = [
+    "open",
+    "accepted/s",
+    "requests/s",
+    "replies/s",
+    "errors/s",
+    "protocol_errors/s",
+    "closed/s",
+];
+
+/// The values behind [`WATCHED`], as totals.
+fn watched(snapshot: &Snapshot) -> [u64; 7] {
+    let closed = snapshot.closed.iter().map(|(_, value)| value).sum();
+    [
+        snapshot.open,
+        snapshot.accepted,
+        snapshot.requests + snapshot.oneway,
+        snapshot.replies,
+        snapshot.errors,
+        snapshot.protocol_errors,
+        closed,
+    ]
+}
+
+/// `--watch`: a header, then a line of rates every `interval` (bounded by `count`, or
+/// until Ctrl-C).
+async fn watch(client: &Client, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let header: Vec<String> = WATCHED.iter().map(|name| format!("{name:>18}")).collect();
+    writeln!(stdout, "{}", header.join(""))?;
+    let mut before = watched(&client.stats().await?);
+    let mut at = Instant::now();
+    let mut printed = 0;
+    while count.is_none_or(|count| printed < count) {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let now = watched(&client.stats().await?);
+        let seconds = at.elapsed().as_secs_f64().max(1e-6);
+        at = Instant::now();
+        let line: Vec<String> = now
+            .iter()
+            .zip(&before)
+            .enumerate()
+            .map(|(column, (now, before))| match column {
+                0 => format!("{now:>18}"),
+                _ => format!("{:>18.1}", now.saturating_sub(*before) as f64 / seconds),
+            })
+            .collect();
+        writeln!(stdout, "{}", line.join(""))?;
+        stdout.flush()?;
+        before = now;
+        printed += 1;
+    }
     Ok(())
 }
 
@@ -66,6 +159,17 @@ fn lines(snapshot: &Snapshot) -> String {
 mod tests {
     use super::*;
     use courier::stats::{CloseReason, Stats};
+
+    #[test]
+    fn json_is_flat_with_closed_by_reason() {
+        let value = flat(&Stats::new().snapshot());
+        for counter in Snapshot::COUNTERS {
+            assert_eq!(value[counter.name], 0, "{}", counter.name);
+        }
+        for reason in CloseReason::ALL {
+            assert_eq!(value["closed"][reason.to_string()], 0, "{reason}");
+        }
+    }
 
     #[test]
     fn every_counter_and_close_reason_has_a_line() {

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 
+#[cfg(feature = "json")]
 use crate::stats::Snapshot;
 use crate::transport::tls::ClientTls;
 use crate::transport::{connect_stream, DialError};
@@ -141,6 +142,54 @@ pub enum ClientError {
     /// The server broke the protocol (bad HELLO, undecodable frame).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Connected, but the peer's first bytes cannot start a courier server's HELLO: it
+    /// speaks another protocol (HTTP, SSH, TLS, plain framing...). Nothing was sent.
+    #[error(
+        "connected, but the peer did not speak courier (first bytes: {})",
+        describe_bytes(first)
+    )]
+    NotCourier {
+        /// The first bytes received (up to 64).
+        first: Bytes,
+    },
+    /// Connected, but the peer sent nothing within the connect timeout, where a courier
+    /// server sends its HELLO at once. Nothing was sent.
+    #[error("connected, but the peer sent nothing within the connect timeout, where a courier server sends its HELLO at once: is it a TLS port (connect with TLS: --tls-ca), or a server in plain or raw framing (--framing plain|raw)?")]
+    NoHello,
+    /// TLS failed: the handshake, or a TLS port reached without TLS. Nothing was sent.
+    #[error("{reason}")]
+    Tls {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Bytes as hex and as text, for a person: `48 54 54 50 = 'HTTP'` (at most 16 bytes;
+/// bytes that are not printable ASCII show as `.`).
+pub fn describe_bytes(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(16)];
+    let hex: Vec<String> = shown.iter().map(|b| format!("{b:02x}")).collect();
+    let text: String = shown
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    let more = if bytes.len() > shown.len() {
+        " ..."
+    } else {
+        ""
+    };
+    let tls = match bytes {
+        [0x15, 0x03, ..] => ": a TLS alert, so this port speaks TLS (--tls-ca)",
+        [0x16, 0x03, ..] => ": a TLS handshake, so this port speaks TLS (--tls-ca)",
+        _ => "",
+    };
+    format!("{}{more} = '{text}'{tls}", hex.join(" "))
 }
 
 impl From<DialError> for ClientError {
@@ -149,6 +198,9 @@ impl From<DialError> for ClientError {
             DialError::Refused { addr } => ClientError::Refused { addr },
             DialError::Connect { addr, cause } => ClientError::Connect { addr, cause },
             DialError::Timeout { addr, after } => ClientError::ConnectTimeout { addr, after },
+            DialError::Tls { addr, reason } => ClientError::Tls {
+                reason: format!("TLS handshake failed with {addr}: {reason}"),
+            },
         }
     }
 }
@@ -179,6 +231,9 @@ impl ClientError {
             | ClientError::ConnectTimeout { .. }
             | ClientError::FrameTooLarge { .. }
             | ClientError::GoingAway
+            | ClientError::NotCourier { .. }
+            | ClientError::NoHello
+            | ClientError::Tls { .. }
             | ClientError::Closed { .. } => Outcome::NotReceived,
             ClientError::Timeout { .. }
             | ClientError::OutcomeUnknown { .. }
@@ -233,11 +288,12 @@ impl Client {
         A: ToSocketAddrs + fmt::Display,
     {
         let name = addr.to_string();
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
         let connect = async {
             let (read_half, write_half) =
                 connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
             let token = config.auth_token.as_ref();
-            hello::exchange(read_half, write_half, config.max_frame, token).await
+            hello::exchange(read_half, write_half, config.max_frame, token, deadline).await
         };
         let (reader, writer, server_max_frame) =
             tokio::time::timeout(config.connect_timeout, connect)
@@ -286,13 +342,24 @@ impl Client {
         self.exchange(Kind::Ping, payload.into()).await
     }
 
-    /// Asks the server for its counters (a STATS frame).
+    /// Asks the server for its counters (a STATS frame) and returns its JSON as it came
+    /// (docs/PROTOCOL.md, "Counters and STATS").
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn stats_json(&self) -> Result<Bytes, ClientError> {
+        self.exchange(Kind::Stats, Bytes::new()).await
+    }
+
+    /// Asks the server for its counters (a STATS frame). Needs the `json` feature (on by
+    /// default); [`Client::stats_json`] does without.
     ///
     /// # Errors
     /// As [`Client::call`], and [`ClientError::Protocol`] when the answer is not the JSON
     /// a courier server sends.
+    #[cfg(feature = "json")]
     pub async fn stats(&self) -> Result<Snapshot, ClientError> {
-        let json = self.exchange(Kind::Stats, Bytes::new()).await?;
+        let json = self.stats_json().await?;
         serde_json::from_slice(&json)
             .map_err(|err| ClientError::Protocol(format!("cannot read the STATS reply: {err}")))
     }

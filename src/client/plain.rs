@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::ClientError;
 use crate::transport::{connect_stream, BoxRead, BoxWrite};
-use crate::wire::{CodecError, PlainCodec};
+use crate::wire::{CodecError, Kind, PlainCodec, MAGIC};
 
 /// A client for a server in plain framing: each call writes one length-prefixed message
 /// and reads one back. Calls go one at a time, since plain framing has no ids to match
@@ -64,6 +64,9 @@ impl PlainClient {
         let exchange = async {
             self.framed.send(payload).await.map_err(unknown)?;
             match self.framed.next().await {
+                Some(Ok(reply)) if is_courier_hello(&reply) => Err(ClientError::Protocol(
+                    "this server speaks the courier protocol (its first message is a courier HELLO): drop --framing plain".into(),
+                )),
                 Some(Ok(reply)) => Ok(reply),
                 Some(Err(err)) => Err(unknown(err)),
                 None => Err(ClientError::OutcomeUnknown {
@@ -77,6 +80,15 @@ impl PlainClient {
                 after: self.timeout,
             })?
     }
+}
+
+/// Whether a plain-framing message is in fact a courier server's HELLO read through a
+/// 4-byte length: kind HELLO, id 0, then the magic.
+fn is_courier_hello(message: &[u8]) -> bool {
+    message.len() >= 9
+        && message[0] == Kind::Hello as u8
+        && message[1..5] == [0; 4]
+        && message[5..9] == MAGIC
 }
 
 /// A failure once the message may have left: whether the server ran it is unknown.

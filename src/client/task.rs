@@ -37,6 +37,9 @@ pub(super) struct Task {
     going_away: Option<u32>,
     max_in_flight: usize,
     closed: Arc<OnceLock<ClientError>>,
+    /// The write side is closed (a half-close while replies are awaited): a PING from the
+    /// server, which checks that this client is still there, is left unanswered.
+    write_shut: bool,
 }
 
 impl Task {
@@ -58,27 +61,27 @@ impl Task {
             going_away: None,
             max_in_flight,
             closed,
+            write_shut: false,
         }
     }
 
     pub(super) async fn run(mut self) {
         let mut closing: Option<oneshot::Sender<()>> = None;
-        let mut write_shut = false;
         let end = loop {
             if closing.is_some() && self.writer.write_buffer().is_empty() {
                 if self.pending.is_empty() {
                     // Close the write side properly (a TLS close_notify), so the server
                     // sees an orderly end rather than a cut connection.
-                    if !write_shut {
+                    if !self.write_shut {
                         let _ = self.writer.get_mut().shutdown().await;
                     }
                     break ClientError::Closed {
                         reason: "the client closed the connection".into(),
                     };
                 }
-                if !write_shut {
+                if !self.write_shut {
                     // Half-close: the server still answers what it has received.
-                    write_shut = true;
+                    self.write_shut = true;
                     let _ = self.writer.get_mut().shutdown().await;
                 }
             }
@@ -254,6 +257,9 @@ impl Task {
                 }
                 Err(err) => Some(ClientError::Protocol(err.to_string())),
             },
+            // Half-closed: nothing can be written, and the PING has done its job (the
+            // server's write reached a client that is still there).
+            Kind::Ping if self.write_shut => None,
             Kind::Ping => {
                 let pong = Frame::new(Kind::Pong, frame.id, frame.payload);
                 let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());

@@ -4,8 +4,10 @@
 //! writes to stdout is the reply. It bounds how many commands run at once and how many
 //! requests may wait; past that, a request gets ERROR 14 (busy) at once. A command that
 //! overruns `exec_timeout` is killed with its whole process group (`children.rs`), and a
-//! command that fails gives its request an ERROR with the first line of its stderr:
-//! never silence.
+//! command that fails gives its request an ERROR with the last lines of its stderr (the
+//! end of a traceback says what went wrong; at most [`STDERR_SHOWN`] bytes) and is logged
+//! with its status: never silence. The command finds the request's id and the client's
+//! TLS identity in `COURIER_REQUEST_ID` and `COURIER_PEER_IDENTITY`.
 //!
 //! The long-lived alternative, [`super::ExecPool`], is in `pool.rs`.
 
@@ -16,14 +18,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
+use tracing::warn;
 
 use super::children::{shell, GroupGuard};
 use super::{Handler, HandlerError, Request};
 use crate::wire::ErrorCode;
 
-/// Bytes of a failed command's stderr kept for its ERROR text (only the first line is
-/// shown).
-const STDERR_KEPT: u64 = 4096;
+/// Bytes of a failed command's stderr kept (its end) while it runs.
+const STDERR_KEPT: usize = 4096;
+
+/// Bytes of the end of a failed command's stderr shown in its ERROR and in the log.
+pub(super) const STDERR_SHOWN: usize = 1024;
 
 /// Counts requests waiting for a process and refuses one past the bound.
 #[derive(Debug)]
@@ -71,22 +76,83 @@ fn timed_out(timeout: Duration) -> HandlerError {
     ))
 }
 
-/// Describes how a command ended, with the first line of what it said on stderr.
-fn failure(status: ExitStatus, stderr: &[u8]) -> HandlerError {
-    let first = String::from_utf8_lossy(stderr)
+/// The last lines of `stderr` that fit in [`STDERR_SHOWN`] bytes, joined by ` | ` (a
+/// single line longer than that keeps its end).
+pub(super) fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut kept: Vec<&str> = Vec::new();
+    let mut size = 0;
+    for line in text
         .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+        .rev()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+    {
+        if size + line.len() > STDERR_SHOWN {
+            if kept.is_empty() {
+                let mut start = line.len() - STDERR_SHOWN;
+                while !line.is_char_boundary(start) {
+                    start += 1;
+                }
+                kept.push(&line[start..]);
+            }
+            break;
+        }
+        size += line.len() + 3;
+        kept.push(line);
+    }
+    kept.reverse();
+    kept.join(" | ")
+}
+
+/// Describes how a command ended, with the end of what it said on stderr, and logs it.
+fn failure(command: &str, status: ExitStatus, stderr: &[u8]) -> HandlerError {
+    let tail = stderr_tail(stderr);
     let how = match status.code() {
         Some(code) => format!("command exited with status {code}"),
         None => format!("command ended abnormally ({status})"),
     };
-    if first.is_empty() {
+    warn!(command, %status, stderr = %tail, "exec command failed");
+    if tail.is_empty() {
         HandlerError::new(how)
     } else {
-        HandlerError::new(format!("{how}: {first}"))
+        HandlerError::new(format!("{how}: {tail}"))
+    }
+}
+
+/// Reads everything, keeping only the last `keep` bytes.
+async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = reader.read(&mut buf).await?;
+        if read == 0 {
+            return Ok(kept);
+        }
+        kept.extend_from_slice(&buf[..read]);
+        if kept.len() > 2 * keep {
+            kept.drain(..kept.len() - keep);
+        }
+    }
+}
+
+/// Logs, when dropped armed, that a command is being killed because its request was
+/// dropped before it finished: the connection ended (its client closed it, or a write to
+/// it failed), or the server stopped waiting. The [`GroupGuard`] dropped with it does the
+/// killing.
+struct CallerGone<'a> {
+    command: &'a str,
+    armed: bool,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            warn!(
+                command = self.command,
+                "exec command killed with its process group: its caller has gone (the connection ended before the reply)"
+            );
+        }
     }
 }
 
@@ -140,7 +206,8 @@ impl Exec {
 
     /// Runs the command for one request: waits for a free slot (or refuses when the
     /// queue is full), feeds it `payload`, and gives what it wrote to stdout.
-    async fn run(&self, payload: Bytes) -> Result<Bytes, HandlerError> {
+    async fn run(&self, request: Request) -> Result<Bytes, HandlerError> {
+        let payload = request.payload;
         let _permit = match self.children.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -157,13 +224,23 @@ impl Exec {
                     .map_err(|_| HandlerError::new("exec handler stopped"))?
             }
         };
-        let mut child = shell(&self.command)
+        let mut command = shell(&self.command);
+        command.env("COURIER_REQUEST_ID", request.id.to_string());
+        match &request.peer_identity {
+            Some(identity) => command.env("COURIER_PEER_IDENTITY", identity.as_ref()),
+            None => command.env_remove("COURIER_PEER_IDENTITY"),
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| HandlerError::new(format!("cannot start the command: {err}")))?;
         let mut guard = GroupGuard::arm(&child);
+        let mut gone = CallerGone {
+            command: &self.command,
+            armed: true,
+        };
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -179,14 +256,17 @@ impl Exec {
             let (_, out, err) = tokio::join!(
                 feed,
                 read_limited(stdout, self.max_reply),
-                read_limited(stderr.take(STDERR_KEPT), STDERR_KEPT as usize),
+                read_tail(stderr, STDERR_KEPT),
             );
             let status = child.wait().await;
             (out, err, status)
         };
-        let (out, err, status) = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| timed_out(self.timeout))?;
+        let finished = tokio::time::timeout(self.timeout, work).await;
+        gone.armed = false;
+        let (out, err, status) = finished.map_err(|_| {
+                warn!(command = %self.command, timeout = %humantime::format_duration(self.timeout), "exec command timed out (exec_timeout) and was killed");
+                timed_out(self.timeout)
+            })?;
         let out =
             out.map_err(|err| HandlerError::new(format!("reading the command's output: {err}")))?;
         let status =
@@ -202,7 +282,7 @@ impl Exec {
             });
         }
         if !status.success() {
-            return Err(failure(status, &err.unwrap_or_default()));
+            return Err(failure(&self.command, status, &err.unwrap_or_default()));
         }
         Ok(Bytes::from(out))
     }
@@ -213,6 +293,26 @@ impl Handler for Exec {
         &self,
         request: Request,
     ) -> impl std::future::Future<Output = Result<Bytes, HandlerError>> + Send {
-        self.run(request.payload)
+        self.run(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stderr_tail_keeps_the_last_lines_within_the_bound() {
+        let mut stderr = String::from("Traceback (most recent call last):\n");
+        for n in 0..200 {
+            stderr.push_str(&format!("  frame {n}\n"));
+        }
+        stderr.push_str("ValueError: the real cause\n");
+        let tail = stderr_tail(stderr.as_bytes());
+        assert!(tail.ends_with("ValueError: the real cause"), "{tail}");
+        assert!(!tail.contains("Traceback"), "{tail}");
+        assert!(tail.len() <= STDERR_SHOWN + 3, "{}", tail.len());
+        let long = "x".repeat(5000);
+        assert_eq!(stderr_tail(long.as_bytes()).len(), STDERR_SHOWN);
     }
 }

@@ -17,15 +17,50 @@ use futures::FutureExt;
 
 use crate::wire::ErrorCode;
 
+#[cfg(feature = "exec")]
 mod children;
+#[cfg(feature = "exec")]
 mod exec;
+#[cfg(feature = "exec")]
 mod pool;
-#[cfg(windows)]
+#[cfg(all(windows, feature = "exec"))]
 mod windows_job;
 
+#[cfg(feature = "exec")]
 pub use children::kill_children;
+#[cfg(feature = "exec")]
 pub use exec::Exec;
-pub use pool::{ExecPool, PoolStats};
+#[cfg(feature = "exec")]
+pub use pool::ExecPool;
+
+/// What an `--exec-workers` pool (`ExecPool`) reports for `--metrics`: its workers busy
+/// now and the processes it started again. Counted by the workers themselves, a few
+/// atomic adds per request next to a round trip through a pipe and a process. Defined
+/// here rather than with the pool so that the metrics endpoint can name it whether or
+/// not the `exec` feature is on.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    workers: usize,
+    busy: std::sync::atomic::AtomicU64,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+impl PoolStats {
+    /// The pool's size (`exec_workers`).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Workers exchanging a request with their process now.
+    pub fn busy(&self) -> u64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Processes started to replace one that exited, was killed or overran its time.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// Answers requests. The server calls it once per REQUEST (the result becomes the REPLY
 /// or an ERROR) and once per ONEWAY message (the result is only logged).

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 
 use super::children::{exiting, shell, GroupGuard};
 use super::exec::busy;
-use super::{Handler, HandlerError, Request};
+use super::{Handler, HandlerError, PoolStats, Request};
 use crate::wire::PlainCodec;
 
 /// A request on its way to a worker.
@@ -39,33 +39,6 @@ struct Job {
 /// died before taking it; past that the command evidently cannot start, and the request
 /// gets an ERROR rather than waiting forever.
 const MAX_HANDOVERS: u32 = 3;
-
-/// What a pool reports for `--metrics`: its workers busy now and the processes it
-/// started again. Counted by the workers themselves, a few atomic adds per request next
-/// to a round trip through a pipe and a process.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    workers: usize,
-    busy: std::sync::atomic::AtomicU64,
-    restarts: std::sync::atomic::AtomicU64,
-}
-
-impl PoolStats {
-    /// The pool's size (`exec_workers`).
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
-
-    /// Workers exchanging a request with their process now.
-    pub fn busy(&self) -> u64 {
-        self.busy.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Processes started to replace one that exited, was killed or overran its time.
-    pub fn restarts(&self) -> u64 {
-        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
 
 /// Counts one worker as busy for as long as it lives.
 struct Busy<'a>(&'a std::sync::atomic::AtomicU64);

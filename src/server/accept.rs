@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ use super::{serve_connection, Shared};
 use crate::config::{Config, Framing};
 use crate::handler::Handler;
 use crate::stats::CloseReason;
-use crate::transport::tls::ServerTls;
+use crate::transport::tls::{ServerStream, ServerTls};
 use crate::transport::{Accepted, Listener};
 use crate::wire::{Codec, ErrorCode, Frame};
 
@@ -234,7 +233,7 @@ fn connection_error(code: ErrorCode, text: &str) -> BytesMut {
 
 /// A TLS connection ready to serve, with the subject of the client's verified
 /// certificate, if it sent one.
-type Handshaken = (TlsStream<TcpStream>, Option<Arc<str>>);
+type Handshaken = (ServerStream, Option<Arc<str>>);
 
 /// The server side of a TLS handshake, within `handshake_timeout`; on failure, the
 /// close reason and what happened.

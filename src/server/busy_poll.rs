@@ -17,11 +17,16 @@
 //! its connection task runs at once. Other tasks are not held up: a yielding task goes to
 //! the back of the line.
 //!
-//! The cost is a CPU kept busy for `busy_poll` after each request. Once the server's
-//! counters have not moved for that long, the tasks wait on [`Stats::changed`] and the
-//! workers sleep as usual: an idle server uses no CPU. It is off by default, since a
-//! server taking a request every few dozen microseconds would otherwise keep a whole CPU
-//! busy; turn it on where round-trip latency matters more than CPU time.
+//! It adapts: the tasks poll only while requests keep arriving closer together than the
+//! window. After a gap longer than the window they sleep until the counters move, and
+//! they poll again from the first short gap on; once the counters have not moved for a
+//! window, they sleep too. So a client that sends a request every millisecond costs no
+//! polling at all (it would be woken anyway), an idle server uses no CPU, and only a busy
+//! connection keeps a CPU polling, for at most one window past its last request. And it
+//! gives way: on Linux, a polling thread that the kernel preempts (another thread wanted
+//! its CPU: on a machine with few CPUs, often the very client it is waiting for) stops
+//! polling for 100 ms. It is off by default; turn it on where round-trip latency matters
+//! more than CPU time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,26 +51,172 @@ pub(crate) fn start(window: Duration, stats: &Arc<Stats>, stop: &CancellationTok
     tracker
 }
 
-/// Polls for `window` after the counters last moved, then waits for them to move again.
+/// Polls for `window` after the counters move, but only while they keep moving closer
+/// together than `window`: a gap longer than that says the next request will not come
+/// within a window either, so polling would cost a CPU for nothing, and the task sleeps
+/// until the counters move again. The first short gap after such a sleep turns polling
+/// back on.
+///
+/// Polling also stops, for [`REST`], as soon as the kernel preempts the polling thread:
+/// another thread wanted that CPU (the client on the same machine, say), and a poller
+/// that keeps it from running makes the round trip slower, not faster.
 async fn spin(window: Duration, stats: Arc<Stats>, stop: CancellationToken) {
-    let mut seen = stats.activity();
-    let mut until = Instant::now() + window;
+    let mut pace = Pace::new(window, stats.activity(), Instant::now());
+    let mut cpu = Contention::new(Instant::now());
     while !stop.is_cancelled() {
-        let now = stats.activity();
-        if now != seen {
-            seen = now;
-            until = Instant::now() + window;
-        } else if Instant::now() >= until {
+        let now = Instant::now();
+        if !pace.poll_on(stats.activity(), now) {
+            if now < pace.resting_until {
+                // Resting: not woken by every request meanwhile, which would cost a
+                // wake-up of this worker per request.
+                tokio::select! {
+                    () = tokio::time::sleep_until(pace.resting_until) => {}
+                    () = stop.cancelled() => return,
+                }
+                continue;
+            }
+            let seen = pace.seen;
             tokio::select! {
                 () = stats.changed(seen) => {}
                 () = stop.cancelled() => return,
             }
-            seen = stats.activity();
-            until = Instant::now() + window;
+            pace.moved(stats.activity(), Instant::now());
+            cpu.restart(Instant::now());
             continue;
+        }
+        match cpu.preempted(now) {
+            Some(true) => {
+                pace.rest(now);
+                continue;
+            }
+            Some(false) => pace.clean(CHECK_EVERY),
+            None => {}
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// How long polling stays off after the polling thread was preempted: at first; each
+/// preemption soon after a rest doubles it, up to [`MAX_REST`].
+const REST: Duration = Duration::from_millis(100);
+
+/// The longest rest: a machine where polling keeps getting preempted tries it again this
+/// often.
+const MAX_REST: Duration = Duration::from_secs(10);
+
+/// Polling this long without a preemption brings the rest back to [`REST`].
+const CLEAN_RUN: Duration = Duration::from_millis(50);
+
+/// How often a polling task asks the kernel whether its thread was preempted.
+const CHECK_EVERY: Duration = Duration::from_micros(50);
+
+/// When polling pays: the counters' last value, when they last moved, whether the gap
+/// before that was shorter than the window, and until when polling rests.
+#[derive(Debug)]
+struct Pace {
+    window: Duration,
+    seen: u64,
+    moved_at: Instant,
+    close_together: bool,
+    resting_until: Instant,
+    /// The last rest's length (zero: none yet).
+    rest: Duration,
+    /// Polling time since the last rest (or the start) without a preemption.
+    clean: Duration,
+}
+
+impl Pace {
+    fn new(window: Duration, seen: u64, now: Instant) -> Pace {
+        Pace {
+            window,
+            seen,
+            moved_at: now,
+            close_together: false,
+            resting_until: now,
+            rest: Duration::ZERO,
+            clean: Duration::ZERO,
+        }
+    }
+
+    /// The counters read `activity` at `now`: whether to go on polling.
+    fn poll_on(&mut self, activity: u64, now: Instant) -> bool {
+        if activity != self.seen {
+            self.moved(activity, now);
+        }
+        self.close_together && now < self.moved_at + self.window && now >= self.resting_until
+    }
+
+    fn moved(&mut self, activity: u64, now: Instant) {
+        self.close_together = now.saturating_duration_since(self.moved_at) <= self.window;
+        self.seen = activity;
+        self.moved_at = now;
+    }
+
+    /// Polling took a CPU that another thread wanted: none for a while, longer each
+    /// time it happens again before a clean run of polling.
+    fn rest(&mut self, now: Instant) {
+        self.rest = if self.rest.is_zero() || self.clean >= CLEAN_RUN {
+            REST
+        } else {
+            (self.rest * 2).min(MAX_REST)
+        };
+        self.clean = Duration::ZERO;
+        self.resting_until = now + self.rest;
+    }
+
+    /// `polled` more of polling without a preemption.
+    fn clean(&mut self, polled: Duration) {
+        self.clean += polled;
+    }
+}
+
+/// Whether the polling thread gets preempted: its count of involuntary context switches,
+/// read every [`CHECK_EVERY`] of polling (Linux only; elsewhere it never reports one).
+#[derive(Debug)]
+struct Contention {
+    thread: std::thread::ThreadId,
+    switches: i64,
+    next_check: Instant,
+}
+
+impl Contention {
+    fn new(now: Instant) -> Contention {
+        Contention {
+            thread: std::thread::current().id(),
+            switches: involuntary_switches(),
+            next_check: now + CHECK_EVERY,
+        }
+    }
+
+    /// Polling starts again (perhaps on another worker thread): counts from here.
+    fn restart(&mut self, now: Instant) {
+        *self = Contention::new(now);
+    }
+
+    /// Whether the thread was preempted since the last check (on the same thread; the
+    /// task may have moved to another worker, whose count starts anew); `None` when it is
+    /// not time to check.
+    fn preempted(&mut self, now: Instant) -> Option<bool> {
+        if now < self.next_check {
+            return None;
+        }
+        let (thread, switches) = (std::thread::current().id(), involuntary_switches());
+        let preempted = thread == self.thread && switches > self.switches;
+        (self.thread, self.switches, self.next_check) = (thread, switches, now + CHECK_EVERY);
+        Some(preempted)
+    }
+}
+
+/// The calling thread's involuntary context switches so far.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn involuntary_switches() -> i64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |usage| usage.involuntary_context_switches())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn involuntary_switches() -> i64 {
+    0
 }
 
 #[cfg(test)]
@@ -73,36 +224,126 @@ mod tests {
     use super::*;
     use crate::stats::Tally;
 
-    /// The window runs on tokio's clock, so a paused test decides when it has passed.
-    #[tokio::test(start_paused = true)]
-    async fn polls_while_active_then_waits_for_the_counters_to_move() {
-        let stats = Arc::new(Stats::new());
-        let stop = CancellationToken::new();
-        let tracker = start(Duration::from_micros(100), &stats, &stop);
-        tokio::task::yield_now().await;
-        assert_eq!(stats.watchers(), 0, "polling within its first window");
+    const WINDOW: Duration = Duration::from_micros(100);
 
-        // Past the window with nothing new: the task waits instead of polling.
-        tokio::time::advance(Duration::from_micros(150)).await;
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(stats.watchers(), 1, "asleep after a quiet window");
-
-        // A request counted wakes it, and it polls for another window.
+    fn count_one(stats: &Stats) {
         stats.add(&mut Tally {
             requests: 1,
             ..Tally::default()
         });
+    }
+
+    async fn settle() {
         for _ in 0..3 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(stats.watchers(), 0, "polling again after activity");
+    }
+
+    #[test]
+    fn polling_pays_only_after_a_gap_shorter_than_the_window() {
+        let start = Instant::now();
+        let at = |us| start + Duration::from_micros(us);
+        let mut pace = Pace::new(WINDOW, 0, start);
+        assert!(!pace.poll_on(0, at(0)), "nothing has moved yet");
+        assert!(
+            pace.poll_on(1, at(60)),
+            "60 µs after the start: close together"
+        );
+        assert!(pace.poll_on(1, at(159)), "within a window of the last move");
+        assert!(!pace.poll_on(1, at(161)), "a window without a move");
+        assert!(
+            !pace.poll_on(2, at(1_000)),
+            "after a long gap, the next move does not poll"
+        );
+        assert!(
+            pace.poll_on(3, at(1_040)),
+            "the first short gap turns it back on"
+        );
+        assert!(
+            pace.poll_on(4, at(1_140)),
+            "a gap of exactly one window still counts"
+        );
+        assert!(
+            !pace.poll_on(5, at(1_241)),
+            "a gap of just over one window does not"
+        );
+    }
+
+    #[test]
+    fn a_preempted_poller_rests_longer_each_time_until_a_clean_run() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut pace = Pace::new(WINDOW, 0, start);
+        let soon_after = |t: Instant| t + Duration::from_micros(30);
+        assert!(pace.poll_on(1, at(0)), "close together");
+        pace.rest(at(0));
+        assert_eq!(pace.resting_until, at(100), "the first rest is REST");
+        assert!(!pace.poll_on(2, at(50)), "no polling while resting");
+        assert!(
+            !pace.poll_on(3, soon_after(at(50))),
+            "not even after a short gap"
+        );
+        pace.poll_on(4, at(100));
+        assert!(
+            pace.poll_on(5, soon_after(at(100))),
+            "polling again after a short gap once the rest is over"
+        );
+        pace.rest(at(100));
+        assert_eq!(
+            pace.resting_until,
+            at(300),
+            "preempted again at once: twice as long"
+        );
+        pace.rest(at(300));
+        assert_eq!(pace.resting_until, at(700));
+        for _ in 0..20 {
+            pace.rest(at(700));
+        }
+        assert_eq!(
+            pace.resting_until,
+            at(700) + MAX_REST,
+            "never longer than MAX_REST"
+        );
+        pace.clean(CLEAN_RUN);
+        pace.rest(at(20_000));
+        assert_eq!(
+            pace.resting_until,
+            at(20_100),
+            "after a clean run, back to REST"
+        );
+    }
+
+    /// The window runs on tokio's clock, so a paused test decides when it has passed.
+    #[tokio::test(start_paused = true)]
+    async fn polls_while_requests_come_close_together_and_sleeps_otherwise() {
+        let stats = Arc::new(Stats::new());
+        let stop = CancellationToken::new();
+        let tracker = start(WINDOW, &stats, &stop);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "nothing counted yet: asleep");
+
+        // A request within a window of the start: close together, so it polls.
+        tokio::time::advance(Duration::from_micros(50)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 0, "polling after a short gap");
+
+        // Past the window with nothing new: the task waits instead of polling.
         tokio::time::advance(Duration::from_micros(150)).await;
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(stats.watchers(), 1);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "asleep after a quiet window");
+
+        // A request after a long gap wakes it, but it goes back to sleep at once.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 1, "a long gap: not worth polling");
+
+        // The next one close behind it turns polling on again.
+        tokio::time::advance(Duration::from_micros(40)).await;
+        count_one(&stats);
+        settle().await;
+        assert_eq!(stats.watchers(), 0, "polling again after a short gap");
 
         stop.cancel();
         tracker.wait().await;

@@ -85,6 +85,13 @@ pub(crate) trait Protocol {
     /// The message that tells the peer why the driver closes its connection (a deadline,
     /// a broken frame), where the framing can say it.
     fn goodbye(&self, code: ErrorCode, text: &str) -> Option<Self::Out>;
+
+    /// A message that may be written to a peer that finished sending while its calls
+    /// run, to find out whether it is still there (`conn.rs`, `PROBE_EVERY`); `None`
+    /// where the framing has none.
+    fn probe(&self) -> Option<Self::Out> {
+        None
+    }
 }
 
 /// What the driver does after an input, as a [`Protocol`] decides.
@@ -332,6 +339,7 @@ where
             }
             let can_read = settled.is_none() && self.calls.len() < self.shared.config.max_in_flight;
             let idle = self.calls.is_empty();
+            let probe = !idle && settled.is_some() && self.session.probe().is_some();
 
             // The stop branch comes last: it only needs to wake an idle connection, and
             // polling it first would cost every busy turn a wasted registration.
@@ -340,7 +348,7 @@ where
                 Some(finished) = poll_fn(|cx| self.calls.poll_next(cx)), if !idle => {
                     Event::Finished(finished)
                 }
-                io = poll_fn(|cx| self.conn.poll_io(cx, can_read, idle)) => Event::Io(io),
+                io = poll_fn(|cx| self.conn.poll_io(cx, can_read, idle, probe)) => Event::Io(io),
                 () = self.shared.stop_signal(&self.token, draining) => Event::Stop,
             };
             let closed = match event {
@@ -385,6 +393,12 @@ where
                 Ok(None)
             }
             Io::WriteFailed(err) => Err(err),
+            Io::Probe => {
+                if let Some(probe) = self.session.probe() {
+                    self.conn.out.push(probe);
+                }
+                Ok(None)
+            }
             Io::Read(None) => {
                 debug!("peer finished sending");
                 self.session.on_eof();

@@ -49,6 +49,7 @@ mod busy_poll;
 mod close;
 mod conn;
 mod driver;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 mod ordered;
 mod session;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_util::codec::{Decoder, Encoder};
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, InOrder, Protocol, Step};
@@ -135,7 +135,8 @@ impl<C: Chunks> Protocol for Ordered<C> {
         self.received += 1;
         ctx.turn.tally.requests += 1;
         if Self::raw() {
-            info!(len = payload.len(), data = %LogHex(&payload), "received");
+            // Every chunk of a busy stream: DEBUG, as courier framing's payloads are.
+            debug!(len = payload.len(), data = %LogHex(&payload), "received");
         } else {
             debug!(len = payload.len(), payload = %LogHex(&payload), "received");
         }

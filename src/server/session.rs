@@ -251,9 +251,7 @@ impl Session {
     /// The REPLY to a STATS frame: the counters as JSON, or ERROR 4 where they do not
     /// fit the client's max_frame.
     fn stats_reply(&self, id: u32, snapshot: &Snapshot) -> Frame {
-        // Serializing plain integers and strings cannot fail.
-        let json = serde_json::to_vec(snapshot).unwrap_or_default();
-        self.fitting(Frame::reply(id, Bytes::from(json)))
+        self.fitting(Frame::reply(id, Bytes::from(snapshot.to_json())))
     }
 
     /// The answer to a finished handler call: its REPLY, or an ERROR for its id (the
@@ -376,6 +374,12 @@ impl Protocol for Session {
     /// A closing ERROR: id 0, cut to the client's max_frame.
     fn goodbye(&self, code: ErrorCode, text: &str) -> Option<Frame> {
         Some(self.error(0, code, text))
+    }
+
+    /// A PING (id 0, empty) once the client finished sending: writing it to a client that
+    /// closed its socket fails, and the connection's calls are cancelled.
+    fn probe(&self) -> Option<Frame> {
+        matches!(self.phase, Phase::PeerDone).then(|| Frame::new(Kind::Ping, 0, Bytes::new()))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Dialing: connecting to an address of any transport, with TLS when asked, within a
 //! timeout, with errors that name the address.
 
+// Socket's blocking form is the load generator's: unused without the bench feature.
+#![cfg_attr(not(feature = "bench"), allow(dead_code))]
+
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -30,6 +33,14 @@ pub enum DialError {
         addr: String,
         /// What the OS said.
         cause: Arc<io::Error>,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed with {addr}: {reason}")]
+    Tls {
+        /// The address tried.
+        addr: String,
+        /// What went wrong, with a hint.
+        reason: String,
     },
     /// Connecting (or the TLS handshake) took longer than the timeout.
     #[error("connecting to {addr} timed out after {}", humantime::format_duration(*after))]
@@ -201,14 +212,9 @@ where
         }
     };
     if let Some(tls) = tls {
-        let failed = |err: io::Error| {
-            DialError::Connect {
+        let failed = |err: io::Error| DialError::Tls {
             addr: name.clone(),
-            cause: Arc::new(io::Error::new(
-                err.kind(),
-                format!("TLS handshake failed: {err} (does the server speak TLS, with a certificate from this CA?)"),
-            )),
-        }
+            reason: format!("{err} (does the server speak TLS, with a certificate from this CA?)"),
         };
         let stream = tokio::time::timeout(timeout, tls.connect(&name, stream))
             .await

@@ -27,9 +27,15 @@ mod dial;
 mod listen;
 #[cfg(windows)]
 mod pipe_security;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 pub mod tls;
 
 pub use dial::DialError;
+// The blocking socket is the load generator's.
+#[cfg_attr(not(feature = "bench"), allow(unused_imports))]
 pub(crate) use dial::{connect_stream, BlockingStream, Socket};
 pub(crate) use listen::Accepted;
 #[cfg(windows)]

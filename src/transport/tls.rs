@@ -69,6 +69,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A server-side TLS stream.
+pub(crate) type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A client-side TLS stream.
+pub(crate) type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// The server's TLS: its certificate and key, and whether clients must present
 /// certificates.
 #[derive(Clone)]
@@ -138,7 +144,7 @@ impl ServerTls {
     pub(crate) async fn accept(
         &self,
         stream: TcpStream,
-    ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
+    ) -> io::Result<(ServerStream, Option<Arc<str>>)> {
         let stream = self.acceptor.accept(stream).await?;
         let identity = stream
             .get_ref()
@@ -202,11 +208,7 @@ impl ClientTls {
 
     /// Runs the client side of the handshake over `stream`, connected to `addr`
     /// (`HOST:PORT`).
-    pub(crate) async fn connect(
-        &self,
-        addr: &str,
-        stream: TcpStream,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub(crate) async fn connect(&self, addr: &str, stream: TcpStream) -> io::Result<ClientStream> {
         let host = match &self.server_name {
             Some(name) => name.clone(),
             None => host_of(addr).to_owned(),
