@@ -116,6 +116,15 @@ pub struct Config {
     /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// A connection older than about this (±10 %, so that connections made together do
+    /// not all leave together) gets GOAWAY and is drained, so that clients reconnect and
+    /// spread over the servers behind a load balancer (0: never).
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// `HOST:PORT` to serve `/metrics` (Prometheus), `/healthz` and `/readyz` on over
+    /// HTTP; off when unset. Loopback only unless `allow_insecure`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Default for Config {
@@ -148,6 +157,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             busy_poll: Duration::ZERO,
+            max_connection_age: Duration::ZERO,
+            metrics: None,
         }
     }
 }
@@ -351,6 +362,31 @@ impl Config {
         Err(ConfigError::Invalid(format!(
             "refusing to listen on {}: it is reachable from other machines, and nothing protects it (no TLS, no auth token), so anyone who can reach it could use this server. Set an auth token (--auth-token-file FILE or COURIER_AUTH_TOKEN), or pass --allow-insecure (allow_insecure = true) to accept the risk",
             self.listen
+        )))
+    }
+
+    /// Refuses a `metrics` address that other machines could reach, unless
+    /// `allow_insecure`: the HTTP endpoint has neither TLS nor a token, whatever the
+    /// main port has.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the address and `--allow-insecure`.
+    pub fn check_metrics_exposure(&self) -> Result<(), ConfigError> {
+        let Some(addr) = &self.metrics else {
+            return Ok(());
+        };
+        let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .map_err(|err| {
+                ConfigError::Invalid(format!(
+                    "metrics = {addr:?} is not a HOST:PORT address ({err})"
+                ))
+            })?
+            .collect();
+        if self.allow_insecure || resolved.iter().all(|addr| addr.ip().is_loopback()) {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "refusing to serve metrics on {addr}: it is reachable from other machines, and the metrics endpoint has no TLS and no token. Use a loopback address (a scraper on the same machine, or a sidecar), or pass --allow-insecure (allow_insecure = true) to accept the risk"
         )))
     }
 

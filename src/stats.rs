@@ -12,7 +12,8 @@
 //! which the log line and `courier stats` read), the close reasons in `close_reasons!`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -130,6 +131,8 @@ macro_rules! counters {
             $($counted: AtomicU64,)*
             closed: [AtomicU64; CloseReason::ALL.len()],
             $($tallied: AtomicU64,)*
+            /// Request durations and handler calls running (`--metrics`).
+            timing: Timings,
             /// Tasks waiting in [`Stats::changed`]; while there are none, counting wakes
             /// nobody.
             watchers: AtomicUsize,
@@ -152,6 +155,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct Tally {
             $(#[doc = $tallied_help] pub(crate) $tallied: u64,)*
+            /// Request durations and the change in handler calls running.
+            pub(crate) timing: Timing,
         }
 
         impl Snapshot {
@@ -210,6 +215,7 @@ macro_rules! counters {
                 $(if tally.$tallied > 0 {
                     self.$tallied.fetch_add(tally.$tallied, Relaxed);
                 })*
+                self.timing.add(&tally.timing);
             }
         }
     };
@@ -232,6 +238,8 @@ counters! {
         errors: "ERROR frames answering a request (handler failures, duplicate ids, \
             replies too large for the client).",
         pings: "PING frames answered.",
+        bytes_in: "Bytes of the messages received and decoded, frame headers included.",
+        bytes_out: "Bytes of the messages queued for sending, frame headers included.",
     }
 }
 
@@ -330,6 +338,118 @@ impl Stats {
     #[cfg(test)]
     pub(crate) fn watchers(&self) -> usize {
         self.watchers.load(Relaxed)
+    }
+}
+
+/// Upper bounds, in seconds, of the request duration histogram's buckets (a last one,
+/// `+Inf`, takes the rest): from 100 µs, which an inline answer stays under, to 30 s, the
+/// default `exec_timeout`.
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// One connection's request durations since they were last added to [`Stats`], and how
+/// many more handler calls it runs than it did then. Part of the per-turn `Tally`, so that
+/// a request costs no atomic of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Timing {
+    /// Answers per bucket of [`DURATION_BUCKETS`]; the last one is `+Inf`.
+    buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Their durations added up, in nanoseconds.
+    sum_nanos: u64,
+    /// Handler calls started less those finished (or dropped with their connection).
+    pub(crate) in_flight: i64,
+}
+
+impl Timing {
+    /// Counts an answer that took `took` from its request's arrival.
+    pub(crate) fn record(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts `count` answers the handler gave inline (`Handler::ready`), before the
+    /// next message was read: in the lowest bucket, as taking no measurable time. The
+    /// clock is not read for them, so the fastest path costs nothing more.
+    pub(crate) fn record_inline(&mut self, count: u64) {
+        self.buckets[0] += count;
+    }
+}
+
+/// The server-wide side of [`Timing`].
+#[derive(Debug, Default)]
+struct Timings {
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+impl Timings {
+    /// Adds one connection's timing: nothing at all for a turn that answered nothing.
+    fn add(&self, timing: &Timing) {
+        if timing.in_flight != 0 {
+            self.in_flight.fetch_add(timing.in_flight, Relaxed);
+        }
+        if timing.buckets.iter().all(|count| *count == 0) {
+            return;
+        }
+        for (total, count) in self.buckets.iter().zip(timing.buckets) {
+            if count > 0 {
+                total.fetch_add(count, Relaxed);
+            }
+        }
+        // Inline answers add no time: most turns have none to add.
+        if timing.sum_nanos > 0 {
+            self.sum_nanos.fetch_add(timing.sum_nanos, Relaxed);
+        }
+    }
+}
+
+/// The request duration histogram at one moment: from a REQUEST's arrival (or a plain or
+/// raw message's) to its answer being queued, ONEWAY messages left out.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Durations {
+    /// `(upper bound in seconds, answers that took at most that)`, cumulative, one per
+    /// [`DURATION_BUCKETS`] entry; `+Inf` is [`Durations::count`].
+    pub buckets: Vec<(f64, u64)>,
+    /// Answers counted.
+    pub count: u64,
+    /// Their durations added up, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl Stats {
+    /// The request duration histogram. Its count is the sum of its buckets, so it agrees
+    /// with them even while connections keep counting.
+    pub fn durations(&self) -> Durations {
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len());
+        for (n, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.timing.buckets[n].load(Relaxed);
+            buckets.push((*bound, cumulative));
+        }
+        let count = cumulative + self.timing.buckets[DURATION_BUCKETS.len()].load(Relaxed);
+        let sum_nanos = self.timing.sum_nanos.load(Relaxed);
+        Durations {
+            buckets,
+            count,
+            sum_seconds: Duration::from_nanos(sum_nanos).as_secs_f64(),
+        }
+    }
+
+    /// Handler calls running now, on every connection (answers given inline never
+    /// count). Added once per turn of each connection's loop, as the counters are.
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.timing.in_flight.load(Relaxed)).unwrap_or(0)
     }
 }
 
@@ -442,6 +562,36 @@ mod tests {
         let json = serde_json::to_string(&snapshot).unwrap();
         let back: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, snapshot);
+    }
+
+    #[test]
+    fn durations_land_in_their_buckets_and_add_up() {
+        let stats = Stats::new();
+        let mut tally = Tally::default();
+        tally.timing.record(Duration::from_micros(50));
+        tally.timing.record(Duration::from_millis(3));
+        tally.timing.record(Duration::from_secs(60));
+        tally.timing.record_inline(2);
+        tally.timing.in_flight = 3;
+        stats.add(&mut tally);
+        let mut tally = Tally::default();
+        tally.timing.in_flight = -1;
+        stats.add(&mut tally);
+        let durations = stats.durations();
+        assert_eq!(durations.count, 5);
+        let at = |bound: f64| {
+            durations
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map(|(_, count)| *count)
+        };
+        assert_eq!(at(0.0001), Some(3), "two inline and 50 µs");
+        assert_eq!(at(0.0025), Some(3));
+        assert_eq!(at(0.005), Some(4), "3 ms");
+        assert_eq!(at(30.0), Some(4), "60 s is only in +Inf");
+        assert!((durations.sum_seconds - 60.00305).abs() < 1e-9);
+        assert_eq!(stats.in_flight(), 2);
     }
 
     /// A snapshot whose counters all differ: the table's n-th counter is n + 1, the n-th

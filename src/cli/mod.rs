@@ -12,6 +12,7 @@ pub(crate) mod output;
 pub(crate) mod send;
 pub(crate) mod send_stream;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};

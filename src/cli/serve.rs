@@ -129,6 +129,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DUR", env = "COURIER_BUSY_POLL", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 
+    /// Give a connection older than this (±10 %) GOAWAY and drain it, so that clients
+    /// reconnect and spread over the servers behind a load balancer; 0s for never
+    /// [default: 0s]
+    #[arg(long, value_name = "DUR", env = "COURIER_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    max_connection_age: Option<Duration>,
+
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP on HOST:PORT;
+    /// loopback only unless --allow-insecure [default: off]
+    #[arg(long, value_name = "ADDR", env = "COURIER_METRICS")]
+    metrics: Option<String>,
+
     /// Require clients to present the token in this file (the whole file, less a trailing
     /// newline) in their HELLO. COURIER_AUTH_TOKEN, holding the token itself, takes
     /// precedence; no flag takes the token itself, since other users can read a command line
@@ -163,6 +174,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     config.check_exposure()?;
+    config.check_metrics_exposure()?;
     let tls = server_tls(&config)?;
     if config.auth_token.is_some() {
         info!("clients must present the auth token in their HELLO");
@@ -170,8 +182,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics = super::service::bind_metrics(&config).await?;
     let stop = stop_on_signals();
-    serve_with_handler(listener, config, tls, stop).await?;
+    serve_with_handler(Listeners { listener, metrics }, config, tls, stop).await?;
     // Connections still open after the drain timeout, and worker pools, may still have
     // commands running: the server is done with them.
     courier::handler::kill_children();
@@ -198,6 +211,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.exec.is_some() {
         config.exec.clone_from(&args.exec);
     }
+    if args.metrics.is_some() {
+        config.metrics.clone_from(&args.metrics);
+    }
     overlay!(
         framing,
         reply,
@@ -217,7 +233,8 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         frame_timeout,
         idle_timeout,
         drain_timeout,
-        busy_poll
+        busy_poll,
+        max_connection_age
     );
     for (value, field) in [
         (&args.auth_token_file, &mut config.auth_token_file),
@@ -279,10 +296,16 @@ fn stop_on_signals() -> impl Future<Output = ()> {
     shutdown.cancelled_owned()
 }
 
+/// The bound sockets: the server's, and the metrics endpoint's when configured.
+struct Listeners {
+    listener: Listener,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
 /// Chooses the handler the configuration asks for (the built-in reply, a command per
 /// request, or a pool of workers) and serves with it until `stop`.
 async fn serve_with_handler(
-    listener: Listener,
+    listener: Listeners,
     config: Config,
     tls: Option<ServerTls>,
     stop: impl Future,
@@ -290,7 +313,7 @@ async fn serve_with_handler(
     match (config.exec.clone(), config.exec_workers) {
         (None, _) => {
             let handler = Builtin::from_reply(config.fixed_reply()?);
-            run_server(listener, config, handler, tls, stop).await;
+            run_server(listener, config, handler, tls, stop, None).await;
         }
         (Some(command), 0) => {
             let handler = Exec::new(
@@ -300,7 +323,7 @@ async fn serve_with_handler(
                 config.exec_queue,
                 config.max_frame,
             );
-            run_server(listener, config, handler, tls, stop).await;
+            run_server(listener, config, handler, tls, stop, None).await;
         }
         (Some(command), workers) => {
             let handler = ExecPool::start(
@@ -310,23 +333,26 @@ async fn serve_with_handler(
                 config.exec_queue,
                 config.max_frame,
             );
-            run_server(listener, config, handler, tls, stop).await;
+            let pool = Some(handler.stats());
+            run_server(listener, config, handler, tls, stop, pool).await;
         }
     }
     Ok(())
 }
 
-/// Runs the server, with TLS when configured.
+/// Runs the server, with TLS when configured; `pool`, an `--exec-workers` pool's
+/// counters, for `--metrics`.
 async fn run_server<H: Handler>(
-    listener: Listener,
+    listeners: Listeners,
     config: Config,
     handler: H,
     tls: Option<ServerTls>,
     stop: impl Future,
+    pool: Option<std::sync::Arc<courier::handler::PoolStats>>,
 ) {
     let mut server = server::Server::new(config, handler);
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
-    server.run(listener, stop).await;
+    super::service::run(server, listeners.listener, listeners.metrics, pool, stop).await;
 }

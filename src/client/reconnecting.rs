@@ -43,12 +43,17 @@ impl Backoff {
 /// (the server closed it, went away, or died), the next call connects again, after a
 /// [`Backoff`] wait if the previous attempt failed.
 ///
-/// Nothing is retried behind the caller's back: a call that fails returns its error, so
-/// the caller decides, by [`ClientError::outcome`]: [`ClientError::GoingAway`] and
-/// [`ClientError::Closed`] mean the request was not received and is safe to send again;
+/// A request the protocol proves the server never received, because its connection was
+/// going away (a GOAWAY whose last id is before it: a server draining for shutdown or
+/// for `max_connection_age`) or had already closed, is sent again on a new connection, up
+/// to [`Reconnecting::MAX_RESENDS`] times: it was not processed, so this cannot run it
+/// twice, and a server's rolling restart or connection rotation never reaches the caller.
+/// Nothing else is retried behind the caller's back: a call that fails otherwise returns
+/// its error, so the caller decides, by [`ClientError::outcome`]:
 /// [`ClientError::OutcomeUnknown`] and [`ClientError::Timeout`] mean it may have been
 /// processed; connection errors ([`ClientError::Refused`] and the like) mean nothing was
-/// sent.
+/// sent; [`ClientError::GoingAway`] and [`ClientError::Closed`] come back only when the
+/// resends ran out.
 #[derive(Debug, Clone)]
 pub struct Reconnecting {
     inner: Arc<ReconnectingInner>,
@@ -70,6 +75,11 @@ struct ConnState {
 }
 
 impl Reconnecting {
+    /// How many times one call's request is sent again after the server proved it was not
+    /// received (each on a new connection). More would only hide a server that keeps
+    /// closing every connection it accepts.
+    pub const MAX_RESENDS: u32 = 3;
+
     /// A client for `addr` that connects on its first call.
     pub fn new(addr: impl Into<String>, config: ClientConfig, backoff: Backoff) -> Reconnecting {
         Reconnecting {
@@ -82,24 +92,39 @@ impl Reconnecting {
         }
     }
 
-    /// Sends `payload` as a REQUEST and waits for its reply, connecting first if needed.
+    /// Sends `payload` as a REQUEST and waits for its reply, connecting first if needed,
+    /// and sending it again on a new connection when the server proves it did not
+    /// receive it (see [`Reconnecting`]).
     ///
     /// # Errors
     /// As [`Client::connect`] when there is no connection and making one fails, then as
-    /// [`Client::call`].
+    /// [`Client::call`]; [`ClientError::GoingAway`] or [`ClientError::Closed`] only after
+    /// [`Reconnecting::MAX_RESENDS`] resends.
     pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
-        let client = self.connection().await?;
-        let result = client.call(payload).await;
-        if matches!(
-            result,
-            Err(ClientError::GoingAway
-                | ClientError::Closed { .. }
-                | ClientError::OutcomeUnknown { .. }
-                | ClientError::Protocol(_))
-        ) {
-            self.forget(&client).await;
+        let payload = payload.into();
+        let mut resends = 0;
+        loop {
+            let client = self.connection().await?;
+            let result = client.call(payload.clone()).await;
+            if matches!(
+                result,
+                Err(ClientError::GoingAway
+                    | ClientError::Closed { .. }
+                    | ClientError::OutcomeUnknown { .. }
+                    | ClientError::Protocol(_))
+            ) {
+                self.forget(&client).await;
+            }
+            match result {
+                Err(ClientError::GoingAway | ClientError::Closed { .. })
+                    if resends < Self::MAX_RESENDS =>
+                {
+                    resends += 1;
+                    debug!(addr = %self.inner.addr, resends, "not received; sending again on a new connection");
+                }
+                result => return result,
+            }
         }
-        result
     }
 
     /// The current connection, or a new one.

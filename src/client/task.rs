@@ -123,13 +123,13 @@ impl Task {
                 }
             }
         };
-        self.end(end, closing);
+        self.end(end, closing).await;
     }
 
     /// Tells every caller what became of its call once the connection ended with `end`:
     /// requests in flight get their fate by the wire's rules, calls still queued (and
     /// every later one) learn they were not sent.
-    fn end(mut self, end: ClientError, closing: Option<oneshot::Sender<()>>) {
+    async fn end(mut self, end: ClientError, closing: Option<oneshot::Sender<()>>) {
         debug!(reason = %end, "client connection ended");
         // Calls made from now on are not sent at all.
         let unsent = match &end {
@@ -144,9 +144,12 @@ impl Task {
         for (id, reply) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(self.fate(id, &end)));
         }
-        // Calls still queued learn the reason when their send fails after we drop.
+        // Calls made from now on fail to send. A call that took its slot in the queue just
+        // before the close may still be putting its command in: `recv` waits for it
+        // (tokio's `Receiver::close` contract), where `try_recv` would miss it and leave
+        // the call waiting out its whole timeout on a command nobody reads.
         self.queue.close();
-        while let Ok(command) = self.queue.try_recv() {
+        while let Some(command) = self.queue.recv().await {
             if let Command::Send {
                 reply: Some(reply), ..
             } = command

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 
 use super::children::{exiting, shell, GroupGuard};
 use super::exec::busy;
-use super::{Handler, HandlerError, Request};
+use super::{Handler, HandlerError, PoolStats, Request};
 use crate::wire::PlainCodec;
 
 /// A request on its way to a worker.
@@ -40,10 +40,27 @@ struct Job {
 /// gets an ERROR rather than waiting forever.
 const MAX_HANDOVERS: u32 = 3;
 
+/// Counts one worker as busy for as long as it lives.
+struct Busy<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Busy<'a> {
+    fn new(busy: &'a std::sync::atomic::AtomicU64) -> Busy<'a> {
+        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Long-lived workers speaking plain framing on stdin/stdout.
 #[derive(Debug)]
 pub struct ExecPool {
     jobs: mpsc::Sender<Job>,
+    stats: Arc<PoolStats>,
     /// One permit per request being handled or waiting: `workers + queue` in all, so the
     /// bound does not depend on how quickly a worker picks up its next job.
     slots: Arc<Semaphore>,
@@ -67,6 +84,10 @@ impl ExecPool {
         let slots = workers + queue;
         let (jobs, receiver) = mpsc::channel(slots.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(PoolStats {
+            workers,
+            ..PoolStats::default()
+        });
         for index in 0..workers {
             let worker = Worker {
                 index,
@@ -75,15 +96,24 @@ impl ExecPool {
                 max_reply,
                 jobs: receiver.clone(),
                 pool: jobs.downgrade(),
+                stats: stats.clone(),
             };
             tokio::spawn(worker.run());
         }
         ExecPool {
             jobs,
+            stats,
             slots: Arc::new(Semaphore::new(slots)),
             workers,
             queue,
         }
+    }
+}
+
+impl ExecPool {
+    /// The pool's busy workers and restarts, readable while it runs.
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.stats.clone()
     }
 }
 
@@ -134,6 +164,8 @@ struct Worker {
     /// Tells whether the pool still exists without taking `jobs`' lock, which an idle
     /// worker holds while it waits.
     pool: mpsc::WeakSender<Job>,
+    /// The pool's busy workers and restarts.
+    stats: Arc<PoolStats>,
 }
 
 /// What a worker writes requests to: on unix a pipe made here, so that [`Process`] can
@@ -253,6 +285,9 @@ impl Worker {
                 }
             };
             warn!(worker = self.index, %reason, "worker stopped; starting a new one");
+            self.stats
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Reap it before starting the next, so no zombie waits for the next request.
             // The group goes too: what the worker started would otherwise outlive it.
             process.guard.kill();
@@ -334,7 +369,10 @@ impl Worker {
             if job.reply.is_closed() {
                 continue; // The caller has gone.
             }
-            match self.exchange(process, job.payload.clone()).await {
+            let busy = Busy::new(&self.stats.busy);
+            let exchanged = self.exchange(process, job.payload.clone()).await;
+            drop(busy);
+            match exchanged {
                 Ok(reply) => {
                     process.answered += 1;
                     let _ = job.reply.send(Ok(reply));

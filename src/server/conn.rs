@@ -91,20 +91,22 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
 
     /// Queues a message, unless more than `limit` bytes already wait (then it is dropped
     /// and `overflowed` set). Checking before appending lets one message larger than the
-    /// limit through when the peer keeps up.
-    pub(crate) fn push<T>(&mut self, item: T)
+    /// limit through when the peer keeps up. Returns the bytes it queued.
+    pub(crate) fn push<T>(&mut self, item: T) -> usize
     where
         E: Encoder<T, Error = CodecError>,
     {
         if self.pending() > self.limit {
             self.overflowed = true;
-            return;
+            return 0;
         }
+        let before = self.buffer.len();
         // The only encoding error is a payload beyond the u32 length field, and payloads
         // here are bounded by max_frame, which is validated below that.
         if let Err(err) = self.encoder.encode(item, &mut self.buffer) {
             error!(cause = %err, "cannot encode a message");
         }
+        self.buffer.len() - before
     }
 
     /// Bytes waiting to be written.

@@ -48,6 +48,9 @@ pub(crate) trait Protocol {
     /// The codec a connection starts with.
     fn codec(config: &Config) -> Self::Codec;
 
+    /// How many bytes `input` took on the wire (for the `bytes_in` counter).
+    fn wire_len(input: &<Self::Codec as Decoder>::Item) -> usize;
+
     /// Raises the decoder's limit once the handshake is done (framings with one).
     fn handshaken(codec: &mut Self::Codec, max_frame: usize);
 
@@ -239,7 +242,8 @@ where
         P::HANDSHAKE,
     );
     if let Some(first) = session.greeting(config) {
-        conn.out.push(first);
+        let mut turn = Turn::new(&shared.stats);
+        turn.tally.bytes_out += conn.out.push(first) as u64;
     }
     let mut driver = Driver {
         shared,
@@ -254,7 +258,12 @@ where
     // argument and its binding) for the connection's whole life.
     async move {
         // Taken out of `End` at once, so that the linger's state does not hold it too.
-        let close = match driver.run().await {
+        let end = driver.run().await;
+        // Calls still running end with the connection: they run no more.
+        let mut turn = Turn::new(&shared.stats);
+        turn.tally.timing.in_flight -= driver.calls.len() as i64;
+        drop(turn);
+        let close = match end {
             End::Now(result) => return result,
             End::Linger(close) => close,
         };
@@ -318,7 +327,8 @@ where
             let draining = self.token.is_cancelled();
             if draining {
                 if let Some(goaway) = self.session.drain() {
-                    self.conn.out.push(goaway);
+                    let mut turn = Turn::new(&self.shared.stats);
+                    turn.tally.bytes_out += self.conn.out.push(goaway) as u64;
                 }
             }
             let settled = self.session.settled();
@@ -362,13 +372,17 @@ where
     fn finish(&mut self, finished: Finished) -> Option<Close> {
         let shared = self.shared;
         let mut turn = Turn::new(&shared.stats);
+        turn.tally.timing.in_flight -= 1;
+        if !finished.oneway {
+            turn.tally.timing.record(finished.took);
+        }
         let mut ctx = Ctx {
             config: &shared.config,
             turn: &mut turn,
             stats: &shared.stats,
         };
         let step = self.session.on_finished(finished, &mut ctx);
-        self.apply(step)
+        self.apply(step, &mut turn)
     }
 
     /// Handles what the poller reported.
@@ -394,32 +408,56 @@ where
                 let (code, text) = which.describe(&self.shared.config);
                 let last = self.session.goodbye(code, &text);
                 let close = Close::new(which.reason(), text);
-                Ok(self.apply(Step::Close { last, close }))
+                let mut turn = Turn::new(&self.shared.stats);
+                Ok(self.apply(Step::Close { last, close }, &mut turn))
             }
             Io::Read(Some(item)) => self.on_read(item),
         }
     }
 
     /// Handles this message and every further one already in the read buffer, so that a
-    /// pipelined batch costs one turn of the loop, not one per message.
+    /// pipelined batch costs one turn of the loop, not one per message; counts the
+    /// batch's inline answers and the handler calls it started in the turn's tally.
     fn on_read(
         &mut self,
         first: Result<<P::Codec as Decoder>::Item, CodecError>,
     ) -> io::Result<Option<Close>> {
         let shared = self.shared;
         let mut turn = Turn::new(&shared.stats);
+        let calls_before = self.calls.len();
+        // Answers the handler gives inline, counted here so that they need no clock.
+        let mut inline = 0u64;
+        let result = self.read_batch(first, &mut turn, &mut inline);
+        turn.tally.timing.record_inline(inline);
+        // Calls only start here; the ones that end are counted in `finish`.
+        turn.tally.timing.in_flight += (self.calls.len() - calls_before) as i64;
+        result
+    }
+
+    /// [`Driver::on_read`]'s loop.
+    fn read_batch(
+        &mut self,
+        first: Result<<P::Codec as Decoder>::Item, CodecError>,
+        turn: &mut Turn<'a>,
+        inline: &mut u64,
+    ) -> io::Result<Option<Close>> {
+        let shared = self.shared;
         let mut next = Some(first);
         while let Some(item) = next {
             let step = match item {
                 Ok(input) => {
+                    turn.tally.bytes_in += P::wire_len(&input) as u64;
                     let may_pass = self.calls.may_pass();
                     let mut ctx = Ctx {
                         config: &shared.config,
-                        turn: &mut turn,
+                        turn,
                         stats: &shared.stats,
                     };
+                    let inline = &mut *inline;
                     self.session.on_input(input, &mut ctx, |request| {
-                        may_pass.then(|| shared.handler.ready(request)).flatten()
+                        let answer = may_pass.then(|| shared.handler.ready(request)).flatten();
+                        *inline += u64::from(answer.is_some() && !request.oneway);
+                        answer
                     })
                 }
                 Err(CodecError::Io(err))
@@ -441,7 +479,7 @@ where
                     Step::Close { last, close }
                 }
             };
-            if let Some(close) = self.apply(step) {
+            if let Some(close) = self.apply(step, turn) {
                 return Ok(Some(close));
             }
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
@@ -456,12 +494,13 @@ where
         Ok(None)
     }
 
-    /// Does what the session asked; returns the close it called for, if any.
-    fn apply(&mut self, step: Step<P::Out>) -> Option<Close> {
+    /// Does what the session asked, counting what it queues in `turn`; returns the close
+    /// it called for, if any.
+    fn apply(&mut self, step: Step<P::Out>, turn: &mut Turn<'_>) -> Option<Close> {
         match step {
             Step::Next => None,
             Step::Send(out) => {
-                self.conn.out.push(out);
+                turn.tally.bytes_out += self.conn.out.push(out) as u64;
                 None
             }
             Step::Dispatch(request) => {
@@ -475,7 +514,7 @@ where
             }
             Step::Close { last, close } => {
                 if let Some(last) = last {
-                    self.conn.out.push(last);
+                    turn.tally.bytes_out += self.conn.out.push(last) as u64;
                 }
                 Some(close)
             }

@@ -20,6 +20,8 @@
 //! - `close.rs`: why a connection ends (`Close`, the deadlines), and how payloads are
 //!   logged.
 //! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
+//! - `metrics.rs`: `--metrics`, the counters for Prometheus and the health and readiness
+//!   probes over HTTP.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,9 +29,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{Config, Framing};
 use crate::handler::Handler;
@@ -47,6 +49,8 @@ mod busy_poll;
 mod close;
 mod conn;
 mod driver;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod ordered;
 mod session;
 
@@ -89,6 +93,8 @@ pub async fn run<H: Handler>(
 pub struct Server<H> {
     shared: Arc<Shared<H>>,
     tls: Option<ServerTls>,
+    /// Cancelled when [`Server::run`] stops accepting: every connection drains.
+    drain: CancellationToken,
 }
 
 impl<H> std::fmt::Debug for Server<H> {
@@ -111,6 +117,7 @@ impl<H: Handler> Server<H> {
                 abort: CancellationToken::new(),
             }),
             tls: None,
+            drain: CancellationToken::new(),
         }
     }
 
@@ -125,6 +132,12 @@ impl<H: Handler> Server<H> {
     /// The server's counters, readable while it runs and after.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// Whether the server still accepts, for readiness checks (`/readyz`) and the service
+    /// manager (systemd's `STOPPING=1`): it stops being ready the moment the drain starts.
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.drain.clone())
     }
 
     /// Serves one connection that was accepted elsewhere (any byte stream: an in-memory
@@ -146,7 +159,7 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
-        let token = CancellationToken::new();
+        let token = self.drain;
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "listening");
@@ -232,6 +245,7 @@ where
         shared.stats.opened();
         debug!("accepted");
         let config = &shared.config;
+        let (token, _aged) = aged(token, config.max_connection_age);
         let served = match config.framing {
             Framing::Courier => drive(stream, &shared, token, Session::new(identity)).await,
             Framing::Plain => {
@@ -261,6 +275,48 @@ where
         drop(permit);
         reason
     }
+}
+
+/// Whether a [`Server`] is accepting or draining; cheap to clone. It cannot start a drain,
+/// only watch for one.
+#[derive(Debug, Clone)]
+pub struct Readiness(CancellationToken);
+
+impl Readiness {
+    /// Whether the server has started to drain (it no longer accepts).
+    pub fn is_draining(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes when the server starts to drain (at once if it has).
+    pub async fn draining(&self) {
+        self.0.cancelled().await;
+    }
+}
+
+/// With a `max_connection_age`, a token of the connection's own, cancelled by the
+/// server's drain or, after the age jittered by ±10 %, by a timer task (the connection
+/// then drains as at shutdown: GOAWAY, its requests answered, close), and the guard that
+/// ends that task with the connection. Without one, the server's token as it is: no task,
+/// no timer.
+fn aged(token: CancellationToken, age: Duration) -> (CancellationToken, Option<DropGuard>) {
+    if age.is_zero() {
+        return (token, None);
+    }
+    let own = token.child_token();
+    let timer = own.clone();
+    let age = age.mul_f64(0.9 + 0.2 * fastrand::f64());
+    let expire = async move {
+        tokio::select! {
+            () = tokio::time::sleep(age) => {
+                debug!(?age, "max_connection_age reached: draining the connection");
+                timer.cancel();
+            }
+            () = timer.cancelled() => {}
+        }
+    };
+    tokio::spawn(expire.instrument(tracing::Span::current()));
+    (own.clone(), Some(own.drop_guard()))
 }
 
 /// Waits for Ctrl-C (SIGINT); on Unix also SIGTERM, on Windows also Ctrl-Break, console

@@ -28,12 +28,16 @@ pub(crate) trait Chunks:
     /// The framing this codec speaks.
     const FRAMING: Framing;
 
+    /// Bytes in front of each message's payload on the wire.
+    const PREFIX: usize;
+
     /// The codec for `config`.
     fn new(config: &Config) -> Self;
 }
 
 impl Chunks for PlainCodec {
     const FRAMING: Framing = Framing::Plain;
+    const PREFIX: usize = 4;
 
     fn new(config: &Config) -> PlainCodec {
         PlainCodec::new(config.max_frame)
@@ -42,6 +46,7 @@ impl Chunks for PlainCodec {
 
 impl Chunks for RawCodec {
     const FRAMING: Framing = Framing::Raw;
+    const PREFIX: usize = 0;
 
     fn new(_: &Config) -> RawCodec {
         RawCodec
@@ -107,6 +112,10 @@ impl<C: Chunks> Protocol for Ordered<C> {
         C::new(config)
     }
 
+    fn wire_len(payload: &Bytes) -> usize {
+        C::PREFIX + payload.len()
+    }
+
     /// Never called: there is no handshake.
     fn handshaken(_: &mut C, _: usize) {}
 
@@ -145,6 +154,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
                     id: request.id,
                     oneway: false,
                     result,
+                    took: std::time::Duration::ZERO,
                 };
                 self.on_finished(finished, ctx)
             }
@@ -245,6 +255,7 @@ mod tests {
             id: 1,
             oneway: false,
             result,
+            took: std::time::Duration::ZERO,
         };
         session.on_finished(finished, &mut ctx)
     }

@@ -224,7 +224,16 @@ impl Session {
         };
         if let Some(result) = ready(&request) {
             let id = request.id;
-            return self.finish(Finished { id, oneway, result }, tally);
+            let took = std::time::Duration::ZERO;
+            return self.finish(
+                Finished {
+                    id,
+                    oneway,
+                    result,
+                    took,
+                },
+                tally,
+            );
         }
         if let (false, Phase::Open(ids)) = (oneway, &mut self.phase) {
             ids.insert(request.id);
@@ -248,7 +257,9 @@ impl Session {
     /// The answer to a finished handler call: its REPLY, or an ERROR for its id (the
     /// handler failed, or the reply is larger than the client takes); nothing for ONEWAY.
     fn finish(&mut self, finished: Finished, tally: &mut Tally) -> Step<Frame> {
-        let Finished { id, oneway, result } = finished;
+        let Finished {
+            id, oneway, result, ..
+        } = finished;
         if oneway {
             if let Err(err) = result {
                 warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
@@ -302,6 +313,10 @@ impl Protocol for Session {
     const HANDSHAKE: bool = true;
 
     /// Until the handshake is done the limit is the HELLO's.
+    fn wire_len(frame: &Frame) -> usize {
+        crate::wire::HEADER_LEN + frame.payload.len()
+    }
+
     fn codec(_: &Config) -> Codec {
         Codec::new(MAX_HELLO_PAYLOAD)
     }

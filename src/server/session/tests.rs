@@ -64,6 +64,7 @@ impl Harness {
             id,
             oneway: false,
             result,
+            took: std::time::Duration::ZERO,
         };
         self.batch(|session, ctx| session.on_finished(finished, ctx))
     }
@@ -500,6 +501,7 @@ fn a_oneway_is_dispatched_but_never_answered_even_when_it_fails() {
         id: 0,
         oneway: true,
         result: Err(HandlerError::new("nobody hears this")),
+        took: std::time::Duration::ZERO,
     };
     let step = harness.batch(|session, ctx| session.on_finished(finished, ctx));
     assert!(matches!(step, Step::Next), "{step:?}");

@@ -1,0 +1,324 @@
+//! `--metrics ADDR`: the server's counters for Prometheus (`/metrics`), and the two
+//! probes a service manager or load balancer asks, `/healthz` (the process is alive) and
+//! `/readyz` (it accepts connections; 503 from the moment a drain starts), over HTTP/1.
+//!
+//! The metrics are read from `stats.rs` at each scrape: every counter of its table (so
+//! counters added there later appear here with no code of their own), the close reasons,
+//! the request duration histogram and the handler calls running. Nothing on the request
+//! path knows this endpoint exists. The exposition is the Prometheus project's own client
+//! (`prometheus-client`), in the Prometheus text format 0.0.4; the HTTP side is hyper.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Readiness;
+use crate::handler::PoolStats;
+use crate::stats::{CloseReason, Snapshot, Stats};
+
+/// Scrapers served at once; more are closed at once. Prometheus opens one or two.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Time a client has to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The content type of the Prometheus text format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metric a counter of the table becomes, and its type: `courier_NAME_total` for a
+/// counter, with the connection counters named as such. Counters only grow; the one gauge
+/// of the table (`open`) is named here, as any later gauge must be.
+fn family(name: &str) -> (&str, MetricType) {
+    match name {
+        "accepted" => ("connections_accepted", MetricType::Counter),
+        "rejected_busy" => ("connections_rejected_busy", MetricType::Counter),
+        "open" => ("connections_open", MetricType::Gauge),
+        other => (other, MetricType::Counter),
+    }
+}
+
+/// Reads a server's [`Stats`] (and its `--exec-workers` pool's, if it has one) into
+/// metric families at each scrape.
+#[derive(Debug)]
+struct StatsCollector {
+    stats: Arc<Stats>,
+    pool: Option<Arc<PoolStats>>,
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshot = self.stats.snapshot();
+        for (counter, (_, value)) in Snapshot::COUNTERS.iter().zip(snapshot.counters()) {
+            let (name, kind) = family(counter.name);
+            let help = counter.help.trim_end_matches('.');
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Gauge => metric.encode_gauge(&value)?,
+                _ => metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+            }
+        }
+        let mut closed = encoder.encode_descriptor(
+            "connections_closed",
+            "Connections closed, by why they ended (docs/PROTOCOL.md lists the reasons)",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in CloseReason::ALL {
+            let labels = [("reason", reason.name())];
+            closed
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&snapshot.closed(reason), None)?;
+        }
+        let durations = self.stats.durations();
+        encoder
+            .encode_descriptor(
+                "request_duration",
+                "Time from a request's arrival to its answer being queued, ONEWAY left out; answers given inline count as 0",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                durations.sum_seconds,
+                durations.count,
+                &with_inf(&durations.buckets, durations.count),
+                None,
+            )?;
+        encoder
+            .encode_descriptor(
+                "requests_in_flight",
+                "Handler calls running now (answers given inline are never in flight)",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.stats.in_flight())?;
+        if let Some(pool) = &self.pool {
+            encode_pool(pool, &mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `--exec-workers` pool's families.
+fn encode_pool(
+    pool: &PoolStats,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(
+            "exec_workers",
+            "Workers in the pool (exec_workers)",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(pool.workers() as u64))?;
+    encoder
+        .encode_descriptor(
+            "exec_workers_busy",
+            "Workers exchanging a request with their process now",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&pool.busy())?;
+    encoder
+        .encode_descriptor(
+            "exec_worker_restarts",
+            "Worker processes started again after one exited, was killed or overran exec_timeout",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&pool.restarts(), None)?;
+    Ok(())
+}
+
+/// prometheus-client takes each bucket's own count, not the cumulative ones Prometheus
+/// shows, and the `+Inf` bucket as the last: turns [`Durations`](crate::stats::Durations)'
+/// cumulative buckets into that.
+fn with_inf(cumulative: &[(f64, u64)], count: u64) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    let mut buckets = Vec::with_capacity(cumulative.len() + 1);
+    for &(bound, total) in cumulative {
+        buckets.push((bound, total - below));
+        below = total;
+    }
+    buckets.push((f64::INFINITY, count - below));
+    buckets
+}
+
+/// The registry of one server's metrics, all named `courier_...`.
+fn registry(stats: Arc<Stats>, pool: Option<Arc<PoolStats>>) -> Registry {
+    let mut registry = Registry::with_prefix("courier");
+    registry.register_collector(Box::new(StatsCollector { stats, pool }));
+    registry
+}
+
+/// The `/metrics` page for `stats` (and `pool`), as a scrape gets it.
+pub fn render(stats: Arc<Stats>, pool: Option<Arc<PoolStats>>) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry(stats, pool));
+    text
+}
+
+/// What one HTTP request gets.
+fn respond(
+    request: &Request<Incoming>,
+    registry: &Registry,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        response
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut text = String::new();
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, registry);
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+            response
+        }
+        "/healthz" => plain(StatusCode::OK, "alive\n"),
+        "/readyz" if readiness.is_draining() => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/readyz" => plain(StatusCode::OK, "ready\n"),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics, /healthz and /readyz are served\n",
+        ),
+    }
+}
+
+/// Serves `/metrics` (from `stats`, and `pool` when the handler is an `--exec-workers`
+/// pool), `/healthz` and `/readyz` on `listener` until `stop` is cancelled. Keep it
+/// running through the server's drain, so that `/readyz` says 503 meanwhile.
+///
+/// At most 16 connections at once; a connection has 10 s to send its headers. Accept
+/// errors are logged and followed by a short pause, never the end of the loop.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    pool: Option<Arc<PoolStats>>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let registry = Arc::new(registry(stats, pool));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        // Finished connections leave the set as new ones come.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(cause = %err, "metrics: accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics: too many connections; closing this one");
+            continue;
+        };
+        let registry = registry.clone();
+        let readiness = readiness.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let response = respond(&request, &registry, &readiness);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        connections.spawn(async move {
+            let _slot = slot;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(err) = served {
+                debug!(%peer, cause = %err, "metrics: connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Tally;
+
+    #[test]
+    fn every_counter_of_the_table_is_a_metric_with_its_value() {
+        let stats = Arc::new(Stats::new());
+        stats.opened();
+        stats.opened();
+        stats.closed(CloseReason::IdleTimeout);
+        stats.add(&mut Tally {
+            requests: 7,
+            replies: 6,
+            errors: 1,
+            ..Tally::default()
+        });
+        let text = render(stats.clone(), None);
+        let snapshot = stats.snapshot();
+        for (name, value) in snapshot.counters() {
+            let (metric, kind) = family(name);
+            let line = match kind {
+                MetricType::Gauge => format!("\ncourier_{metric} {value}\n"),
+                _ => format!("\ncourier_{metric}_total {value}\n"),
+            };
+            assert!(text.contains(&line), "{line:?} missing from\n{text}");
+        }
+        assert!(text.contains("\ncourier_requests_total 7\n"), "{text}");
+        assert!(text.contains("\ncourier_connections_open 1\n"), "{text}");
+        assert!(
+            text.contains("\ncourier_connections_closed_total{reason=\"idle_timeout\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_and_ends_with_inf() {
+        let stats = Arc::new(Stats::new());
+        let mut tally = Tally::default();
+        tally.timing.record(Duration::from_millis(2));
+        tally.timing.record(Duration::from_secs(100));
+        tally.timing.record_inline(1);
+        stats.add(&mut tally);
+        let text = render(stats, None);
+        for line in [
+            "courier_request_duration_seconds_bucket{le=\"0.0001\"} 1\n",
+            "courier_request_duration_seconds_bucket{le=\"0.0025\"} 2\n",
+            "courier_request_duration_seconds_bucket{le=\"30\"} 2\n",
+            "courier_request_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "courier_request_duration_seconds_count 3\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+}
