@@ -109,6 +109,17 @@ pub struct Config {
     /// `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// UDP (`udp:HOST:PORT`): the largest message payload one datagram carries, in bytes
+    /// (the 22 bytes of headers not included). 1200 crosses any path unfragmented.
+    pub udp_max_payload: usize,
+    /// UDP: replies kept for answering retransmitted requests, at most this many.
+    pub udp_cache_entries: usize,
+    /// UDP: replies kept, at most this many bytes of them.
+    pub udp_cache_bytes: usize,
+    /// UDP: how long a reply is kept for retransmissions of its request. Must be longer
+    /// than any client keeps retrying a call (its call timeout).
+    #[serde(with = "humantime_serde")]
+    pub udp_cache_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -141,6 +152,10 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             busy_poll: Duration::ZERO,
+            udp_max_payload: 1200,
+            udp_cache_entries: 65_536,
+            udp_cache_bytes: 64 << 20,
+            udp_cache_lifetime: Duration::from_secs(120),
         }
     }
 }
@@ -324,8 +339,10 @@ impl Config {
         {
             return Ok(());
         }
+        let host_port =
+            (self.listen.strip_prefix(crate::transport::UDP_PREFIX)).unwrap_or(&self.listen);
         let resolved: Vec<std::net::SocketAddr> =
-            match std::net::ToSocketAddrs::to_socket_addrs(&self.listen) {
+            match std::net::ToSocketAddrs::to_socket_addrs(host_port) {
                 Ok(addrs) => addrs.collect(),
                 // Binding will report the bad address.
                 Err(_) => return Ok(()),
@@ -369,6 +386,11 @@ impl Config {
                 "TLS applies to TCP; unix: sockets and pipe: names are local and protected by their permissions".into(),
             );
         }
+        if self.tls_cert.is_some() && self.listen.starts_with(crate::transport::UDP_PREFIX) {
+            return invalid(
+                "TLS applies to TCP; udp: has no encryption (docs/PROTOCOL.md, UDP)".into(),
+            );
+        }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());
         }
@@ -390,6 +412,7 @@ impl Config {
                 self.max_frame
             ));
         }
+        self.validate_udp()?;
         let fixed = self.fixed_reply()?;
         if self.exec.is_some() && fixed.is_some() {
             return invalid("reply and exec are alternatives: set one of them".into());
@@ -417,10 +440,29 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("frame_timeout", self.frame_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("udp_cache_lifetime", self.udp_cache_lifetime),
         ] {
             if value.is_zero() {
                 return invalid(format!("{name} must be longer than zero"));
             }
+        }
+        Ok(())
+    }
+
+    /// The UDP settings' ranges.
+    fn validate_udp(&self) -> Result<(), ConfigError> {
+        use crate::wire::MAX_DATAGRAM_MESSAGE;
+        if !(MIN_MAX_FRAME..=MAX_DATAGRAM_MESSAGE).contains(&self.udp_max_payload) {
+            return Err(ConfigError::Invalid(format!(
+                "udp_max_payload is {}; it must be {MIN_MAX_FRAME} to {MAX_DATAGRAM_MESSAGE} bytes (a 65,507-byte UDP datagram less the 22 bytes of headers)",
+                self.udp_max_payload
+            )));
+        }
+        if self.udp_cache_entries == 0 || self.udp_cache_bytes < self.udp_max_payload {
+            return Err(ConfigError::Invalid(format!(
+                "udp_cache_entries must be at least 1 and udp_cache_bytes at least udp_max_payload ({}); they are {} and {}",
+                self.udp_max_payload, self.udp_cache_entries, self.udp_cache_bytes
+            )));
         }
         Ok(())
     }
@@ -548,6 +590,22 @@ mod tests {
             ..Config::default()
         };
         assert!(open.check_exposure().is_err());
+        let open_udp = Config {
+            listen: "udp:0.0.0.0:0".into(),
+            ..Config::default()
+        };
+        assert!(open_udp.check_exposure().is_err());
+        let local_udp = Config {
+            listen: "udp:127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        assert!(local_udp.check_exposure().is_ok());
+        let udp_tls = Config {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..local_udp
+        };
+        assert!(udp_tls.validate().is_err());
     }
 
     #[test]
@@ -579,6 +637,10 @@ mod tests {
             ("close_after = 1", "close_after"),
             ("exec = \"cat\"\nreply = \"00\"", "exec"),
             ("exec_max_children = 0", "exec_max_children"),
+            ("udp_max_payload = 65486", "udp_max_payload"),
+            ("udp_max_payload = 15", "udp_max_payload"),
+            ("udp_cache_entries = 0", "udp_cache_entries"),
+            ("udp_cache_lifetime = \"0s\"", "udp_cache_lifetime"),
             ("framing = \"raw\"\ngreeting = \"0g\"", "greeting"),
         ] {
             let err = Config::from_toml(text).unwrap_err();

@@ -130,6 +130,9 @@ fn check(args: &SendArgs) -> anyhow::Result<()> {
     if args.oneway && args.framing != Framing::Courier {
         bail!("--oneway needs --framing courier: plain and raw framing have no one-way messages");
     }
+    if args.addr.starts_with(courier::transport::UDP_PREFIX) && args.framing != Framing::Courier {
+        bail!("udp: addresses speak courier framing only (one frame per datagram)");
+    }
     if args.recv_first && args.framing != Framing::Raw {
         bail!("--recv-first applies to --framing raw only");
     }

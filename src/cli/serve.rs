@@ -75,8 +75,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", env = "COURIER_EXEC_QUEUE")]
     exec_queue: Option<usize>,
 
-    /// Address to listen on: HOST:PORT, or unix:PATH for a Unix domain socket; port 0
-    /// picks a free one (logged) [default: 127.0.0.1:12345]
+    /// Address to listen on: HOST:PORT, unix:PATH for a Unix domain socket, or
+    /// udp:HOST:PORT for UDP; port 0 picks a free one (logged) [default: 127.0.0.1:12345]
     #[arg(long, value_name = "ADDR", env = "COURIER_LISTEN")]
     listen: Option<String>,
 
@@ -128,6 +128,24 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DUR", env = "COURIER_BUSY_POLL", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 
+    /// UDP: the largest message payload one datagram carries, headers not included
+    /// (16 to 65485) [default: 1200]
+    #[arg(long, value_name = "BYTES", env = "COURIER_UDP_MAX_PAYLOAD")]
+    udp_max_payload: Option<usize>,
+
+    /// UDP: replies kept for retransmitted requests, at most this many [default: 65536]
+    #[arg(long, value_name = "N", env = "COURIER_UDP_CACHE_ENTRIES")]
+    udp_cache_entries: Option<usize>,
+
+    /// UDP: replies kept, at most this many bytes [default: 67108864]
+    #[arg(long, value_name = "BYTES", env = "COURIER_UDP_CACHE_BYTES")]
+    udp_cache_bytes: Option<usize>,
+
+    /// UDP: how long a reply is kept for retransmissions; longer than clients' call
+    /// timeout [default: 2m]
+    #[arg(long, value_name = "DUR", env = "COURIER_UDP_CACHE_LIFETIME", value_parser = humantime::parse_duration)]
+    udp_cache_lifetime: Option<Duration>,
+
     /// Require clients to present the token in this file (the whole file, less a trailing
     /// newline) in their HELLO. COURIER_AUTH_TOKEN, holding the token itself, takes
     /// precedence; no flag takes the token itself, since other users can read a command line
@@ -166,15 +184,30 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.auth_token.is_some() {
         info!("clients must present the auth token in their HELLO");
     }
-    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(&config).await?;
     let stop = stop_on_signals();
     serve_with_handler(listener, config, tls, stop).await?;
     // Connections still open after the drain timeout, and worker pools, may still have
     // commands running: the server is done with them.
     courier::handler::kill_children();
     Ok(())
+}
+
+/// What the server listens on: a stream listener, or a UDP socket.
+enum Bound {
+    Stream(Listener),
+    Udp(tokio::net::UdpSocket),
+}
+
+/// Binds the configured address.
+async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
+        Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
+        None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
+            .await
+            .map(Bound::Stream),
+    };
+    bound.with_context(|| format!("cannot listen on {}", config.listen))
 }
 
 /// Layers flags and COURIER_* variables (clap merges those two) over the file or the
@@ -216,7 +249,11 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         frame_timeout,
         idle_timeout,
         drain_timeout,
-        busy_poll
+        busy_poll,
+        udp_max_payload,
+        udp_cache_entries,
+        udp_cache_bytes,
+        udp_cache_lifetime
     );
     for (value, field) in [
         (&args.auth_token_file, &mut config.auth_token_file),
@@ -281,7 +318,7 @@ fn stop_on_signals() -> impl Future<Output = ()> {
 /// Chooses the handler the configuration asks for (the built-in reply, a command per
 /// request, or a pool of workers) and serves with it until `stop`.
 async fn serve_with_handler(
-    listener: Listener,
+    listener: Bound,
     config: Config,
     tls: Option<ServerTls>,
     stop: impl Future,
@@ -317,7 +354,7 @@ async fn serve_with_handler(
 
 /// Runs the server, with TLS when configured.
 async fn run_server<H: Handler>(
-    listener: Listener,
+    listener: Bound,
     config: Config,
     handler: H,
     tls: Option<ServerTls>,
@@ -327,5 +364,8 @@ async fn run_server<H: Handler>(
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
-    server.run(listener, stop).await;
+    match listener {
+        Bound::Stream(listener) => server.run(listener, stop).await,
+        Bound::Udp(socket) => server.run_udp(socket, stop).await,
+    }
 }

@@ -15,7 +15,8 @@
 //!
 //! Layout: this file (the handle, its settings and errors), `task.rs` (the task that owns
 //! the connection), `hello.rs` (the HELLO exchange), `reconnecting.rs` ([`Reconnecting`]),
-//! `plain.rs` (clients for plain and raw framing).
+//! `plain.rs` (clients for plain and raw framing), `udp/` (the same handle over UDP, with
+//! retransmission: `udp:HOST:PORT`).
 
 use std::fmt;
 use std::io;
@@ -35,9 +36,11 @@ pub mod hello;
 mod plain;
 mod reconnecting;
 mod task;
+mod udp;
 
 pub use plain::{raw_exchange, PlainClient, RawOptions};
 pub use reconnecting::{Backoff, Reconnecting};
+pub use udp::UdpOptions;
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct ClientConfig {
     pub auth_token: Option<Bytes>,
     /// Speak TLS (TCP addresses only).
     pub tls: Option<ClientTls>,
+    /// Retransmission settings for `udp:HOST:PORT` addresses.
+    pub udp: UdpOptions,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +70,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             auth_token: None,
             tls: None,
+            udp: UdpOptions::default(),
         }
     }
 }
@@ -95,12 +101,17 @@ pub enum ClientError {
         /// The connect timeout.
         after: Duration,
     },
-    /// No reply within the call timeout: the outcome is unknown, since the server may
-    /// have processed the request, or may still.
-    #[error("call timed out after {}: the request may or may not have been processed", humantime::format_duration(*after))]
+    /// No reply within the call timeout (or, over UDP, after the last retransmission):
+    /// the outcome is unknown, since the server may have processed the request, or may
+    /// still. Over UDP the server runs a request at most once, but its every answer may
+    /// have been lost.
+    #[error("call timed out after {}{}: the request may or may not have been processed", humantime::format_duration(*after), attempts_text(*attempts))]
     Timeout {
-        /// The call timeout.
+        /// The time from the call (over UDP: its first send) to giving up.
         after: Duration,
+        /// UDP: the datagrams sent for the call (the first and the retransmissions); 0
+        /// on stream transports, which send a request once.
+        attempts: u32,
     },
     /// The payload is larger than the server accepts; nothing was sent.
     #[error("frame too large: the payload is {len} bytes, the server accepts at most {max}")]
@@ -150,6 +161,15 @@ impl From<DialError> for ClientError {
             DialError::Connect { addr, cause } => ClientError::Connect { addr, cause },
             DialError::Timeout { addr, after } => ClientError::ConnectTimeout { addr, after },
         }
+    }
+}
+
+/// " and N attempts", for a UDP timeout's text.
+fn attempts_text(attempts: u32) -> String {
+    match attempts {
+        0 => String::new(),
+        1 => " and 1 attempt".to_owned(),
+        n => format!(" and {n} attempts"),
     }
 }
 
@@ -233,6 +253,9 @@ impl Client {
         A: ToSocketAddrs + fmt::Display,
     {
         let name = addr.to_string();
+        if let Some(target) = name.strip_prefix(crate::transport::UDP_PREFIX) {
+            return udp::connect(target, &config).await;
+        }
         let connect = async {
             let (read_half, write_half) =
                 connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
@@ -361,7 +384,23 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout {
                 after: self.call_timeout,
+                attempts: 0,
             })?
+    }
+
+    /// A handle to a connection task started elsewhere (the UDP client's).
+    pub(crate) fn from_task(
+        commands: mpsc::Sender<Command>,
+        closed: Arc<OnceLock<ClientError>>,
+        server_max_frame: usize,
+        call_timeout: Duration,
+    ) -> Client {
+        Client {
+            commands,
+            closed,
+            server_max_frame,
+            call_timeout,
+        }
     }
 
     fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {

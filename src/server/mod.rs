@@ -20,6 +20,8 @@
 //! - `close.rs`: why a connection ends (`Close`, the deadlines), and how payloads are
 //!   logged.
 //! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
+//! - `udp/`: UDP, the socket loop and its I/O-free endpoint (sessions, cookie, reply
+//!   cache), run by [`Server::run_udp`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ mod conn;
 mod driver;
 mod ordered;
 mod session;
+pub mod udp;
 
 /// How long the server waits, after the drain timeout, for connections to close once told
 /// to stop at once: they only have to drop what they hold.
