@@ -438,3 +438,56 @@ async fn requests_arriving_while_the_server_drains_are_refused_as_not_received()
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_client_whose_port_changes_keeps_its_session_and_its_cached_replies() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = Counting {
+        runs: runs.clone(),
+        delay: Duration::ZERO,
+    };
+    let (addr, stats, stop) = start(Config::default(), handler).await;
+    let before = RawSession::open(&addr, 21, None).await;
+    assert_eq!(before.recv().await.kind, Kind::Hello);
+    before.send(Frame::request(1, "moved"), 0).await;
+    assert_eq!(before.recv().await.payload, "moved");
+    // The same session from another port (a NAT rebinding): first told to validate it.
+    let server: SocketAddr = addr.trim_start_matches("udp:").parse().unwrap();
+    let after = RawSession {
+        socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        session: 21,
+    };
+    after.socket.connect(server).await.unwrap();
+    after.send(Frame::request(1, "moved"), 0).await;
+    let told = ErrorBody::parse(&after.recv().await.payload).unwrap();
+    assert_eq!(told.code, ErrorCode::HelloNeeded);
+    // After the HELLO exchange from there, the retransmission gets the cached reply.
+    let after = RawSession::open(&addr, 21, None).await;
+    assert_eq!(after.recv().await.kind, Kind::Hello);
+    after.send(Frame::request(1, "moved"), 0).await;
+    assert_eq!(after.recv().await.payload, "moved");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.snapshot().udp_cache_hits, 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn even_the_smallest_stray_datagram_is_told_to_hello_within_three_times_its_size() {
+    let (addr, stats, stop) = start(Config::default(), Builtin::Echo).await;
+    let raw = RawSession {
+        socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        session: 30,
+    };
+    raw.socket
+        .connect(addr.trim_start_matches("udp:"))
+        .await
+        .unwrap();
+    raw.send(Frame::request(1, Bytes::new()), 0).await;
+    let told = raw.recv().await;
+    assert_eq!(
+        ErrorBody::parse(&told.payload).unwrap().code,
+        ErrorCode::HelloNeeded
+    );
+    assert_eq!(stats.snapshot().udp_unvalidated_drops, 0);
+    stop.cancel();
+}

@@ -150,13 +150,14 @@ impl Endpoint {
             return out;
         }
         let Some(state) = self.sessions.get_mut(&session) else {
-            let text = "no session of this id: do the HELLO exchange";
+            // Short: the smallest datagram (22 bytes) must earn its answer (3 x 22).
+            let text = "unknown session: HELLO again";
             let answer = error(session, frame.id, ErrorCode::HelloNeeded, text);
             limited(&mut out, answer, peer, received, &mut self.tally);
             return out;
         };
         if state.peer != peer {
-            let text = "this address is not validated for the session: do the HELLO exchange";
+            let text = "address not validated: HELLO again";
             let answer = error(session, frame.id, ErrorCode::HelloNeeded, text);
             limited(&mut out, answer, peer, received, &mut self.tally);
             return out;

@@ -45,7 +45,9 @@ impl<H: Handler> Server<H> {
     pub async fn run_udp(self, socket: UdpSocket, shutdown: impl Future) {
         let shared = self.shared;
         if let Ok(addr) = socket.local_addr() {
-            info!(addr = %format!("udp:{addr}"), max_payload = shared.config.udp_max_payload, "listening");
+            // The address last: scripts read the rest of the line after "addr=".
+            let max_payload = shared.config.udp_max_payload;
+            info!(max_payload, addr = %format!("udp:{addr}"), "listening");
         }
         let stats = &shared.stats;
         let mut endpoint = Endpoint::new(shared.config.clone());
