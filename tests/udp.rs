@@ -491,3 +491,99 @@ async fn even_the_smallest_stray_datagram_is_told_to_hello_within_three_times_it
     assert_eq!(stats.snapshot().udp_unvalidated_drops, 0);
     stop.cancel();
 }
+
+/// A server that does the HELLO exchange and then never answers, noting (in the paused
+/// clock's time) when each copy of a request arrives.
+async fn silent_server(arrivals: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>) -> String {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 70_000];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(datagram) = Datagram::decode(Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
+            let answer = match datagram.frame.kind {
+                Kind::Hello => {
+                    let hello = Hello::parse(&datagram.frame.payload).unwrap();
+                    let mut answer = Hello::new(1200);
+                    if hello.field(HELLO_COOKIE).is_none() {
+                        answer
+                            .fields
+                            .push((HELLO_COOKIE, Bytes::from_static(b"cookie")));
+                    }
+                    Frame::hello(&answer)
+                }
+                _ => {
+                    arrivals.lock().unwrap().push(tokio::time::Instant::now());
+                    continue;
+                }
+            };
+            let bytes = Datagram::new(datagram.session, 0, answer).encode();
+            socket.send_to(&bytes, peer).await.unwrap();
+        }
+    });
+    format!("udp:{addr}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn retransmissions_back_off_from_the_timeout_doubling_with_jitter_up_to_the_limit() {
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = silent_server(arrivals.clone()).await;
+    let options = UdpOptions {
+        initial_rto: Duration::from_millis(100),
+        min_rto: Duration::from_millis(50),
+        max_rto: Duration::from_millis(500),
+        max_attempts: 6,
+    };
+    let config = ClientConfig {
+        udp: options.clone(),
+        call_timeout: Duration::from_secs(60),
+        ..quick()
+    };
+    let client = Client::connect_with(addr.as_str(), config).await.unwrap();
+    let (after, attempts) = match client.call("anyone?").await {
+        Err(ClientError::Timeout { after, attempts }) => (after, attempts),
+        other => panic!("expected a timeout, got {other:?}"),
+    };
+    assert_eq!(attempts, 6);
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 6, "one send per attempt");
+    // Attempt n waits min(100 ms x 2^(n-1), 500 ms) times a factor in [1, 1.25).
+    let mut total = Duration::ZERO;
+    for (n, pair) in arrivals.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let base = (Duration::from_millis(100) * (1 << n)).min(options.max_rto);
+        assert!(
+            gap >= base && gap < base.mul_f64(1.25) + Duration::from_millis(1),
+            "gap {n}: {gap:?} for {base:?}"
+        );
+        total += gap;
+    }
+    // And the last attempt waits its own timeout (500 ms and jitter) before giving up.
+    assert!(
+        after >= total + options.max_rto,
+        "{after:?} after {total:?} of gaps"
+    );
+    assert!(after < total + options.max_rto.mul_f64(1.25) + Duration::from_millis(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_deadline_cuts_the_retransmissions_short() {
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = silent_server(arrivals.clone()).await;
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(1),
+        ..quick()
+    };
+    let client = Client::connect_with(addr.as_str(), config).await.unwrap();
+    match client.call("anyone?").await {
+        Err(ClientError::Timeout { after, attempts }) => {
+            assert_eq!(after, Duration::from_secs(1), "given up at the deadline");
+            // 200, 400 ms (with jitter) fit in 1 s; the next wait is cut by the deadline.
+            assert!((3..=4).contains(&attempts), "{attempts} attempts");
+            assert_eq!(arrivals.lock().unwrap().len() as u32, attempts);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
