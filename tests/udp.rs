@@ -587,3 +587,52 @@ async fn the_call_deadline_cuts_the_retransmissions_short() {
         other => panic!("expected a timeout, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn past_max_in_flight_a_request_is_refused_unrun_and_runs_when_sent_again() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = Counting {
+        runs: runs.clone(),
+        delay: Duration::from_millis(300),
+    };
+    let config = Config {
+        max_in_flight: 2,
+        ..Config::default()
+    };
+    let (addr, _, stop) = start(config, handler).await;
+    let raw = RawSession::open(&addr, 40, None).await;
+    assert_eq!(raw.recv().await.kind, Kind::Hello);
+    for id in 1..=3 {
+        raw.send(Frame::request(id, format!("r{id}")), 0).await;
+    }
+    let refused = raw.recv().await;
+    let body = ErrorBody::parse(&refused.payload).unwrap();
+    assert_eq!((refused.id, body.code), (3, ErrorCode::Busy));
+    assert!(body.message.contains("max_in_flight"), "{}", body.message);
+    let mut answered = vec![raw.recv().await.id, raw.recv().await.id];
+    answered.sort();
+    assert_eq!(answered, [1, 2]);
+    raw.send(Frame::request(3, "r3"), 0).await;
+    assert_eq!(raw.recv().await.payload, "r3");
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_idle_session_expires_and_is_told_to_hello_again() {
+    let config = Config {
+        idle_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let (addr, _, stop) = start(config, Builtin::Echo).await;
+    let raw = RawSession::open(&addr, 41, None).await;
+    assert_eq!(raw.recv().await.kind, Kind::Hello);
+    raw.send(Frame::request(1, "alive"), 0).await;
+    assert_eq!(raw.recv().await.payload, "alive");
+    // Expiry is looked for once a second.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    raw.send(Frame::request(2, "still?"), 0).await;
+    let told = ErrorBody::parse(&raw.recv().await.payload).unwrap();
+    assert_eq!(told.code, ErrorCode::HelloNeeded);
+    stop.cancel();
+}
