@@ -636,3 +636,38 @@ async fn an_idle_session_expires_and_is_told_to_hello_again() {
     assert_eq!(told.code, ErrorCode::HelloNeeded);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_clients_acknowledgements_free_the_cache_so_calls_outnumber_its_entries() {
+    let config = Config {
+        udp_cache_entries: 64,
+        ..Config::default()
+    };
+    let (addr, stats, stop) = start(config, Builtin::Echo).await;
+    let client_config = ClientConfig {
+        max_in_flight: 8,
+        ..quick()
+    };
+    let client = Client::connect_with(addr.as_str(), client_config)
+        .await
+        .unwrap();
+    let calls = (0..1000).map(|n| {
+        let client = client.clone();
+        async move {
+            client
+                .call(format!("{n}"))
+                .await
+                .map(|reply| reply == format!("{n}"))
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(true))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed, first {:?}",
+        failed.len(),
+        failed[0]
+    );
+    assert_eq!(stats.snapshot().requests, 1000);
+    stop.cancel();
+}

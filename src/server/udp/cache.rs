@@ -13,9 +13,11 @@
 //! reply is lost (ERROR 16) and still does not run twice. At the entry bound, a new
 //! request is refused (`Seen::Full`, answered ERROR 14, not run) rather than an entry
 //! forgotten: forgetting one would let its retransmission run a second time. Entries leave
-//! when their lifetime passes.
+//! when their lifetime passes, or at once when the client's acknowledgement floor (every
+//! id below it is finished at the client, and never run again) passes them, so that the
+//! cache holds about what clients still wait for rather than two minutes of traffic.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +60,9 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct ReplyCache {
     entries: HashMap<Key, Entry>,
+    /// The ids of each session that have an entry, so that the client's acknowledgement
+    /// floor can drop them in order ([`ReplyCache::acknowledge`]).
+    by_session: HashMap<u64, BTreeSet<u32>>,
     /// Finished entries (Done or Evicted), oldest first, with when they expire.
     finished: VecDeque<(Instant, Key)>,
     /// Keys that were `Done` when pushed, oldest first: where the byte bound evicts from.
@@ -73,6 +78,7 @@ impl ReplyCache {
     pub(crate) fn new(max_entries: usize, max_bytes: usize, lifetime: Duration) -> ReplyCache {
         ReplyCache {
             entries: HashMap::new(),
+            by_session: HashMap::new(),
             finished: VecDeque::new(),
             answers: VecDeque::new(),
             bytes: 0,
@@ -89,6 +95,7 @@ impl ReplyCache {
             None => {
                 let state = State::Running;
                 self.entries.insert(key, Entry { digest, state });
+                self.by_session.entry(key.0).or_default().insert(key.1);
                 Seen::New
             }
             Some(entry) if entry.digest != digest => Seen::Mismatch,
@@ -109,8 +116,58 @@ impl ReplyCache {
                 ..
             })
         ) {
-            self.entries.remove(&key);
+            self.drop_entry(key);
         }
+    }
+
+    /// The client of `session` says every id below `floor` is finished: their entries go
+    /// now rather than at the end of their lifetime (the endpoint never runs such an id
+    /// again), so the cache holds about what clients still wait for.
+    pub(crate) fn acknowledge(&mut self, session: u64, floor: u32) {
+        let Some(ids) = self.by_session.get_mut(&session) else {
+            return;
+        };
+        let keep = ids.split_off(&floor);
+        let gone = std::mem::replace(ids, keep);
+        for id in gone {
+            self.drop_entry((session, id));
+        }
+        self.compact();
+    }
+
+    /// Removes an entry of any state, keeping the byte count and the session index.
+    fn drop_entry(&mut self, key: Key) {
+        if let Some(entry) = self.entries.remove(&key) {
+            if let State::Done(answer) = entry.state {
+                self.bytes -= answer.len();
+            }
+        }
+        if let Some(ids) = self.by_session.get_mut(&key.0) {
+            ids.remove(&key.1);
+            if ids.is_empty() {
+                self.by_session.remove(&key.0);
+            }
+        }
+    }
+
+    /// Drops from the two queues the keys whose entries are gone, once they hold more
+    /// than twice the entries: acknowledged entries leave the map at once but their
+    /// queue places only when reached, and the queues must stay as long as the map.
+    fn compact(&mut self) {
+        if self.finished.len() <= 2 * self.entries.len() + 64 {
+            return;
+        }
+        let entries = &self.entries;
+        self.finished.retain(|(_, key)| entries.contains_key(key));
+        self.answers.retain(|key| {
+            matches!(
+                entries.get(key),
+                Some(Entry {
+                    state: State::Done(_),
+                    ..
+                })
+            )
+        });
     }
 
     /// Stores a finished request's answer. Returns how many answers were evicted to stay
@@ -173,26 +230,16 @@ impl ReplyCache {
         evicted
     }
 
-    /// Removes a finished entry.
+    /// Removes a finished entry whose lifetime passed (a running one stays: a key whose
+    /// entry expired and came back is running again).
     fn remove(&mut self, key: Key) {
-        match self.entries.remove(&key) {
+        match self.entries.get(&key) {
             Some(Entry {
-                state: State::Done(answer),
+                state: State::Running,
                 ..
-            }) => {
-                self.bytes -= answer.len();
-            }
-            // A running entry is not in `finished`; a key reused after its entry
-            // expired can be: put it back.
-            Some(
-                entry @ Entry {
-                    state: State::Running,
-                    ..
-                },
-            ) => {
-                self.entries.insert(key, entry);
-            }
-            _ => {}
+            })
+            | None => {}
+            Some(_) => self.drop_entry(key),
         }
     }
 
@@ -309,6 +356,43 @@ mod tests {
         assert_eq!(cache.len(), 59);
         assert_eq!(cache.answers.len(), 59);
         assert_eq!(cache.finished.len(), 59);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_acknowledgement_floor_drops_a_sessions_older_entries_at_once() {
+        let mut cache = cache(4, 1000);
+        for id in 1..=3 {
+            cache.seen((1, id), 0);
+            cache.finish((1, id), Bytes::from_static(b"ok"), Instant::now());
+        }
+        cache.seen((2, 1), 0);
+        assert_eq!(cache.seen((1, 4), 0), Seen::Full);
+        cache.acknowledge(1, 3);
+        assert_eq!((cache.len(), cache.bytes()), (2, 2));
+        assert_eq!(cache.seen((1, 4), 0), Seen::New, "room made by the floor");
+        assert!(
+            matches!(cache.seen((1, 3), 0), Seen::Done(_)),
+            "the floor itself stays"
+        );
+        assert_eq!(
+            cache.seen((2, 1), 0),
+            Seen::Running,
+            "another session is untouched"
+        );
+        // Their queue places go once they outnumber the entries.
+        let mut big = ReplyCache::new(10_000, 1 << 20, Duration::from_secs(60));
+        for id in 1..=1000 {
+            big.seen((1, id), 0);
+            big.finish((1, id), Bytes::from_static(b"x"), Instant::now());
+            big.acknowledge(1, id);
+        }
+        assert_eq!(big.len(), 1);
+        assert!(
+            big.finished.len() <= 2 * big.len() + 65,
+            "{}",
+            big.finished.len()
+        );
+        assert!(big.answers.len() <= big.finished.len());
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,7 +163,10 @@ impl Endpoint {
             return out;
         }
         state.last_seen = now;
-        state.floor = state.floor.max(datagram.acked);
+        if datagram.acked > state.floor {
+            state.floor = datagram.acked;
+            self.cache.acknowledge(session, datagram.acked);
+        }
         match frame.kind {
             Kind::Request | Kind::Oneway => self.request(session, frame, &mut out),
             Kind::Ping => {
