@@ -1,6 +1,8 @@
 //! UDP (`udp:HOST:PORT`): the library client against the server on loopback, and raw
 //! datagrams written by hand where the client would not send them (duplicates, reused
-//! ids, oversize requests, unknown sessions).
+//! ids, oversize requests, unknown sessions), and the command line's `udp:` addresses.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -670,4 +672,57 @@ async fn the_clients_acknowledgements_free_the_cache_so_calls_outnumber_its_entr
     );
     assert_eq!(stats.snapshot().requests, 1000);
     stop.cancel();
+}
+
+#[test]
+fn serve_send_bench_and_stats_take_udp_addresses() {
+    use std::process::Command;
+    let server = common::Served::start_at("udp:127.0.0.1:0", &[], &[]);
+    assert!(server.addr.starts_with("udp:127.0.0.1:"), "{}", server.addr);
+    let run = |args: &[&str]| {
+        let out = Command::new(common::BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["send", &server.addr, "--data", "hi", "--output", "text"]).trim(),
+        "hi"
+    );
+    let bench = run(&[
+        "bench",
+        &server.addr,
+        "-c",
+        "2",
+        "-P",
+        "4",
+        "--requests",
+        "200",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&bench).unwrap();
+    assert_eq!(report["requests"], 200, "{bench}");
+    assert_eq!(
+        (report["errors"].as_u64(), report["mismatches"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let stats = run(&["stats", &server.addr]);
+    let requests = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("requests "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(requests, Some(201), "{stats}");
+    assert!(stats.contains("udp_cache_hits "), "{stats}");
+    // A framing a datagram cannot carry is refused before anything is sent.
+    let plain = Command::new(common::BIN)
+        .args(["send", &server.addr, "--framing", "plain", "--data", "x"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("courier framing only"));
 }
