@@ -289,3 +289,153 @@ async fn read_all(read_half: tokio::io::ReadHalf<DuplexStream>, framing: Framing
         }
     }
 }
+
+/// The UDP server's datagram path on a script of datagrams: decode, session lookup, the
+/// HELLO cookie, the reply cache, request completions and time passing, all through
+/// [`courier::server::udp::Endpoint`] (the protocol without a socket).
+///
+/// The first byte holds flags (bit 0: a server that requires an auth token, bits 1-3:
+/// a small reply cache, bit 4: draining); the rest is a script of steps, each an opcode
+/// byte and its operands. The harness plays a few honest clients that complete the
+/// cookie exchange, beside raw datagrams from anywhere. It checks: every datagram the
+/// server sends decodes; an address that no HELLO validated is sent at most 3 times the
+/// bytes it sent; no (session, request id) is handed out to run twice. Returns how many
+/// requests were handed out to run (the corpus replay checks the seeds reach the handler).
+pub(crate) fn datagram(data: &[u8]) -> usize {
+    use courier::server::udp::{Endpoint, AMPLIFICATION_LIMIT};
+    use courier::stats::Stats;
+    use courier::wire::{Datagram, HELLO_COOKIE};
+    use std::collections::{HashMap, HashSet, VecDeque};
+    use std::net::SocketAddr;
+    use tokio::time::Instant;
+
+    let Some((&flags, mut script)) = data.split_first() else {
+        return 0;
+    };
+    let mut config = Config::default();
+    if flags & 1 != 0 {
+        config.auth_token = Some(AuthToken::new(&b"secret"[..]).expect("a token"));
+    }
+    let small = usize::from((flags >> 1) & 7);
+    if small != 0 {
+        config.udp_cache_entries = small * 2;
+        config.udp_cache_bytes = config.udp_max_payload.max(small * 100);
+    }
+    config.max_in_flight = 4;
+    let lifetime = config.udp_cache_lifetime;
+    let mut endpoint = Endpoint::new(config);
+    if flags & 16 != 0 {
+        endpoint.drain();
+    }
+    let stats = Stats::new();
+    let peers: Vec<SocketAddr> = (0..4)
+        .map(|n| format!("192.0.2.{n}:{}", 4000 + n).parse().unwrap())
+        .collect();
+    let start = Instant::now();
+    let mut now = start;
+    let mut cookies: HashMap<(u64, SocketAddr), Bytes> = HashMap::new();
+    let mut validated: HashSet<(u64, SocketAddr)> = HashSet::new();
+    let mut ran: HashSet<(u64, u32)> = HashSet::new();
+    let mut running: VecDeque<(u64, Request)> = VecDeque::new();
+    let take = |n: usize, script: &mut &[u8]| -> Vec<u8> {
+        let n = n.min(script.len());
+        let (head, rest) = script.split_at(n);
+        *script = rest;
+        head.to_vec()
+    };
+    while let Some((&op, rest)) = script.split_first() {
+        script = rest;
+        let args = take(3, &mut script);
+        let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+        let peer = peers[usize::from(arg(0) & 3)];
+        let session = u64::from(arg(0) >> 2 & 3) + 1;
+        let (sent, output) = match op % 6 {
+            // Raw bytes from a peer.
+            0 => {
+                let bytes = Bytes::from(take(usize::from(arg(1)), &mut script));
+                (bytes.len(), endpoint.datagram(bytes, peer, now, &stats))
+            }
+            // A HELLO, with the cookie this peer was given if any (and the token).
+            1 => {
+                let mut hello = Hello::new(u32::from(arg(1)) * 64);
+                if arg(2) & 1 != 0 {
+                    hello
+                        .fields
+                        .push((HELLO_AUTH_TOKEN, Bytes::from_static(b"secret")));
+                }
+                if let Some(cookie) = cookies.get(&(session, peer)) {
+                    hello.fields.push((HELLO_COOKIE, cookie.clone()));
+                }
+                let bytes = Datagram::new(session, 0, Frame::hello(&hello)).encode();
+                if cookies.contains_key(&(session, peer)) && (flags & 1 == 0 || arg(2) & 1 != 0) {
+                    validated.insert((session, peer));
+                }
+                (bytes.len(), endpoint.datagram(bytes, peer, now, &stats))
+            }
+            // A well-formed REQUEST, ONEWAY, PING or STATS of a session.
+            2 => {
+                let kinds = [
+                    Kind::Request,
+                    Kind::Request,
+                    Kind::Oneway,
+                    Kind::Ping,
+                    Kind::Stats,
+                ];
+                let kind = kinds[usize::from(arg(2)) % kinds.len()];
+                let payload = take(usize::from(arg(2) >> 3), &mut script);
+                let frame = Frame::new(kind, u32::from(arg(1) & 31), payload);
+                let bytes = Datagram::new(session, u32::from(arg(1) >> 5), frame).encode();
+                (bytes.len(), endpoint.datagram(bytes, peer, now, &stats))
+            }
+            // The oldest running request finishes (a reply of its payload, or an error).
+            3 => {
+                let Some((session, request)) = running.pop_front() else {
+                    continue;
+                };
+                let result = if arg(1) & 1 == 0 {
+                    Ok(request.payload.clone())
+                } else {
+                    Err(HandlerError::new("no"))
+                };
+                let out = endpoint.finished(session, request.id, request.oneway, result, now);
+                (usize::MAX / 8, out)
+            }
+            // Time passes, less than the cache lifetime in all.
+            4 => {
+                let step = Duration::from_millis(u64::from(arg(1)) * 100);
+                if now + step < start + lifetime {
+                    now += step;
+                }
+                endpoint.tick(now);
+                continue;
+            }
+            _ => {
+                endpoint.flush(&stats);
+                continue;
+            }
+        };
+        for (bytes, to) in &output.send {
+            let datagram = Datagram::decode(bytes.clone()).expect("the server's datagram decodes");
+            if datagram.frame.kind == Kind::Hello {
+                if let Some(cookie) = Hello::parse(&datagram.frame.payload)
+                    .expect("the server's HELLO parses")
+                    .field(HELLO_COOKIE)
+                {
+                    cookies.insert((datagram.session, *to), cookie.clone());
+                }
+            }
+            if !validated.contains(&(datagram.session, *to)) {
+                assert!(
+                    bytes.len() <= AMPLIFICATION_LIMIT * sent,
+                    "{} bytes to an unvalidated address that sent {sent}",
+                    bytes.len()
+                );
+            }
+        }
+        if let Some((session, request)) = output.run {
+            assert!(ran.insert((session, request.id)), "request ran twice");
+            running.push_back((session, request));
+        }
+    }
+    ran.len()
+}

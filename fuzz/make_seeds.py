@@ -64,3 +64,37 @@ write("connection", "stats", bytes([1]) + chunks(frame(9, 3) + frame(2, 4, b"q")
 write("connection", "token", bytes([65]) + chunks(frame(2, 1, b"in"), 30))
 WRONG = frame(1, 0, b"COUR" + struct.pack(">HI", 1, 1 << 20) + b"\x01" + struct.pack(">H", 5) + b"guess")
 write("connection", "wrong-token", bytes([64]) + chunks(WRONG + frame(2, 1, b"sneak"), 30))
+
+
+# The datagram target: a flags byte, then steps of an opcode and 3 operand bytes
+# (see harness.rs). Op 1 is a HELLO (the second, with the cookie the first got, opens
+# the session), op 2 a REQUEST/ONEWAY/PING/STATS, op 3 a request finishing, op 4 time
+# passing, op 0 raw bytes.
+def step(op, a=0, b=0, c=0, extra=b""):
+    return bytes([op, a, b, c]) + extra
+
+
+def datagram_bytes(session, kind, rid, payload=b"", acked=0):
+    return bytes([0xC7]) + struct.pack(">QI", session, acked) + frame(kind, rid, payload)
+
+
+opened = step(1, 0, 16) + step(1, 0, 16)
+write("datagram", "open-and-request", bytes([0]) + opened
+      + step(2, 0, 1, 10, b"x") + step(2, 0, 1, 10, b"x") + step(3) + step(2, 0, 1, 10, b"x"))
+write("datagram", "mismatch", bytes([0]) + opened
+      + step(2, 0, 2, 10, b"a") + step(2, 0, 2, 10, b"b") + step(3) + step(2, 0, 2, 10, b"b"))
+write("datagram", "token", bytes([1]) + step(1, 0, 16, 1) + step(1, 0, 16, 1)
+      + step(2, 0, 3, 0) + step(3))
+write("datagram", "small-cache", bytes([2]) + opened
+      + b"".join(step(2, 0, i, 20, b"yy") + step(3) for i in range(1, 8))
+      + step(2, 0, 1, 20, b"yy"))
+write("datagram", "unvalidated", bytes([0]) + step(2, 1, 1, 0) + step(1, 2, 16)
+      + step(0, 3, 30, 0, datagram_bytes(9, 2, 1, b"z" * 8)))
+write("datagram", "time-and-ping", bytes([16]) + opened + step(2, 0, 4, 3) + step(4, 0, 200)
+      + step(2, 0, 5, 4) + step(2, 0, 6, 0) + step(5))
+write("datagram", "garbage", bytes([0]) + step(0, 0, 8, 0, b"\xc7\x00\x00") + step(0, 0, 3, 0, b"abc"))
+write("datagram", "acked-floor", bytes([0]) + opened + step(2, 0, 1, 0) + step(3)
+      + step(2, 0, 0x41, 0) + step(2, 0, 1, 0))
+write("datagram", "other-session", bytes([0]) + opened + step(1, 4, 16) + step(1, 4, 16)
+      + step(2, 4, 1, 0) + step(2, 0, 1, 0) + step(3) + step(3))
+write("datagram", "oneway", bytes([0]) + opened + step(2, 0, 7, 2) + step(2, 0, 7, 2) + step(3))

@@ -125,6 +125,19 @@ pub struct Config {
     /// HTTP; off when unset. Loopback only unless `allow_insecure`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// UDP (`udp:HOST:PORT`): the largest message payload one datagram carries, in bytes
+    /// (the 22 bytes of headers not included). 1200 crosses any path unfragmented.
+    #[serde(with = "size")]
+    pub udp_max_payload: usize,
+    /// UDP: replies kept for answering retransmitted requests, at most this many.
+    pub udp_cache_entries: usize,
+    /// UDP: replies kept, at most this many bytes of them (`"64MiB"` allowed).
+    #[serde(with = "size")]
+    pub udp_cache_bytes: usize,
+    /// UDP: how long a reply is kept for retransmissions of its request. Must be longer
+    /// than any client keeps retrying a call (its call timeout).
+    #[serde(with = "humantime_serde")]
+    pub udp_cache_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -159,6 +172,10 @@ impl Default for Config {
             busy_poll: Duration::ZERO,
             max_connection_age: Duration::ZERO,
             metrics: None,
+            udp_max_payload: 1200,
+            udp_cache_entries: 65_536,
+            udp_cache_bytes: 64 << 20,
+            udp_cache_lifetime: Duration::from_secs(120),
         }
     }
 }
@@ -350,8 +367,10 @@ impl Config {
         {
             return Ok(());
         }
+        let host_port =
+            (self.listen.strip_prefix(crate::transport::UDP_PREFIX)).unwrap_or(&self.listen);
         let resolved: Vec<std::net::SocketAddr> =
-            match std::net::ToSocketAddrs::to_socket_addrs(&self.listen) {
+            match std::net::ToSocketAddrs::to_socket_addrs(host_port) {
                 Ok(addrs) => addrs.collect(),
                 // Binding will report the bad address.
                 Err(_) => return Ok(()),
@@ -409,17 +428,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         crate::transport::parse_mode(&self.socket_mode).map_err(ConfigError::Invalid)?;
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return invalid("tls_cert and tls_key go together: set both, or neither".into());
-        }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return invalid("tls_client_ca needs TLS: set tls_cert and tls_key too".into());
-        }
-        if self.tls_cert.is_some() && self.is_local_transport() {
-            return invalid(
-                "TLS applies to TCP; unix: sockets and pipe: names are local and protected by their permissions".into(),
-            );
-        }
+        self.validate_tls()?;
         let min_frame = if self.framing == Framing::Courier {
             MIN_MAX_FRAME
         } else {
@@ -446,6 +455,7 @@ impl Config {
                 "exec_workers applies to exec: set exec too, or leave exec_workers at 0".into(),
             );
         }
+        self.validate_udp()?;
         let fixed = self.fixed_reply()?;
         if self.exec.is_some() && fixed.is_some() {
             return invalid("reply and exec are alternatives: set one of them".into());
@@ -470,6 +480,7 @@ impl Config {
             ("handshake_timeout", self.handshake_timeout),
             ("frame_timeout", self.frame_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("udp_cache_lifetime", self.udp_cache_lifetime),
         ] {
             if value.is_zero() || value > Duration::from_secs(7 * 24 * 3600) {
                 return invalid(format!(
@@ -477,6 +488,46 @@ impl Config {
                     humantime::format_duration(value)
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The TLS settings: complete, and only where TLS applies.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together: set both, or neither".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca needs TLS: set tls_cert and tls_key too".into());
+        }
+        if self.tls_cert.is_some() && self.is_local_transport() {
+            return invalid(
+                "TLS applies to TCP; unix: sockets and pipe: names are local and protected by their permissions".into(),
+            );
+        }
+        if self.tls_cert.is_some() && self.listen.starts_with(crate::transport::UDP_PREFIX) {
+            return invalid(
+                "TLS applies to TCP; udp: has no encryption (docs/PROTOCOL.md, UDP)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The UDP settings' ranges.
+    fn validate_udp(&self) -> Result<(), ConfigError> {
+        use crate::wire::MAX_DATAGRAM_MESSAGE;
+        if !(MIN_MAX_FRAME..=MAX_DATAGRAM_MESSAGE).contains(&self.udp_max_payload) {
+            return Err(ConfigError::Invalid(format!(
+                "udp_max_payload is {}; it must be {MIN_MAX_FRAME} to {MAX_DATAGRAM_MESSAGE} bytes (a 65,507-byte UDP datagram less the 22 bytes of headers)",
+                self.udp_max_payload
+            )));
+        }
+        if self.udp_cache_entries == 0 || self.udp_cache_bytes < self.udp_max_payload {
+            return Err(ConfigError::Invalid(format!(
+                "udp_cache_entries must be at least 1 and udp_cache_bytes at least udp_max_payload ({}); they are {} and {}",
+                self.udp_max_payload, self.udp_cache_entries, self.udp_cache_bytes
+            )));
         }
         Ok(())
     }
@@ -604,6 +655,22 @@ mod tests {
             ..Config::default()
         };
         assert!(open.check_exposure().is_err());
+        let open_udp = Config {
+            listen: "udp:0.0.0.0:0".into(),
+            ..Config::default()
+        };
+        assert!(open_udp.check_exposure().is_err());
+        let local_udp = Config {
+            listen: "udp:127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        assert!(local_udp.check_exposure().is_ok());
+        let udp_tls = Config {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..local_udp
+        };
+        assert!(udp_tls.validate().is_err());
     }
 
     #[test]
@@ -644,6 +711,10 @@ mod tests {
             ("close_after = 1", "close_after"),
             ("exec = \"cat\"\nreply = \"00\"", "exec"),
             ("exec_max_children = 0", "exec_max_children"),
+            ("udp_max_payload = 65486", "udp_max_payload"),
+            ("udp_max_payload = 15", "udp_max_payload"),
+            ("udp_cache_entries = 0", "udp_cache_entries"),
+            ("udp_cache_lifetime = \"0s\"", "udp_cache_lifetime"),
             ("framing = \"raw\"\ngreeting = \"0g\"", "greeting"),
             ("framing = \"plain\"\nmax_frame = 0", "from 1 to"),
             ("max_frame = 0", "from 16 to"),

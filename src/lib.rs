@@ -31,7 +31,7 @@
 //! `tests/layers.rs`):
 //! - [`wire`]: bytes to frames and back: [`wire::Frame`], the HELLO, ERROR and GOAWAY
 //!   bodies, the courier, plain and raw codecs. Imports nothing else of the crate.
-//! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`, `pipe:NAME`), listening,
+//! - [`transport`]: addresses (`HOST:PORT`, `unix:/path`, `pipe:NAME`, `udp:HOST:PORT`), listening,
 //!   dialing, and TLS with rustls ([`transport::tls`]). Imports nothing else of the crate.
 //! - [`stats`]: the server's counters and close reasons, declared once in a table, read
 //!   with a STATS frame (`courier stats ADDR`) and logged at shutdown.

@@ -240,6 +240,17 @@ counters! {
         pings: "PING frames answered.",
         bytes_in: "Bytes of the messages received and decoded, frame headers included.",
         bytes_out: "Bytes of the messages queued for sending, frame headers included.",
+        udp_cache_hits: "UDP: duplicate requests answered from the reply cache (the handler \
+            did not run again).",
+        udp_dup_running: "UDP: duplicate requests that arrived while the handler was still \
+            running them (no second run; the reply goes out once it is ready).",
+        udp_payload_mismatch: "UDP: requests that reused a (session, id) with a different \
+            payload, refused with ERROR 10.",
+        udp_evictions: "UDP: replies dropped from the reply cache before their lifetime, to \
+            stay within `udp_cache_entries` or `udp_cache_bytes`.",
+        udp_too_large: "UDP: datagrams over `udp_max_payload`, answered with ERROR 4.",
+        udp_unvalidated_drops: "UDP: answers not sent because the peer's address is not \
+            validated and they would exceed 3 times the bytes received from it.",
     }
 }
 

@@ -94,7 +94,7 @@ async fn a_slow_reply_times_out_and_the_client_stays_usable() {
     };
     let client = Client::connect_with(server.addr, config).await.unwrap();
     match client.call("slow").await {
-        Err(ClientError::Timeout { after }) => assert_eq!(after, Duration::from_secs(5)),
+        Err(ClientError::Timeout { after, .. }) => assert_eq!(after, Duration::from_secs(5)),
         other => panic!("expected Timeout, got {other:?}"),
     }
     assert_eq!(client.call("fast").await.unwrap(), "fast");

@@ -48,3 +48,21 @@ fn connection_corpus_replays_cleanly() {
         assert!(replay.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn datagram_corpus_replays_cleanly() {
+    let inputs = corpus("datagram");
+    assert!(
+        inputs.len() >= 10,
+        "the datagram corpus is missing or nearly empty"
+    );
+    let mut ran = 0;
+    for (path, bytes) in inputs {
+        let replay = std::panic::catch_unwind(|| harness::datagram(&bytes));
+        ran += replay.unwrap_or_else(|_| panic!("{} fails", path.display()));
+    }
+    assert!(
+        ran >= 5,
+        "the corpus hands only {ran} requests to the handler"
+    );
+}

@@ -24,6 +24,8 @@
 //! - `oneway.rs`: one-way streaming and its closing PING.
 //! - `requests.rs`: what is sent: checkable payloads, headers, the requests in flight.
 //! - `replies.rs`: what comes back: replies found and checked in the read buffer.
+//! - `udp.rs`: `udp:` addresses, through the library's client (its retransmission is
+//!   part of what is measured).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -45,6 +47,7 @@ mod oneway;
 mod open;
 mod replies;
 mod requests;
+mod udp;
 
 use job::{Job, Outcome};
 use open::Connection;
@@ -248,6 +251,9 @@ impl Window {
 /// When a connection cannot be opened or its handshake fails; failures after that are
 /// counted in the report instead.
 pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report, ClientError> {
+    if config.addr.starts_with(crate::transport::UDP_PREFIX) {
+        return udp::run(config, progress).await;
+    }
     let connections = config.connections.max(1);
     let streams = open::open_all(config, connections).await?;
     let window = Window::new(config);

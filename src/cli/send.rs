@@ -178,6 +178,9 @@ fn check(args: &SendArgs) -> anyhow::Result<()> {
             "--oneway needs --framing courier: plain and raw framing have no one-way messages",
         );
     }
+    if args.addr.starts_with(courier::transport::UDP_PREFIX) && args.framing != Framing::Courier {
+        return usage("udp: addresses speak courier framing only (one frame per datagram)");
+    }
     if args.recv_first && args.framing != Framing::Raw {
         return usage("--recv-first applies to --framing raw only");
     }

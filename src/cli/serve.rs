@@ -18,6 +18,7 @@ use courier::transport::tls::ServerTls;
 use courier::transport::Listener;
 
 use super::logging::flush_logs;
+use super::service::Bound;
 
 /// `courier serve`'s flags. Each one left out keeps the value of the config file or the
 /// default, which is why they are options and their help states the default by hand.
@@ -75,8 +76,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", env = "COURIER_EXEC_QUEUE")]
     exec_queue: Option<usize>,
 
-    /// Address to listen on: HOST:PORT, or unix:PATH for a Unix domain socket; port 0
-    /// picks a free one (logged) [default: 127.0.0.1:12345]
+    /// Address to listen on: HOST:PORT, unix:PATH for a Unix domain socket, or
+    /// udp:HOST:PORT for UDP; port 0 picks a free one (logged) [default: 127.0.0.1:12345]
     #[arg(long, value_name = "ADDR", env = "COURIER_LISTEN")]
     listen: Option<String>,
 
@@ -139,6 +140,23 @@ pub(crate) struct ServeArgs {
     /// loopback only unless --allow-insecure [default: off]
     #[arg(long, value_name = "ADDR", env = "COURIER_METRICS")]
     metrics: Option<String>,
+    /// UDP: the largest message payload one datagram carries, headers not included
+    /// (16 to 65485) [default: 1200]
+    #[arg(long, value_name = "BYTES", env = "COURIER_UDP_MAX_PAYLOAD", value_parser = courier::config::parse_size)]
+    udp_max_payload: Option<usize>,
+
+    /// UDP: replies kept for retransmitted requests, at most this many [default: 65536]
+    #[arg(long, value_name = "N", env = "COURIER_UDP_CACHE_ENTRIES")]
+    udp_cache_entries: Option<usize>,
+
+    /// UDP: replies kept, at most this many bytes (64MiB allowed) [default: 67108864]
+    #[arg(long, value_name = "BYTES", env = "COURIER_UDP_CACHE_BYTES", value_parser = courier::config::parse_size)]
+    udp_cache_bytes: Option<usize>,
+
+    /// UDP: how long a reply is kept for retransmissions; longer than clients' call
+    /// timeout [default: 2m]
+    #[arg(long, value_name = "DUR", env = "COURIER_UDP_CACHE_LIFETIME", value_parser = humantime::parse_duration)]
+    udp_cache_lifetime: Option<Duration>,
 
     /// Require clients to present the token in this file (the whole file, less a trailing
     /// newline) in their HELLO. COURIER_AUTH_TOKEN, holding the token itself, takes
@@ -179,9 +197,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.auth_token.is_some() {
         info!("clients must present the auth token in their HELLO");
     }
-    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(&config).await?;
     let metrics = super::service::bind_metrics(&config).await?;
     let stop = stop_on_signals();
     serve_with_handler(Listeners { listener, metrics }, config, tls, stop).await?;
@@ -189,6 +205,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // commands running: the server is done with them.
     courier::handler::kill_children();
     Ok(())
+}
+
+/// Binds the configured address.
+async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
+        Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
+        None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
+            .await
+            .map(Bound::Stream),
+    };
+    bound.with_context(|| format!("cannot listen on {}", config.listen))
 }
 
 /// Layers flags and COURIER_* variables (clap merges those two) over the file or the
@@ -234,7 +261,11 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         idle_timeout,
         drain_timeout,
         busy_poll,
-        max_connection_age
+        max_connection_age,
+        udp_max_payload,
+        udp_cache_entries,
+        udp_cache_bytes,
+        udp_cache_lifetime
     );
     for (value, field) in [
         (&args.auth_token_file, &mut config.auth_token_file),
@@ -298,7 +329,7 @@ fn stop_on_signals() -> impl Future<Output = ()> {
 
 /// The bound sockets: the server's, and the metrics endpoint's when configured.
 struct Listeners {
-    listener: Listener,
+    listener: Bound,
     metrics: Option<tokio::net::TcpListener>,
 }
 

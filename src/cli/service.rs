@@ -39,13 +39,21 @@ pub(crate) async fn bind_metrics(
     Ok(Some(listener))
 }
 
+/// What the server listens on: a stream listener, or a UDP socket.
+pub(crate) enum Bound {
+    /// TCP, a Unix socket or a named pipe.
+    Stream(Listener),
+    /// `udp:HOST:PORT`.
+    Udp(tokio::net::UdpSocket),
+}
+
 /// Runs `server` on `listener` until `stop`, with the metrics endpoint on `metrics` (with
 /// `pool`'s workers when the handler is a pool; kept
 /// up through the drain, so that `/readyz` answers 503 meanwhile) and the service
 /// manager told of each step.
 pub(crate) async fn run<H: Handler>(
     server: Server<H>,
-    listener: Listener,
+    listener: Bound,
     metrics: Option<tokio::net::TcpListener>,
     pool: Option<Arc<PoolStats>>,
     stop: impl Future,
@@ -68,7 +76,10 @@ pub(crate) async fn run<H: Handler>(
     };
     // The listener is bound: connections made from now on wait in its backlog.
     notify(State::Ready);
-    server.run(listener, stop).await;
+    match listener {
+        Bound::Stream(listener) => server.run(listener, stop).await,
+        Bound::Udp(socket) => server.run_udp(socket, stop).await,
+    }
     metrics_stop.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -15,7 +15,8 @@
 //!
 //! Layout: this file (the handle, its settings and errors), `task.rs` (the task that owns
 //! the connection), `hello.rs` (the HELLO exchange), `reconnecting.rs` ([`Reconnecting`]),
-//! `plain.rs` (clients for plain and raw framing).
+//! `plain.rs` (clients for plain and raw framing), `udp/` (the same handle over UDP, with
+//! retransmission: `udp:HOST:PORT`).
 
 use std::fmt;
 use std::io;
@@ -36,9 +37,11 @@ pub mod hello;
 mod plain;
 mod reconnecting;
 mod task;
+mod udp;
 
 pub use plain::{raw_exchange, PlainClient, RawOptions};
 pub use reconnecting::{Backoff, Reconnecting};
+pub use udp::UdpOptions;
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ pub struct ClientConfig {
     pub auth_token: Option<Bytes>,
     /// Speak TLS (TCP addresses only).
     pub tls: Option<ClientTls>,
+    /// Retransmission settings for `udp:HOST:PORT` addresses.
+    pub udp: UdpOptions,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +71,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             auth_token: None,
             tls: None,
+            udp: UdpOptions::default(),
         }
     }
 }
@@ -96,12 +102,17 @@ pub enum ClientError {
         /// The connect timeout.
         after: Duration,
     },
-    /// No reply within the call timeout: the outcome is unknown, since the server may
-    /// have processed the request, or may still.
-    #[error("call timed out after {}: the request may or may not have been processed", humantime::format_duration(*after))]
+    /// No reply within the call timeout (or, over UDP, after the last retransmission):
+    /// the outcome is unknown, since the server may have processed the request, or may
+    /// still. Over UDP the server runs a request at most once, but its every answer may
+    /// have been lost.
+    #[error("call timed out after {}{}: the request may or may not have been processed", humantime::format_duration(*after), attempts_text(*attempts))]
     Timeout {
-        /// The call timeout.
+        /// The time from the call (over UDP: its first send) to giving up.
         after: Duration,
+        /// UDP: the datagrams sent for the call (the first and the retransmissions); 0
+        /// on stream transports, which send a request once.
+        attempts: u32,
     },
     /// The payload is larger than the server accepts; nothing was sent.
     #[error("frame too large: the payload is {len} bytes, the server accepts at most {max}")]
@@ -205,6 +216,15 @@ impl From<DialError> for ClientError {
     }
 }
 
+/// " and N attempts", for a UDP timeout's text.
+fn attempts_text(attempts: u32) -> String {
+    match attempts {
+        0 => String::new(),
+        1 => " and 1 attempt".to_owned(),
+        n => format!(" and {n} attempts"),
+    }
+}
+
 /// What a failed call means for its request. Every call ends in exactly one of: a reply,
 /// "not received" (safe to send again), or "outcome unknown"; a [`ClientError`] says
 /// which of the last two, or that the server answered with an ERROR.
@@ -288,6 +308,9 @@ impl Client {
         A: ToSocketAddrs + fmt::Display,
     {
         let name = addr.to_string();
+        if let Some(target) = name.strip_prefix(crate::transport::UDP_PREFIX) {
+            return udp::connect(target, &config).await;
+        }
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
         let connect = async {
             let (read_half, write_half) =
@@ -428,7 +451,23 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout {
                 after: self.call_timeout,
+                attempts: 0,
             })?
+    }
+
+    /// A handle to a connection task started elsewhere (the UDP client's).
+    pub(crate) fn from_task(
+        commands: mpsc::Sender<Command>,
+        closed: Arc<OnceLock<ClientError>>,
+        server_max_frame: usize,
+        call_timeout: Duration,
+    ) -> Client {
+        Client {
+            commands,
+            closed,
+            server_max_frame,
+            call_timeout,
+        }
     }
 
     fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {

@@ -77,6 +77,7 @@ impl PlainClient {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
+                attempts: 0,
                 after: self.timeout,
             })?
     }
@@ -143,6 +144,7 @@ where
         let read = tokio::time::timeout(options.timeout, stream.read(&mut buf))
             .await
             .map_err(|_| ClientError::Timeout {
+                attempts: 0,
                 after: options.timeout,
             })?
             .map_err(failed)?;

@@ -22,6 +22,8 @@
 //! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
 //! - `metrics.rs`: `--metrics`, the counters for Prometheus and the health and readiness
 //!   probes over HTTP.
+//! - `udp/`: UDP, the socket loop and its I/O-free endpoint (sessions, cookie, reply
+//!   cache), run by [`Server::run_udp`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ mod driver;
 pub mod metrics;
 mod ordered;
 mod session;
+pub mod udp;
 
 /// How long the server waits, after the drain timeout, for connections to close once told
 /// to stop at once: they only have to drop what they hold.

@@ -385,7 +385,7 @@ impl Protocol for Session {
 
 /// Checks the client's HELLO (and its token, where the server requires one); on failure
 /// returns the ERROR code and text to send.
-fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, String)> {
+pub(crate) fn accept_hello(frame: &Frame, config: &Config) -> Result<Hello, (ErrorCode, String)> {
     if frame.kind != Kind::Hello {
         return Err((
             ErrorCode::Protocol,

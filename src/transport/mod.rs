@@ -11,9 +11,11 @@
 //!   server on the same name is refused (`first_pipe_instance`). This code is compiled for
 //!   Windows (`cargo check --target x86_64-pc-windows-gnu`) but has not been run: the
 //!   project's machines are Linux.
+//! - `udp:HOST:PORT`: UDP, one message per datagram (`udp.rs` has the sockets; the
+//!   protocol on them is the server's and the client's).
 //!
 //! Layout: `listen.rs` (binding and accepting), `dial.rs` (connecting), `tls.rs` (TLS on
-//! either side). This layer imports nothing else of the crate.
+//! either side), `udp.rs` (UDP sockets). This layer imports nothing else of the crate.
 //!
 //! Everything above the byte stream (the protocol, handlers, limits, shutdown) is the same
 //! code for every transport: the connection loop is generic over the stream type.
@@ -32,6 +34,7 @@ pub mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "tls_off.rs"]
 pub mod tls;
+mod udp;
 
 pub use dial::DialError;
 // The blocking socket is the load generator's.
@@ -47,6 +50,7 @@ pub(crate) use listen::UnixPeer;
 #[cfg(unix)]
 pub use listen::UnixSocket;
 pub use listen::{bind, Listener};
+pub use udp::{bind_udp, connect_udp, random_u64, UDP_PREFIX};
 
 /// A stream's reading half, whatever the transport.
 pub(crate) type BoxRead = Pin<Box<dyn AsyncRead + Send>>;

@@ -194,6 +194,12 @@ pub enum ErrorCode {
     Busy,
     /// 15: the HELLO carried no auth token, or the wrong one. The connection is closed.
     AuthFailed,
+    /// 16 (UDP): the request ran once, but its reply was evicted from the server's reply
+    /// cache before this retransmission came; it is not run again.
+    ReplyLost,
+    /// 17 (UDP): the server has no session of this id, or the datagram came from an
+    /// address the session has not validated: the client must do the HELLO exchange.
+    HelloNeeded,
     /// Any other code: 1000 and above are for applications' own handlers; codes below
     /// 1000 that this version does not know are passed through as they are.
     Other(u16),
@@ -218,6 +224,8 @@ impl ErrorCode {
             ErrorCode::MalformedBody => 13,
             ErrorCode::Busy => 14,
             ErrorCode::AuthFailed => 15,
+            ErrorCode::ReplyLost => 16,
+            ErrorCode::HelloNeeded => 17,
             ErrorCode::Other(code) => code,
         }
     }
@@ -255,6 +263,8 @@ impl ErrorCode {
             13 => ErrorCode::MalformedBody,
             14 => ErrorCode::Busy,
             15 => ErrorCode::AuthFailed,
+            16 => ErrorCode::ReplyLost,
+            17 => ErrorCode::HelloNeeded,
             other => ErrorCode::Other(other),
         }
     }
@@ -278,6 +288,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::MalformedBody => "malformed body",
             ErrorCode::Busy => "busy",
             ErrorCode::AuthFailed => "authentication failed",
+            ErrorCode::ReplyLost => "reply lost",
+            ErrorCode::HelloNeeded => "hello needed",
             ErrorCode::Other(_) => "application error",
         };
         write!(f, "{name} ({})", self.as_u16())

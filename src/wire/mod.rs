@@ -20,15 +20,20 @@
 //!
 //! Layout: `frame.rs` (kinds, frames, error codes), `body.rs` (the HELLO, ERROR and
 //! GOAWAY bodies), `codec.rs` (the courier [`Codec`]), `plain.rs` (the plain and raw
-//! codecs). This layer imports nothing else of the crate.
+//! codecs), `datagram.rs` (one frame per UDP datagram, with its session header). This layer imports nothing else of the crate.
 
 mod body;
 mod codec;
+mod datagram;
 mod frame;
 mod plain;
 
 pub use body::{parse_goaway, BodyError, ErrorBody, Hello, HelloError};
 pub use codec::{put_header, Codec, CodecError};
+pub use datagram::{
+    Datagram, DatagramError, DATAGRAM_HEADER_LEN, DATAGRAM_MARKER, DATAGRAM_OVERHEAD, HELLO_COOKIE,
+    MAX_DATAGRAM_MESSAGE, MAX_UDP_PAYLOAD,
+};
 pub use frame::{ErrorCode, Frame, Kind};
 pub use plain::{PlainCodec, RawCodec};
 

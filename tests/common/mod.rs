@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
+pub mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
