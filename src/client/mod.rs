@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -173,6 +174,15 @@ impl ClientError {
     /// [`Outcome::NotReceived`] unless the request is safe to run twice.
     pub fn outcome(&self) -> Outcome {
         match self {
+            // A router's answers for requests it could not deliver, or lost.
+            ClientError::Server {
+                code: ErrorCode::OutcomeUnknown,
+                ..
+            } => Outcome::Unknown,
+            ClientError::Server {
+                code: ErrorCode::NoBackend,
+                ..
+            } => Outcome::NotReceived,
             ClientError::Server { .. } => Outcome::Answered,
             ClientError::Refused { .. }
             | ClientError::Connect { .. }
@@ -193,6 +203,7 @@ impl ClientError {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     closed: Arc<OnceLock<ClientError>>,
+    going_away: Arc<AtomicBool>,
     server_max_frame: usize,
     call_timeout: Duration,
 }
@@ -249,17 +260,20 @@ impl Client {
 
         let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
         let closed = Arc::new(OnceLock::new());
+        let going_away = Arc::new(AtomicBool::new(false));
         let task = task::Task::new(
             reader,
             writer,
             queue,
             config.max_in_flight.max(1),
             closed.clone(),
+            going_away.clone(),
         );
         tokio::spawn(task.run());
         Ok(Client {
             commands,
             closed,
+            going_away,
             server_max_frame,
             call_timeout: config.call_timeout,
         })
@@ -330,6 +344,12 @@ impl Client {
     /// closed client fail at once.
     pub fn is_closed(&self) -> bool {
         self.closed.get().is_some() || self.commands.is_closed()
+    }
+
+    /// Whether the server sent GOAWAY: it reads no new request on this connection (calls
+    /// made now fail at once with [`ClientError::GoingAway`]), and answers those it has.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::Relaxed)
     }
 
     /// The largest payload the server accepts, from its HELLO.

@@ -194,6 +194,13 @@ pub enum ErrorCode {
     Busy,
     /// 15: the HELLO carried no auth token, or the wrong one. The connection is closed.
     AuthFailed,
+    /// 16: outcome unknown. A router sent the request to a backend, and that backend's
+    /// connection ended (or the call timed out) before it answered: the request may or
+    /// may not have been processed. The connection survives.
+    OutcomeUnknown,
+    /// 17: no backend available. A router had no healthy backend to send the request to;
+    /// it was sent nowhere, so it is safe to send again. The connection survives.
+    NoBackend,
     /// Any other code: 1000 and above are for applications' own handlers; codes below
     /// 1000 that this version does not know are passed through as they are.
     Other(u16),
@@ -218,6 +225,8 @@ impl ErrorCode {
             ErrorCode::MalformedBody => 13,
             ErrorCode::Busy => 14,
             ErrorCode::AuthFailed => 15,
+            ErrorCode::OutcomeUnknown => 16,
+            ErrorCode::NoBackend => 17,
             ErrorCode::Other(code) => code,
         }
     }
@@ -255,6 +264,8 @@ impl ErrorCode {
             13 => ErrorCode::MalformedBody,
             14 => ErrorCode::Busy,
             15 => ErrorCode::AuthFailed,
+            16 => ErrorCode::OutcomeUnknown,
+            17 => ErrorCode::NoBackend,
             other => ErrorCode::Other(other),
         }
     }
@@ -278,6 +289,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::MalformedBody => "malformed body",
             ErrorCode::Busy => "busy",
             ErrorCode::AuthFailed => "authentication failed",
+            ErrorCode::OutcomeUnknown => "outcome unknown",
+            ErrorCode::NoBackend => "no backend available",
             ErrorCode::Other(_) => "application error",
         };
         write!(f, "{name} ({})", self.as_u16())
