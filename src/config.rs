@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
 
+mod route;
+pub use route::RouteConfig;
+
 /// How messages are delimited on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -109,6 +112,8 @@ pub struct Config {
     /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// `courier route`: where requests go (the `[route]` table).
+    pub route: RouteConfig,
 }
 
 impl Default for Config {
@@ -141,6 +146,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             busy_poll: Duration::ZERO,
+            route: RouteConfig::default(),
         }
     }
 }
@@ -422,7 +428,7 @@ impl Config {
                 return invalid(format!("{name} must be longer than zero"));
             }
         }
-        Ok(())
+        self.route.validate()
     }
 
     /// The configured reply: `None` for `echo` (the request's payload), otherwise the

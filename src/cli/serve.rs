@@ -234,7 +234,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// --print-config: the effective configuration as TOML on stdout.
-fn print_config(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn print_config(config: &Config) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(config.to_toml().as_bytes())
@@ -243,7 +243,7 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The server's TLS, when a certificate and key are configured.
-fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
+pub(crate) fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -261,7 +261,7 @@ fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
 /// Starts the task that watches for SIGINT and SIGTERM, and returns what resolves on the
 /// first. The second exits the process at once, with status 130, killing the commands
 /// started for `--exec`.
-fn stop_on_signals() -> impl Future<Output = ()> {
+pub(crate) fn stop_on_signals() -> impl Future<Output = ()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {

@@ -76,6 +76,9 @@ pub struct Request {
     pub payload: Bytes,
     /// `true` for a ONEWAY message, whose result nobody will see.
     pub oneway: bool,
+    /// The client marked the request idempotent: running it twice does no harm, so a
+    /// router may send it again after a failure whose outcome is unknown.
+    pub idempotent: bool,
     /// The subject of the client's verified TLS certificate (`CN=...`), when the server
     /// requires client certificates (`tls_client_ca`).
     pub peer_identity: Option<Arc<str>>,

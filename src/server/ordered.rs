@@ -136,6 +136,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
             id: self.received as u32,
             payload,
             oneway: false,
+            idempotent: false,
             peer_identity: self.identity.clone(),
         };
         match ready(&request) {

@@ -220,6 +220,7 @@ impl Session {
             id: frame.id,
             payload: frame.payload,
             oneway,
+            idempotent: false,
             peer_identity: self.identity.clone(),
         };
         if let Some(result) = ready(&request) {

@@ -1,0 +1,582 @@
+//! `courier route`: balancing per request, health, and the truthful error rules.
+//!
+//! In-process tests put a `Router` in front of fake backends that misbehave (garbage, an
+//! oversize reply, a reply to an id never sent) and check the typed ERRORs and the
+//! ejection. The process test runs `courier serve --exec` backends (one slow, one
+//! SIGKILLed mid-run, one sent SIGTERM to drain) behind `courier route` and checks the
+//! backends' logs of the ids they ran against what the callers got.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use courier::client::{Client, ClientConfig, ClientError, Outcome};
+use courier::config::RouteConfig;
+use courier::route::Router;
+use courier::wire::{Codec, ErrorCode, Frame, Hello, Kind};
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+
+/// Router settings for tests: quick health checks, and a long re-admission wait so that
+/// an ejected backend stays out for the rest of a short test.
+fn route_config(backends: Vec<String>) -> RouteConfig {
+    RouteConfig {
+        backends,
+        connections_per_backend: 1,
+        ping_interval: Duration::from_millis(200),
+        ping_timeout: Duration::from_secs(2),
+        readmit_backoff: Duration::from_secs(30),
+        readmit_backoff_max: Duration::from_secs(30),
+        call_timeout: Duration::from_secs(10),
+        ..RouteConfig::default()
+    }
+}
+
+/// The figures of backend `index` in the router's STATS `route` member.
+fn backend_figures(figures: &serde_json::Value, index: usize) -> &serde_json::Value {
+    &figures["backends"][index]
+}
+
+/// Waits (at most 10 s) until the router's backend `index` has health `health`.
+async fn wait_health(router: &Router, index: usize, health: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let figures = router.figures();
+        if backend_figures(&figures, index)["health"] == health {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {index} never {health}: {figures}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How a fake backend misbehaves when it gets a REQUEST.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// Bytes that are no frame (an unknown kind).
+    Garbage,
+    /// A REPLY header declaring a payload far above the router's max_frame.
+    Oversize,
+    /// A REPLY to an id the router never sent.
+    UnknownId,
+}
+
+/// A backend that speaks courier (HELLO, PONG to PING) until it gets a REQUEST, which it
+/// answers as `mode` says.
+async fn hostile_backend(mode: Hostile) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut framed = Framed::new(stream, Codec::new(1 << 20));
+                framed.send(Frame::hello(&Hello::new(1 << 20))).await?;
+                while let Some(Ok(frame)) = framed.next().await {
+                    match frame.kind {
+                        Kind::Ping => {
+                            framed
+                                .send(Frame::new(Kind::Pong, frame.id, frame.payload))
+                                .await?
+                        }
+                        Kind::Request => {
+                            let stream = framed.get_mut();
+                            match mode {
+                                Hostile::Garbage => {
+                                    stream
+                                        .write_all(b"\x00\x00\x00\x05\xee\x00\x00\x00\x01")
+                                        .await?
+                                }
+                                Hostile::Oversize => {
+                                    stream
+                                        .write_all(b"\x7f\x00\x00\x00\x03\x00\x00\x00\x01")
+                                        .await?
+                                }
+                                Hostile::UnknownId => {
+                                    framed
+                                        .send(Frame::reply(frame.id.wrapping_add(1000), "x"))
+                                        .await?;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            });
+        }
+    });
+    addr
+}
+
+/// A router over `backends`, served on port 0; returns it and a client connected to it.
+async fn routed(config: RouteConfig) -> (Router, TestServer, Client) {
+    let router = Router::start(config, ClientConfig::default());
+    let server = start_server(test_config(), router.clone()).await;
+    let client = Client::connect(server.addr).await.unwrap();
+    (router, server, client)
+}
+
+#[tokio::test]
+async fn a_hostile_backend_is_ejected_and_its_request_gets_outcome_unknown() {
+    for mode in [Hostile::Garbage, Hostile::Oversize, Hostile::UnknownId] {
+        let addr = hostile_backend(mode).await;
+        let (router, server, client) = routed(route_config(vec![addr])).await;
+        wait_health(&router, 0, "up").await;
+        let err = client
+            .call("hi")
+            .await
+            .expect_err("a hostile backend cannot answer");
+        match &err {
+            ClientError::Server {
+                code: ErrorCode::OutcomeUnknown,
+                message,
+            } => {
+                assert!(message.contains("outcome unknown"), "{mode:?}: {message}");
+            }
+            other => panic!("{mode:?}: expected ERROR 16, got {other}"),
+        }
+        assert_eq!(err.outcome(), Outcome::Unknown);
+        let figures = router.figures();
+        assert_eq!(
+            backend_figures(&figures, 0)["ejections"],
+            1,
+            "{mode:?}: {figures}"
+        );
+        assert_eq!(
+            backend_figures(&figures, 0)["health"],
+            "ejected",
+            "{mode:?}"
+        );
+        assert_eq!(figures["outcome_unknown"], 1);
+        // Ejected: the next request is refused at once, as sent nowhere.
+        let err = client.call("again").await.expect_err("no backend left");
+        assert!(
+            matches!(
+                err,
+                ClientError::Server {
+                    code: ErrorCode::NoBackend,
+                    ..
+                }
+            ),
+            "{mode:?}: {err}"
+        );
+        assert_eq!(err.outcome(), Outcome::NotReceived);
+        router.stop();
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn no_backend_healthy_is_an_immediate_error_17() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (router, server, client) = routed(route_config(vec![addr])).await;
+    wait_health(&router, 0, "ejected").await;
+    let err = client.call("hi").await.expect_err("nothing to route to");
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::NoBackend,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(router.figures()["no_backend"], 1);
+    router.stop();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_spread_over_healthy_backends_and_replies_pass_through() {
+    let a = start_server(test_config(), |req: courier::handler::Request| async move {
+        Ok::<_, courier::handler::HandlerError>(Bytes::from(format!(
+            "a{}",
+            String::from_utf8_lossy(&req.payload)
+        )))
+    })
+    .await;
+    let b = start_server(
+        test_config(),
+        |_req: courier::handler::Request| async move {
+            Err::<Bytes, _>(courier::handler::HandlerError::with_code(1234, "b says no"))
+        },
+    )
+    .await;
+    let config = route_config(vec![a.addr.to_string(), b.addr.to_string()]);
+    let (router, server, client) = routed(config).await;
+    wait_health(&router, 0, "up").await;
+    wait_health(&router, 1, "up").await;
+    let (mut from_a, mut from_b) = (0, 0);
+    for i in 0..200 {
+        match client.call(format!("{i}")).await {
+            Ok(reply) => {
+                assert_eq!(reply, format!("a{i}"));
+                from_a += 1;
+            }
+            // The backend's own ERROR comes back as it was, and is not retried.
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!((code.as_u16(), message.as_str()), (1234, "b says no"));
+                from_b += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(from_a > 20 && from_b > 20, "a {from_a}, b {from_b}");
+    let figures = router.figures();
+    assert_eq!(backend_figures(&figures, 1)["errors"], from_b);
+    assert_eq!(backend_figures(&figures, 1)["ejections"], 0);
+    router.stop();
+    server.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The worker each backend runs (`--exec-workers`, plain framing on stdin and stdout):
+/// it appends each request's payload (an id) to the log given as its first argument,
+/// sleeps the seconds of its second, and replies with the id.
+const WORKER: &str = r#"
+import os, struct, sys, time
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+delay = float(sys.argv[2])
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    payload = inp.read(struct.unpack(">I", head)[0])
+    os.write(log, payload + b"\n")
+    if delay:
+        time.sleep(delay)
+    out.write(struct.pack(">I", len(payload)) + payload)
+    out.flush()
+"#;
+
+/// A `courier serve` backend of 8 workers logging to `log`, each taking `delay` seconds
+/// per request.
+fn logging_backend(
+    python: &str,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+    delay: &str,
+) -> Served {
+    let script = dir.join("worker.py");
+    std::fs::write(&script, WORKER).unwrap();
+    let command = format!(
+        "{python} '{}' '{}' {delay}",
+        script.display(),
+        log.display()
+    );
+    Served::start(
+        &[
+            "--exec",
+            &command,
+            "--exec-workers",
+            "8",
+            "--exec-queue",
+            "256",
+            "--drain-timeout",
+            "20s",
+        ],
+        &[],
+    )
+}
+
+fn logged_ids(log: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            line.parse()
+                .unwrap_or_else(|_| panic!("bad log line {line:?}"))
+        })
+        .collect()
+}
+
+/// What became of each request of the run.
+#[derive(Debug, Default)]
+struct Results {
+    answered: HashSet<u64>,
+    /// ERROR 16, with its text.
+    unknown: HashMap<u64, String>,
+    other: Vec<(u64, String)>,
+}
+
+/// Sends requests `0..total` through `router` at `concurrency` in flight, calling
+/// `at(done)` after each answer (where the test kills and drains backends).
+async fn drive(
+    router: &str,
+    total: u64,
+    concurrency: usize,
+    at: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Results {
+    let clients: Vec<Client> = futures::future::try_join_all((0..4).map(|_| {
+        Client::connect_with(
+            router,
+            ClientConfig {
+                call_timeout: Duration::from_secs(60),
+                ..ClientConfig::default()
+            },
+        )
+    }))
+    .await
+    .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(std::sync::Mutex::new(Results::default()));
+    let tasks = (0..concurrency).map(|task| {
+        let client = clients[task % clients.len()].clone();
+        let (next, done, results, at) = (next.clone(), done.clone(), results.clone(), at.clone());
+        tokio::spawn(async move {
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed) as u64;
+                if id >= total {
+                    return;
+                }
+                let result = client.call(id.to_string()).await;
+                let mut results = results.lock().unwrap();
+                match result {
+                    Ok(reply) => {
+                        assert_eq!(reply, id.to_string(), "the reply of request {id}");
+                        results.answered.insert(id);
+                    }
+                    Err(ClientError::Server {
+                        code: ErrorCode::OutcomeUnknown,
+                        message,
+                    }) => {
+                        results.unknown.insert(id, message);
+                    }
+                    Err(other) => results.other.push((id, other.to_string())),
+                }
+                drop(results);
+                at(done.fetch_add(1, Ordering::Relaxed) as u64 + 1);
+            }
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.unwrap();
+    }
+    Arc::try_unwrap(results).unwrap().into_inner().unwrap()
+}
+
+/// Requests of the run: `COURIER_ROUTE_REQUESTS` (bench/route sets 20000), else 1500.
+fn total_requests() -> u64 {
+    std::env::var("COURIER_ROUTE_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_kill_a_drain_and_a_slow_backend_nothing_is_lost_or_run_twice() {
+    let Some(python) = python3() else { return };
+    let dir = tempdir();
+    let logs: Vec<_> = ["fast", "slow", "killed", "drained"]
+        .iter()
+        .map(|name| dir.join(format!("{name}.log")))
+        .collect();
+    let fast = logging_backend(python, &dir, &logs[0], "0");
+    let slow = logging_backend(python, &dir, &logs[1], "0.05");
+    let killed = logging_backend(python, &dir, &logs[2], "0");
+    let drained = logging_backend(python, &dir, &logs[3], "0");
+    let addrs: Vec<String> = [&fast, &slow, &killed, &drained]
+        .iter()
+        .map(|b| b.addr.clone())
+        .collect();
+    let mut args = vec![
+        "route",
+        "--listen",
+        "127.0.0.1:0",
+        "--ping-interval",
+        "200ms",
+        "--readmit-backoff",
+        "60s",
+    ];
+    for addr in &addrs {
+        args.extend(["--backend", addr.as_str()]);
+    }
+    let router = Served::start_courier(&args);
+    wait_all_up(&router.addr, 4).await;
+
+    let total = total_requests();
+    let killed_pid = killed.child.id();
+    let drained_pid = drained.child.id();
+    let drained = Arc::new(std::sync::Mutex::new(Some(drained)));
+    let at_drain = Arc::new(std::sync::Mutex::new(None));
+    let (at_drain_handle, drained_log) = (at_drain.clone(), logs[3].clone());
+    let at: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |done| {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if done == total / 3 {
+            kill(Pid::from_raw(killed_pid as i32), Signal::SIGKILL).unwrap();
+        }
+        if done == total / 2 {
+            kill(Pid::from_raw(drained_pid as i32), Signal::SIGTERM).unwrap();
+            *at_drain_handle.lock().unwrap() = Some(logged_ids(&drained_log).len());
+        }
+    });
+    let results = drive(&router.addr, total, 64, at).await;
+
+    // Every request ended answered or "outcome unknown": nothing else, nothing silent.
+    assert!(
+        results.other.is_empty(),
+        "other errors: {:?}",
+        &results.other[..results.other.len().min(5)]
+    );
+    assert_eq!(
+        results.answered.len() + results.unknown.len(),
+        total as usize
+    );
+
+    // No request ran twice, and every answered one ran exactly once.
+    let ran: Vec<Vec<u64>> = logs.iter().map(|log| logged_ids(log)).collect();
+    let mut runs: HashMap<u64, usize> = HashMap::new();
+    for id in ran.iter().flatten() {
+        *runs.entry(*id).or_default() += 1;
+    }
+    assert!(runs.values().all(|&n| n == 1), "a request ran twice");
+    assert!(results.answered.iter().all(|id| runs.get(id) == Some(&1)));
+
+    // "Outcome unknown" only for requests in flight on the killed backend at the kill:
+    // each names it, each ran there or nowhere, and every request it ran without
+    // answering is one of them.
+    let killed_addr = &addrs[2];
+    let ran_on_killed: HashSet<u64> = ran[2].iter().copied().collect();
+    for (id, message) in &results.unknown {
+        assert!(message.contains(killed_addr.as_str()), "{id}: {message}");
+        assert!(
+            ran_on_killed.contains(id) || !runs.contains_key(id),
+            "{id} ran elsewhere"
+        );
+    }
+    let lost_on_killed: Vec<_> = ran_on_killed
+        .iter()
+        .filter(|id| !results.answered.contains(id))
+        .collect();
+    assert!(lost_on_killed
+        .iter()
+        .all(|id| results.unknown.contains_key(id)));
+    assert!(
+        !results.unknown.is_empty() && results.unknown.len() <= 64,
+        "{} unknown",
+        results.unknown.len()
+    );
+    eprintln!(
+        "outcome unknown: {} (ran on the killed backend without an answer: {}; never started: {})",
+        results.unknown.len(),
+        lost_on_killed.len(),
+        results.unknown.len() - lost_on_killed.len()
+    );
+
+    // The slow backend got less than half its fair share: an equal part of each phase's
+    // requests among the backends up then (4 until the kill at a third, 3 until the drain
+    // at a half, 2 after).
+    let fair = total as f64 * (1.0 / 3.0 / 4.0 + 1.0 / 6.0 / 3.0 + 1.0 / 2.0 / 2.0);
+    assert!(
+        (ran[1].len() as f64) < fair / 2.0,
+        "the slow backend ran {} of {total}, its fair share is {fair:.0}",
+        ran[1].len()
+    );
+
+    // The drained backend exits 0, and after its GOAWAY started no more than what was in
+    // flight at the signal.
+    let drained = drained.lock().unwrap().take().unwrap();
+    let (status, _) = drained.terminate();
+    assert!(status.success(), "the drained backend exited with {status}");
+    let before = at_drain.lock().unwrap().unwrap();
+    assert!(
+        ran[3].len() - before <= 64,
+        "the drained backend ran {} requests after its GOAWAY",
+        ran[3].len() - before
+    );
+    assert!(ran[3].iter().all(|id| results.answered.contains(id)));
+
+    let stats = router_stats(&router.addr).await;
+    let killed_figures = &stats["backends"][2];
+    assert_eq!(killed_figures["health"], "ejected", "{stats}");
+    assert_eq!(stats["outcome_unknown"], results.unknown.len() as u64);
+    drop(router);
+    drop((fast, slow, killed));
+}
+
+async fn router_stats(addr: &str) -> serde_json::Value {
+    let client = Client::connect(addr).await.unwrap();
+    let snapshot = client.stats().await.unwrap();
+    snapshot
+        .route
+        .expect("a router's STATS carries its figures")
+}
+
+/// Waits (at most 20 s) until the router has `n` backends up.
+async fn wait_all_up(addr: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = router_stats(addr).await;
+        let up = stats["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["health"] == "up")
+            .count();
+        if up == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backends never all up: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fresh directory for this test's logs.
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "courier-route-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn route_help_states_every_route_setting_and_its_default() {
+    let output = std::process::Command::new(BIN)
+        .args(["route", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let defaults: toml::Table =
+        toml::from_str(&courier::config::Config::default().to_toml()).unwrap();
+    let route = defaults["route"].as_table().expect("a [route] table");
+    assert!(!route.is_empty());
+    for (key, value) in route {
+        let shown = match value {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Array(list) if list.is_empty() => "none".to_owned(),
+            other => other.to_string(),
+        };
+        let flag = match key.as_str() {
+            "backends" => "--backend".to_owned(),
+            other => format!("--{}", other.replace('_', "-")),
+        };
+        assert!(help.contains(&flag), "--help lacks {flag}:\n{help}");
+        assert!(
+            help.contains(&format!("[default: {shown}]")),
+            "--help lacks the default of {flag} ({shown}):\n{help}"
+        );
+    }
+}
