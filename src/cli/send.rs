@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 
-use courier::client::{raw_exchange, Client, ClientConfig, PlainClient, RawOptions};
+use courier::client::{raw_exchange, CallOptions, Client, ClientConfig, PlainClient, RawOptions};
 use courier::config::{parse_hex, Framing};
 
 use super::client_args::ClientAuthArgs;
@@ -50,6 +50,11 @@ pub(crate) struct SendArgs {
     /// Send as ONEWAY: no reply is expected and nothing is printed.
     #[arg(long)]
     oneway: bool,
+
+    /// Mark the request idempotent (safe to run twice): a router may then send it to
+    /// another backend after a failure whose outcome is unknown.
+    #[arg(long)]
+    idempotent: bool,
 
     /// Send the message this many times, one after another, printing each reply.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -130,6 +135,9 @@ fn check(args: &SendArgs) -> anyhow::Result<()> {
     if args.oneway && args.framing != Framing::Courier {
         bail!("--oneway needs --framing courier: plain and raw framing have no one-way messages");
     }
+    if args.idempotent && (args.oneway || args.framing != Framing::Courier) {
+        bail!("--idempotent applies to requests in --framing courier (not --oneway)");
+    }
     if args.recv_first && args.framing != Framing::Raw {
         bail!("--recv-first applies to --framing raw only");
     }
@@ -150,7 +158,11 @@ async fn send_courier(
         if args.oneway {
             client.send_oneway(payload.clone()).await?;
         } else {
-            let reply = client.call(payload.clone()).await?;
+            let options = CallOptions {
+                idempotent: args.idempotent,
+                ..CallOptions::default()
+            };
+            let reply = client.call_with(payload.clone(), options).await?;
             print(&reply).context("cannot write to stdout")?;
         }
     }

@@ -34,6 +34,25 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (reader, writer, hello) =
+        exchange_hello(read_half, write_half, max_frame, auth_token).await?;
+    Ok((reader, writer, hello.max_frame as usize))
+}
+
+/// [`exchange`], returning the server's whole HELLO (its fields say what it supports).
+///
+/// # Errors
+/// As [`exchange`].
+pub async fn exchange_hello<R, W>(
+    read_half: R,
+    write_half: W,
+    max_frame: usize,
+    auth_token: Option<&Bytes>,
+) -> Result<(FramedRead<R, Codec>, FramedWrite<W, Codec>, Hello), ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut reader = FramedRead::new(read_half, Codec::new(MAX_HELLO_PAYLOAD));
     let mut writer = FramedWrite::new(write_half, Codec::new(0));
     let first = match reader.next().await {
@@ -73,7 +92,7 @@ where
             reason: format!("sending HELLO failed: {err}"),
         })?;
     reader.decoder_mut().set_max_payload(max_frame);
-    Ok((reader, writer, hello.max_frame as usize))
+    Ok((reader, writer, hello))
 }
 
 /// The client error for an ERROR frame's payload.

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::stats::Snapshot;
 use crate::transport::tls::ClientTls;
 use crate::transport::{connect_stream, DialError};
-use crate::wire::{ErrorCode, Kind};
+use crate::wire::{ErrorCode, Kind, RequestOptions, HELLO_REQUEST_OPTIONS};
 
 pub mod hello;
 mod plain;
@@ -206,6 +206,19 @@ pub struct Client {
     going_away: Arc<AtomicBool>,
     server_max_frame: usize,
     call_timeout: Duration,
+    /// The server reads REQUEST_EXT (its HELLO said so): calls carry their options.
+    request_options: bool,
+}
+
+/// How one call is made ([`Client::call_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The request may run twice without harm: a router may send it to another backend
+    /// after a failure whose outcome is unknown (within its retry budget).
+    pub idempotent: bool,
+    /// The time this call waits, instead of the client's `call_timeout`. It travels with
+    /// the request, so the server can drop work nobody waits for any more.
+    pub timeout: Option<Duration>,
 }
 
 /// What a caller asks of the connection task.
@@ -248,15 +261,14 @@ impl Client {
             let (read_half, write_half) =
                 connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
             let token = config.auth_token.as_ref();
-            hello::exchange(read_half, write_half, config.max_frame, token).await
+            hello::exchange_hello(read_half, write_half, config.max_frame, token).await
         };
-        let (reader, writer, server_max_frame) =
-            tokio::time::timeout(config.connect_timeout, connect)
-                .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    addr: name.clone(),
-                    after: config.connect_timeout,
-                })??;
+        let (reader, writer, server_hello) = tokio::time::timeout(config.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr: name.clone(),
+                after: config.connect_timeout,
+            })??;
 
         let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
         let closed = Arc::new(OnceLock::new());
@@ -274,8 +286,9 @@ impl Client {
             commands,
             closed,
             going_away,
-            server_max_frame,
+            server_max_frame: server_hello.max_frame as usize,
             call_timeout: config.call_timeout,
+            request_options: server_hello.field(HELLO_REQUEST_OPTIONS).is_some(),
         })
     }
 
@@ -288,7 +301,50 @@ impl Client {
     /// the request, [`ClientError::OutcomeUnknown`] if it may have.
     /// [`ClientError::outcome`] sorts them.
     pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
-        self.exchange(Kind::Request, payload.into()).await
+        self.call_with(payload, CallOptions::default()).await
+    }
+
+    /// [`Client::call`] for a request that may run twice without harm: a router
+    /// (`courier route`) may send it again, to another backend, after a failure whose
+    /// outcome is unknown, so the caller sees fewer such failures.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_idempotent(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        let options = CallOptions {
+            idempotent: true,
+            ..CallOptions::default()
+        };
+        self.call_with(payload, options).await
+    }
+
+    /// [`Client::call`] with options. To a server that reads REQUEST_EXT (its HELLO says
+    /// so; every courier server since it was added does), the request carries them: the
+    /// idempotent flag and the call's timeout. To an older server, or when the payload
+    /// leaves no room for the 5 bytes of options within the server's max_frame, it goes
+    /// as a plain REQUEST, without them (so not idempotent, and with no deadline).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with(
+        &self,
+        payload: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Bytes, ClientError> {
+        let timeout = options.timeout.unwrap_or(self.call_timeout);
+        let payload = payload.into();
+        // A payload that leaves no room for the options in the server's max_frame goes
+        // without them, so the largest payload a server takes can still be sent.
+        let room = payload.len() + RequestOptions::LEN <= self.server_max_frame;
+        if !self.request_options || !room {
+            return self.exchange_within(Kind::Request, payload, timeout).await;
+        }
+        let header = RequestOptions {
+            idempotent: options.idempotent,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.exchange_within(Kind::RequestExt, header.encode(&payload), timeout)
+            .await
     }
 
     /// Sends a PING with `payload` and waits for the PONG, returning its payload. Useful as a
@@ -358,6 +414,15 @@ impl Client {
     }
 
     async fn exchange(&self, kind: Kind, payload: Bytes) -> Result<Bytes, ClientError> {
+        self.exchange_within(kind, payload, self.call_timeout).await
+    }
+
+    async fn exchange_within(
+        &self,
+        kind: Kind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
         self.check_size(&payload)?;
         let exchange = async {
             let (reply, wait) = oneshot::channel();
@@ -377,11 +442,9 @@ impl Client {
                 })
             })
         };
-        tokio::time::timeout(self.call_timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout {
-                after: self.call_timeout,
-            })?
+            .map_err(|_| ClientError::Timeout { after: timeout })?
     }
 
     fn check_size(&self, payload: &Bytes) -> Result<(), ClientError> {

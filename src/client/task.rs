@@ -296,7 +296,7 @@ impl Task {
                 let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());
                 None
             }
-            Kind::Hello | Kind::Request | Kind::Oneway | Kind::Stats => {
+            Kind::Hello | Kind::Request | Kind::RequestExt | Kind::Oneway | Kind::Stats => {
                 warn!(kind = %frame.kind, "server sent a frame a server does not send");
                 Some(ClientError::Protocol(format!(
                     "the server sent {}, which only clients send",

@@ -22,12 +22,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig, ClientError, Outcome};
+use crate::client::{CallOptions, Client, ClientConfig, ClientError, Outcome};
 use crate::config::RouteConfig;
 use crate::handler::{Handler, HandlerError, Request};
 use crate::wire::ErrorCode;
@@ -147,6 +148,7 @@ impl Router {
     /// Sends `request` to backends until one answers or the rules above say stop.
     async fn route(&self, request: Request) -> Result<Bytes, HandlerError> {
         let inner = &self.inner;
+        let started = tokio::time::Instant::now();
         inner.counters.routed.fetch_add(1, Relaxed);
         self.budget().deposit();
         let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -154,9 +156,20 @@ impl Router {
             let Some((backend, client)) = self.pick(&tried) else {
                 return Err(self.no_backend(tried.len()));
             };
+            // The caller's time left travels on to the backend.
+            let timeout = request
+                .timeout
+                .map_or(inner.settings.call_timeout, |caller| {
+                    let left = caller.saturating_sub(started.elapsed());
+                    left.clamp(Duration::from_millis(1), inner.settings.call_timeout)
+                });
+            let options = CallOptions {
+                idempotent: request.idempotent,
+                timeout: Some(timeout),
+            };
             let result = {
                 let _outstanding = backend.start();
-                client.call(request.payload.clone()).await
+                client.call_with(request.payload.clone(), options).await
             };
             let err = match result {
                 Ok(reply) => {

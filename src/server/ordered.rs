@@ -137,6 +137,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
             payload,
             oneway: false,
             idempotent: false,
+            timeout: None,
             peer_identity: self.identity.clone(),
         };
         match ready(&request) {
