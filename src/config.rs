@@ -112,6 +112,18 @@ pub struct Config {
     /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
+    /// `courier serve --join`: dial the router at this address and serve requests over
+    /// that connection, instead of listening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
+    /// With `join`: a file holding the router's join token (the whole file, less a
+    /// trailing newline). `COURIER_JOIN_TOKEN` takes precedence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<PathBuf>,
+    /// The join token itself, loaded by [`Config::load_join_token`]; never written out.
+    /// Sent in the HELLO of a joining server only.
+    #[serde(skip)]
+    pub join_token: Option<AuthToken>,
     /// `courier route`: where requests go (the `[route]` table).
     pub route: RouteConfig,
 }
@@ -146,6 +158,9 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
             busy_poll: Duration::ZERO,
+            join: None,
+            join_token_file: None,
+            join_token: None,
             route: RouteConfig::default(),
         }
     }
@@ -316,6 +331,26 @@ impl Config {
         Ok(warning.into_iter().collect())
     }
 
+    /// Loads the join token: `env_token` (`COURIER_JOIN_TOKEN`) when given, else
+    /// `join_token_file`. A server that joins a router must present one.
+    ///
+    /// # Errors
+    /// When the file cannot be read, the token is empty or too long, or `join` is set
+    /// and there is no token.
+    pub fn load_join_token(
+        &mut self,
+        env_token: Option<String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let (token, warning) = AuthToken::load(env_token, self.join_token_file.as_deref())?;
+        if self.join.is_some() && token.is_none() {
+            return Err(ConfigError::Invalid(
+                "join needs a token: set join_token_file or COURIER_JOIN_TOKEN".into(),
+            ));
+        }
+        self.join_token = token;
+        Ok(warning.into_iter().collect())
+    }
+
     /// Refuses a listen address that anyone on a network could reach when nothing
     /// protects it (neither TLS nor a token), unless `allow_insecure` says that is wanted.
     /// Loopback addresses and names that resolve only to loopback pass.
@@ -427,6 +462,9 @@ impl Config {
             if value.is_zero() {
                 return invalid(format!("{name} must be longer than zero"));
             }
+        }
+        if self.join_token_file.is_some() && self.join.is_none() {
+            return invalid("join_token_file needs join: the router's address".into());
         }
         self.route.validate()
     }

@@ -603,3 +603,153 @@ fn route_help_states_every_route_setting_and_its_default() {
         );
     }
 }
+
+/// A token file only its owner can read.
+fn token_file(dir: &std::path::Path, name: &str, token: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, token).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `courier serve --join ROUTER` with a logging worker; its stderr is discarded.
+fn joining_worker(
+    python: &str,
+    dir: &std::path::Path,
+    router: &str,
+    token: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let script = dir.join("worker.py");
+    std::fs::write(&script, WORKER).unwrap();
+    let command = format!("{python} '{}' '{}' 0", script.display(), log.display());
+    std::process::Command::new(BIN)
+        .args(["serve", "--join", router, "--join-token-file"])
+        .arg(token)
+        .args([
+            "--exec",
+            &command,
+            "--exec-workers",
+            "2",
+            "--drain-timeout",
+            "20s",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_joins_takes_requests_before_any_health_round_and_a_wrong_token_is_refused() {
+    let Some(python) = python3() else { return };
+    let dir = tempdir();
+    let token = token_file(&dir, "join-token", "the join token");
+    let wrong = token_file(&dir, "wrong-token", "another token");
+    let static_log = dir.join("static.log");
+    let fast = logging_backend(python, &dir, &static_log, "0");
+    // A health interval far longer than this test: a worker admitted only by a health
+    // round would take nothing here.
+    let token_arg = token.display().to_string();
+    let router = Served::start_courier(&[
+        "route",
+        "--listen",
+        "127.0.0.1:0",
+        "--join-listen",
+        "127.0.0.1:0",
+        "--join-token-file",
+        &token_arg,
+        "--ping-interval",
+        "300s",
+        "--backend",
+        &fast.addr,
+    ]);
+    let join_addr = wait_log_value(&router, "join=").await;
+    wait_all_up(&router.addr, 1).await;
+
+    // Requests flow while the workers join.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = Client::connect(router.addr.as_str()).await.unwrap();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < 200_000 {
+                let calls = (0..16).map(|i| client.call(format!("{}", sent * 16 + i)));
+                for result in futures::future::join_all(calls).await {
+                    if result.is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent += 1;
+            }
+        })
+    };
+    let joined_log = dir.join("joined.log");
+    let refused_log = dir.join("refused.log");
+    let mut joined = joining_worker(python, &dir, &join_addr, &token, &joined_log);
+    let mut refused = joining_worker(python, &dir, &join_addr, &wrong, &refused_log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logged_ids(&joined_log).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the joined worker took no request in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = router_stats(&router.addr).await;
+    let names: Vec<_> = stats["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backend"].to_string())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "the static backend and one joined worker: {stats}"
+    );
+    assert!(names[1].contains("joined:"), "{names:?}");
+
+    // The joined worker drains on SIGTERM and exits 0; requests go on elsewhere.
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(joined.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = joined.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the joined worker did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(
+        logged_ids(&refused_log).is_empty(),
+        "the worker with a wrong token ran requests"
+    );
+    let _ = refused.kill();
+    let _ = refused.wait();
+    drop(fast);
+}
+
+/// Waits (at most 20 s) for a log line of `served` holding `key` and returns the value
+/// after it.
+async fn wait_log_value(served: &Served, key: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = served.log_text();
+        if let Some(value) = text.lines().find_map(|line| line.split(key).nth(1)) {
+            return value.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {key} in the log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -85,6 +85,16 @@ pub(crate) struct RouteArgs {
     #[arg(long, value_name = "N", env = "COURIER_RETRY_BUDGET_PER_SECOND")]
     retry_budget_per_second: Option<u32>,
 
+    /// Accept workers started with `courier serve --join` on this address (HOST:PORT or
+    /// unix:PATH) [default: none]
+    #[arg(long, value_name = "ADDR", env = "COURIER_JOIN_LISTEN")]
+    join_listen: Option<String>,
+
+    /// The token joining workers must present, from this file; COURIER_JOIN_TOKEN,
+    /// holding the token itself, takes precedence
+    #[arg(long, value_name = "FILE", env = "COURIER_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+
     /// The token the router presents to its backends, from this file;
     /// COURIER_BACKEND_TOKEN, holding the token itself, takes precedence
     #[arg(long, value_name = "FILE", env = "COURIER_BACKEND_TOKEN_FILE")]
@@ -134,7 +144,10 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let router = Router::start(config.route.clone(), client);
+    let router = Router::start(config.route.clone(), client.clone());
+    if let Some(addr) = &config.route.join_listen {
+        accept_joins(&router, addr, &config, client).await?;
+    }
     info!(backends = ?config.route.backends, "routing");
     let mut server = Server::new(config, router.clone());
     if let Some(tls) = tls {
@@ -144,6 +157,30 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     server.stats().set_route(move || figures.figures());
     server.run(listener, stop_on_signals()).await;
     router.stop();
+    Ok(())
+}
+
+/// Listens for workers that join on `addr`, with the join token.
+async fn accept_joins(
+    router: &Router,
+    addr: &str,
+    config: &Config,
+    client: ClientConfig,
+) -> anyhow::Result<()> {
+    let env_token = std::env::var("COURIER_JOIN_TOKEN").ok();
+    let (token, warning) = AuthToken::load(env_token, config.route.join_token_file.as_deref())?;
+    if let Some(warning) = warning {
+        warn!("{warning}");
+    }
+    let token = token
+        .context("route.join_listen needs a token: set join_token_file or COURIER_JOIN_TOKEN")?;
+    let joins = Listener::bind(addr, config.backlog, config.socket_mode())
+        .await
+        .with_context(|| format!("cannot listen for workers on {addr}"))?;
+    if let Ok(bound) = joins.local_addr() {
+        info!(join = %bound, "accepting workers that join");
+    }
+    router.accept_joins(joins, token, client);
     Ok(())
 }
 
@@ -167,7 +204,11 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
     if !args.backends.is_empty() {
         config.route.backends.clone_from(&args.backends);
     }
+    if args.join_listen.is_some() {
+        config.route.join_listen.clone_from(&args.join_listen);
+    }
     for (value, field) in [
+        (&args.join_token_file, &mut config.route.join_token_file),
         (
             &args.backend_token_file,
             &mut config.route.backend_token_file,

@@ -146,6 +146,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PEM", env = "COURIER_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
 
+    /// Dial the router at ADDR (its --join-listen address) and serve requests over that
+    /// connection instead of listening; dials again whenever it ends [default: none]
+    #[arg(long, value_name = "ADDR", env = "COURIER_JOIN")]
+    join: Option<String>,
+
+    /// With --join: the router's join token, from this file; COURIER_JOIN_TOKEN, holding
+    /// the token itself, takes precedence
+    #[arg(long, value_name = "FILE", env = "COURIER_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+
     /// Listen on a non-loopback address even with neither TLS nor an auth token (without
     /// it the server refuses to start there) [default: false]
     #[arg(long)]
@@ -161,14 +171,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for warning in config.load_token(std::env::var("COURIER_AUTH_TOKEN").ok())? {
         warn!("{warning}");
     }
-    config.check_exposure()?;
-    let tls = server_tls(&config)?;
-    if config.auth_token.is_some() {
-        info!("clients must present the auth token in their HELLO");
+    for warning in config.load_join_token(std::env::var("COURIER_JOIN_TOKEN").ok())? {
+        warn!("{warning}");
     }
-    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let (listener, tls) = if config.join.is_some() {
+        // It dials its router, and listens nowhere.
+        (None, None)
+    } else {
+        config.check_exposure()?;
+        let tls = server_tls(&config)?;
+        if config.auth_token.is_some() {
+            info!("clients must present the auth token in their HELLO");
+        }
+        let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        (Some(listener), tls)
+    };
     let stop = stop_on_signals();
     serve_with_handler(listener, config, tls, stop).await?;
     // Connections still open after the drain timeout, and worker pools, may still have
@@ -197,6 +216,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.exec.is_some() {
         config.exec.clone_from(&args.exec);
     }
+    if args.join.is_some() {
+        config.join.clone_from(&args.join);
+    }
     overlay!(
         framing,
         reply,
@@ -223,6 +245,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         (&args.tls_cert, &mut config.tls_cert),
         (&args.tls_key, &mut config.tls_key),
         (&args.tls_client_ca, &mut config.tls_client_ca),
+        (&args.join_token_file, &mut config.join_token_file),
     ] {
         if value.is_some() {
             field.clone_from(value);
@@ -281,7 +304,7 @@ pub(crate) fn stop_on_signals() -> impl Future<Output = ()> {
 /// Chooses the handler the configuration asks for (the built-in reply, a command per
 /// request, or a pool of workers) and serves with it until `stop`.
 async fn serve_with_handler(
-    listener: Listener,
+    listener: Option<Listener>,
     config: Config,
     tls: Option<ServerTls>,
     stop: impl Future,
@@ -317,7 +340,7 @@ async fn serve_with_handler(
 
 /// Runs the server, with TLS when configured.
 async fn run_server<H: Handler>(
-    listener: Listener,
+    listener: Option<Listener>,
     config: Config,
     handler: H,
     tls: Option<ServerTls>,
@@ -327,5 +350,8 @@ async fn run_server<H: Handler>(
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
-    server.run(listener, stop).await;
+    match listener {
+        Some(listener) => server.run(listener, stop).await,
+        None => server.join(stop).await,
+    }
 }

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::stats::Snapshot;
 use crate::transport::tls::ClientTls;
-use crate::transport::{connect_stream, DialError};
-use crate::wire::{ErrorCode, Kind, RequestOptions, HELLO_REQUEST_OPTIONS};
+use crate::transport::{connect_stream, BoxRead, BoxWrite, DialError};
+use crate::wire::{ErrorCode, Frame, Kind, RequestOptions, HELLO_REQUEST_OPTIONS};
 
 pub mod hello;
 mod plain;
@@ -270,6 +270,55 @@ impl Client {
                 after: config.connect_timeout,
             })??;
 
+        Ok(Client::start(reader, writer, &server_hello, &config))
+    }
+
+    /// A client on a stream that the other side dialled (a worker joining a router, which
+    /// speaks as the server): does the HELLO exchange, then asks `accept` about the
+    /// server's HELLO. When `accept` refuses (a wrong join token, say), sends ERROR 15
+    /// (authentication failed) and closes.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], and [`ClientError::Server`] with code 15 when `accept`
+    /// refused.
+    pub async fn over_stream<S>(
+        stream: S,
+        config: ClientConfig,
+        accept: impl FnOnce(&crate::wire::Hello) -> bool,
+    ) -> Result<Client, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let (read_half, write_half): (BoxRead, BoxWrite) =
+            (Box::pin(read_half), Box::pin(write_half));
+        let token = config.auth_token.as_ref();
+        let exchange = hello::exchange_hello(read_half, write_half, config.max_frame, token);
+        let (reader, mut writer, server_hello) =
+            tokio::time::timeout(config.connect_timeout, exchange)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr: "a joining peer".into(),
+                    after: config.connect_timeout,
+                })??;
+        if !accept(&server_hello) {
+            let refusal = Frame::error(0, ErrorCode::AuthFailed, "authentication failed");
+            let _ = futures::SinkExt::send(&mut writer, refusal).await;
+            return Err(ClientError::Server {
+                code: ErrorCode::AuthFailed,
+                message: "the peer's HELLO was refused".into(),
+            });
+        }
+        Ok(Client::start(reader, writer, &server_hello, &config))
+    }
+
+    /// Starts the task of a connection past its HELLO exchange.
+    fn start(
+        reader: task::Reader,
+        writer: task::Writer,
+        server_hello: &crate::wire::Hello,
+        config: &ClientConfig,
+    ) -> Client {
         let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
         let closed = Arc::new(OnceLock::new());
         let going_away = Arc::new(AtomicBool::new(false));
@@ -282,14 +331,14 @@ impl Client {
             going_away.clone(),
         );
         tokio::spawn(task.run());
-        Ok(Client {
+        Client {
             commands,
             closed,
             going_away,
             server_max_frame: server_hello.max_frame as usize,
             call_timeout: config.call_timeout,
             request_options: server_hello.field(HELLO_REQUEST_OPTIONS).is_some(),
-        })
+        }
     }
 
     /// Sends `payload` as a REQUEST and waits for its reply.

@@ -108,12 +108,6 @@ impl RouteConfig {
         if self.retry_budget_percent > 100 {
             return Err(invalid("route.retry_budget_percent", "must be at most 100"));
         }
-        if self.join_listen.is_some() && self.join_token_file.is_none() {
-            return Err(invalid(
-                "route.join_token_file",
-                "is required with route.join_listen: a router takes workers only with a token",
-            ));
-        }
         Ok(())
     }
 }

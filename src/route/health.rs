@@ -72,6 +72,21 @@ pub(crate) async fn supervise(
     }
 }
 
+/// Keeps a joined worker's connection in service until it fails a health check, sends
+/// GOAWAY, or the router stops; then takes it out of service.
+pub(crate) async fn watch_joined(
+    backend: &Backend,
+    settings: &RouteConfig,
+    stop: &CancellationToken,
+) {
+    let mut failures = 0;
+    match watch(backend, settings, &mut failures, stop).await {
+        End::Draining => backend.retire(Health::Draining),
+        End::Failed => backend.eject("a health check failed"),
+        End::Stop => backend.retire(Health::Connecting),
+    }
+}
+
 /// PINGs the backend's connections every `ping_interval` until one fails, the request
 /// path ejects the backend, or it sends GOAWAY. Each round of PINGs that all succeed
 /// resets `failures`.

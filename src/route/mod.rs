@@ -39,6 +39,7 @@ mod backend;
 mod balance;
 mod budget;
 mod health;
+mod join;
 
 /// The router's own counters.
 #[derive(Debug, Default)]
@@ -102,6 +103,32 @@ impl Router {
             ));
         }
         router
+    }
+
+    /// Accepts workers that join (`courier serve --join`) from `listener`, each presenting
+    /// `token` in its HELLO; each joined connection is a backend of its own, in service as
+    /// soon as its HELLO is checked. `client` says how to speak to them (`max_frame`).
+    pub fn accept_joins(
+        &self,
+        listener: crate::transport::Listener,
+        token: crate::config::AuthToken,
+        client: ClientConfig,
+    ) {
+        let client = ClientConfig {
+            call_timeout: self.inner.settings.call_timeout,
+            // The worker checks no token of ours: it dialled us.
+            auth_token: None,
+            tls: None,
+            ..client
+        };
+        let stop = self.inner.stop.clone();
+        tokio::spawn(join::accept_joins(
+            self.clone(),
+            listener,
+            token,
+            client,
+            stop,
+        ));
     }
 
     /// Stops dialling and pinging the backends. Requests in flight still finish.

@@ -47,6 +47,7 @@ mod busy_poll;
 mod close;
 mod conn;
 mod driver;
+mod join;
 mod ordered;
 mod session;
 
@@ -146,6 +147,11 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
+        if shared.config.join.is_some() {
+            // Its HELLO carries the join token, which only the router may see.
+            error!("a server configured to join a router does not listen; use Server::join");
+            return;
+        }
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {

@@ -341,6 +341,13 @@ impl Protocol for Session {
         let mut hello = Hello::new(max_frame);
         // This server reads REQUEST_EXT.
         hello.fields.push((HELLO_REQUEST_OPTIONS, Bytes::new()));
+        // A server joining a router (it dialled, so its peer is that router) proves itself
+        // with the join token; a listening server never sends one.
+        if let (Some(_), Some(token)) = (&config.join, &config.join_token) {
+            hello
+                .fields
+                .push((HELLO_AUTH_TOKEN, token.as_bytes().clone()));
+        }
         Some(Frame::hello(&hello))
     }
 
