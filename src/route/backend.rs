@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use super::ewma::Latency;
 use crate::client::{Client, ClientError};
 
 /// A backend's health, as the STATS figures name it.
@@ -63,6 +64,7 @@ pub(crate) struct Backend {
     ejections: AtomicU64,
     retries: AtomicU64,
     timeouts_in_row: AtomicU64,
+    latency: Latency,
     /// Wakes the supervisor when the request path ejects the backend.
     pub(crate) ejected: Notify,
 }
@@ -80,6 +82,7 @@ impl Backend {
             ejections: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             timeouts_in_row: AtomicU64::new(0),
+            latency: Latency::new(),
             ejected: Notify::new(),
         }
     }
@@ -94,6 +97,12 @@ impl Backend {
 
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding.load(Relaxed)
+    }
+
+    /// The balancer's cost of one more request here: the requests outstanding weighted
+    /// by the peak-EWMA latency (`ewma.rs`).
+    pub(crate) fn cost(&self) -> usize {
+        self.latency.cost(self.outstanding())
     }
 
     /// Puts fresh connections in service.
@@ -137,8 +146,9 @@ impl Backend {
         Outstanding(self)
     }
 
-    /// The backend answered a request (with a REPLY or an ERROR of its own).
-    pub(crate) fn served(&self, error: bool) {
+    /// The backend answered a request (with a REPLY or an ERROR of its own) after `took`.
+    pub(crate) fn served(&self, error: bool, took: std::time::Duration) {
+        self.latency.observe(took);
         self.timeouts_in_row.store(0, Relaxed);
         if error {
             self.errors.fetch_add(1, Relaxed);

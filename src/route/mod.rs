@@ -2,8 +2,9 @@
 //! backends, so the normal server runs it and keeps every limit toward the router's
 //! clients (frame size, in-flight, deadlines, slow readers, the drain with GOAWAY).
 //!
-//! Each request goes to the backend with fewer requests outstanding of two drawn at
-//! random (`balance.rs`), over one of a few connections per backend, each a
+//! Each request goes to the cheaper of two backends drawn at random (`balance.rs`): the
+//! cost is the requests outstanding weighted by a peak-EWMA of the latency (`ewma.rs`,
+//! linkerd's choice). It goes over one of a few connections per backend, each a
 //! [`Client`] multiplexing many requests. Every request ends in exactly one of:
 //! - the backend's answer (its REPLY, or its ERROR passed through);
 //! - sent again elsewhere, when the backend provably did not receive it (the connection
@@ -17,7 +18,8 @@
 //!
 //! Layout: this file (the router and the request path), `backend.rs` (one backend's
 //! connections, health and figures), `health.rs` (the supervisor that dials, PINGs,
-//! ejects and re-admits a backend), `balance.rs`, `budget.rs`.
+//! ejects and re-admits a backend), `join.rs` (workers that dial in), `balance.rs`,
+//! `ewma.rs`, `budget.rs`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,6 +40,7 @@ use budget::RetryBudget;
 mod backend;
 mod balance;
 mod budget;
+mod ewma;
 mod health;
 mod join;
 
@@ -157,8 +160,8 @@ impl Router {
     }
 
     /// The backend for the next request, and the connection to send it on: power of
-    /// two choices on outstanding requests among those that take requests, leaving out
-    /// `tried`.
+    /// two choices on outstanding requests weighted by latency (`ewma.rs`) among those
+    /// that take requests, leaving out `tried`.
     fn pick(&self, tried: &[Arc<Backend>]) -> Option<(Arc<Backend>, Client)> {
         let backends = self.read_backends();
         let candidates: Vec<(&Arc<Backend>, Client)> = backends
@@ -166,7 +169,7 @@ impl Router {
             .filter(|backend| !tried.iter().any(|t| Arc::ptr_eq(t, backend)))
             .filter_map(|backend| Some((backend, backend.connection()?)))
             .collect();
-        let loads: Vec<usize> = candidates.iter().map(|(b, _)| b.outstanding()).collect();
+        let loads: Vec<usize> = candidates.iter().map(|(b, _)| b.cost()).collect();
         let chosen = balance::pick(&loads, |n| fastrand::usize(..n))?;
         let (backend, client) = &candidates[chosen];
         Some((Arc::clone(backend), client.clone()))
@@ -194,17 +197,18 @@ impl Router {
                 idempotent: request.idempotent,
                 timeout: Some(timeout),
             };
+            let sent = tokio::time::Instant::now();
             let result = {
                 let _outstanding = backend.start();
                 client.call_with(request.payload.clone(), options).await
             };
             let err = match result {
                 Ok(reply) => {
-                    backend.served(false);
+                    backend.served(false, sent.elapsed());
                     return Ok(reply);
                 }
                 Err(ClientError::Server { code, message }) => {
-                    backend.served(true);
+                    backend.served(true, sent.elapsed());
                     return Err(HandlerError { code, message });
                 }
                 Err(err) => err,
