@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How fast an idle backend's latency is forgotten.
-const HALF_LIFE: Duration = Duration::from_secs(5);
+const HALF_LIFE: Duration = Duration::from_secs(1);
 
 /// A latency assumed for a backend before its first answer, so that a new backend does
 /// not draw every request at once.
@@ -98,9 +98,9 @@ mod tests {
     async fn an_idle_backend_is_forgotten_with_a_half_life() {
         let slow = Latency::new();
         slow.observe(Duration::from_millis(50));
-        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(slow.cost(0), 25_000);
-        tokio::time::advance(Duration::from_secs(50)).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
         // Down to where a fast backend with a few requests outstanding costs more.
         assert!(slow.cost(0) < 100, "{}", slow.cost(0));
     }
