@@ -837,3 +837,29 @@ fn unix_sockets_on_both_sides() {
     );
     assert!(text.lines().any(|line| line == "route.routed 1"), "{text}");
 }
+
+#[tokio::test]
+async fn a_oneway_message_goes_on_as_one() {
+    let backend = start_echo().await;
+    let (router, server, client) = routed(route_config(vec![backend.addr.to_string()])).await;
+    wait_health(&router, 0, "up").await;
+    client.send_oneway("fire and forget").await.unwrap();
+    let direct = Client::connect(backend.addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = direct.stats().await.unwrap();
+        if snapshot.oneway == 1 {
+            // Not turned into a REQUEST on the way.
+            assert_eq!(snapshot.requests, 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backend got no ONEWAY: {snapshot:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    router.stop();
+    server.shutdown().await;
+    backend.shutdown().await;
+}

@@ -139,6 +139,11 @@ impl Backend {
             .cloned()
     }
 
+    /// Counts a ONEWAY message sent, which nobody answers.
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
     /// Counts a request sent; the guard counts it answered when dropped.
     pub(crate) fn start(&self) -> Outstanding<'_> {
         self.requests.fetch_add(1, Relaxed);

@@ -182,6 +182,9 @@ impl Router {
         inner.counters.routed.fetch_add(1, Relaxed);
         self.budget().deposit();
         let mut tried: Vec<Arc<Backend>> = Vec::new();
+        if request.oneway {
+            return self.forward_oneway(request.payload).await;
+        }
         loop {
             let Some((backend, client)) = self.pick(&tried) else {
                 return Err(self.no_backend(tried.len()));
@@ -232,6 +235,20 @@ impl Router {
             backend.count_retry();
             tried.push(backend);
         }
+    }
+
+    /// A ONEWAY message goes on as one, to one backend; nobody hears of its fate, so it
+    /// is neither retried nor answered (the server logs a failure).
+    async fn forward_oneway(&self, payload: Bytes) -> Result<Bytes, HandlerError> {
+        let Some((backend, client)) = self.pick(&[]) else {
+            return Err(self.no_backend(0));
+        };
+        backend.count_request();
+        let sent = client.send_oneway(payload).await;
+        sent.map(|()| Bytes::new()).map_err(|err| HandlerError {
+            code: ErrorCode::OutcomeUnknown,
+            message: format!("ONEWAY to backend {}: {err}", backend.name),
+        })
     }
 
     /// Whether the budget allows one more retry of an idempotent request.
