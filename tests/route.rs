@@ -863,3 +863,40 @@ async fn a_oneway_message_goes_on_as_one() {
     server.shutdown().await;
     backend.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_busy_backend_s_request_goes_to_another_and_the_last_busy_is_passed_on() {
+    let busy = |_req: courier::handler::Request| async move {
+        Err::<Bytes, _>(courier::handler::HandlerError {
+            code: ErrorCode::Busy,
+            message: "busy: every worker is taken".into(),
+        })
+    };
+    let full = start_server(test_config(), busy).await;
+    let free = start_echo().await;
+    let config = route_config(vec![full.addr.to_string(), free.addr.to_string()]);
+    let (router, server, client) = routed(config).await;
+    wait_health(&router, 0, "up").await;
+    wait_health(&router, 1, "up").await;
+    // Whichever backend is drawn first, the free one answers every request.
+    for i in 0..50 {
+        assert_eq!(client.call(format!("{i}")).await.unwrap(), format!("{i}"));
+    }
+    free.shutdown().await;
+    wait_health(&router, 1, "ejected").await;
+    // Only the busy backend left: its ERROR 14 comes back as it was.
+    let err = client.call("x").await.expect_err("only a busy backend");
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    router.stop();
+    server.shutdown().await;
+    full.shutdown().await;
+}

@@ -182,12 +182,14 @@ impl Router {
         inner.counters.routed.fetch_add(1, Relaxed);
         self.budget().deposit();
         let mut tried: Vec<Arc<Backend>> = Vec::new();
+        // The last backend's ERROR 14 (busy), passed on if no other backend is left.
+        let mut busy: Option<HandlerError> = None;
         if request.oneway {
             return self.forward_oneway(request.payload).await;
         }
         loop {
             let Some((backend, client)) = self.pick(&tried) else {
-                return Err(self.no_backend(tried.len()));
+                return Err(busy.unwrap_or_else(|| self.no_backend(tried.len())));
             };
             // The caller's time left travels on to the backend.
             let timeout = request
@@ -209,6 +211,17 @@ impl Router {
                 Ok(reply) => {
                     backend.served(false, sent.elapsed());
                     return Ok(reply);
+                }
+                // Busy: refused at once, so not processed; another backend may take it.
+                Err(ClientError::Server {
+                    code: code @ ErrorCode::Busy,
+                    message,
+                }) => {
+                    backend.served(true, sent.elapsed());
+                    inner.counters.resent_not_received.fetch_add(1, Relaxed);
+                    busy = Some(HandlerError { code, message });
+                    tried.push(backend);
+                    continue;
                 }
                 Err(ClientError::Server { code, message }) => {
                     backend.served(true, sent.elapsed());

@@ -20,6 +20,7 @@
 //! - `close.rs`: why a connection ends (`Close`, the deadlines), and how payloads are
 //!   logged.
 //! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
+//! - `join.rs`: [`Server::join`], dialling a router and serving that connection.
 
 use std::future::Future;
 use std::sync::Arc;
