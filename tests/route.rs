@@ -540,6 +540,7 @@ async fn through_a_kill_a_drain_and_a_slow_backend_nothing_is_lost_or_run_twice(
     assert!(stats["retried"].as_u64().unwrap() >= ran_twice, "{stats}");
     drop(router);
     drop((fast, slow, killed));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn router_stats(addr: &str) -> serde_json::Value {
@@ -743,6 +744,7 @@ async fn a_worker_that_joins_takes_requests_before_any_health_round_and_a_wrong_
     let _ = refused.kill();
     let _ = refused.wait();
     drop(fast);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Waits (at most 20 s) for a log line of `served` holding `key` and returns the value
@@ -838,6 +840,8 @@ fn unix_sockets_on_both_sides() {
     // One request reached the backend (those refused with ERROR 17 reached none).
     let requests = format!("route.backend.{}.requests 1", backend.addr);
     assert!(text.lines().any(|line| line == requests), "{text}");
+    drop((router, backend));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
