@@ -15,6 +15,8 @@ use crate::wire::{MAX_PAYLOAD_LIMIT, MIN_MAX_FRAME};
 
 pub mod size;
 pub use size::parse_size;
+mod route;
+pub use route::RouteConfig;
 
 /// How messages are delimited on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,20 @@ pub struct Config {
     /// than any client keeps retrying a call (its call timeout).
     #[serde(with = "humantime_serde")]
     pub udp_cache_lifetime: Duration,
+    /// `courier serve --join`: dial the router at this address and serve requests over
+    /// that connection, instead of listening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
+    /// With `join`: a file holding the router's join token (the whole file, less a
+    /// trailing newline). `COURIER_JOIN_TOKEN` takes precedence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<PathBuf>,
+    /// The join token itself, loaded by [`Config::load_join_token`]; never written out.
+    /// Sent in the HELLO of a joining server only.
+    #[serde(skip)]
+    pub join_token: Option<AuthToken>,
+    /// `courier route`: where requests go (the `[route]` table).
+    pub route: RouteConfig,
 }
 
 impl Default for Config {
@@ -176,6 +192,10 @@ impl Default for Config {
             udp_cache_entries: 65_536,
             udp_cache_bytes: 64 << 20,
             udp_cache_lifetime: Duration::from_secs(120),
+            join: None,
+            join_token_file: None,
+            join_token: None,
+            route: RouteConfig::default(),
         }
     }
 }
@@ -353,6 +373,26 @@ impl Config {
         Ok(warning.into_iter().collect())
     }
 
+    /// Loads the join token: `env_token` (`COURIER_JOIN_TOKEN`) when given, else
+    /// `join_token_file`. A server that joins a router must present one.
+    ///
+    /// # Errors
+    /// When the file cannot be read, the token is empty or too long, or `join` is set
+    /// and there is no token.
+    pub fn load_join_token(
+        &mut self,
+        env_token: Option<String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let (token, warning) = AuthToken::load(env_token, self.join_token_file.as_deref())?;
+        if self.join.is_some() && token.is_none() {
+            return Err(ConfigError::Invalid(
+                "join needs a token: set join_token_file or COURIER_JOIN_TOKEN".into(),
+            ));
+        }
+        self.join_token = token;
+        Ok(warning.into_iter().collect())
+    }
+
     /// Refuses a listen address that anyone on a network could reach when nothing
     /// protects it (neither TLS nor a token), unless `allow_insecure` says that is wanted.
     /// Loopback addresses and names that resolve only to loopback pass.
@@ -489,7 +529,10 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        if self.join_token_file.is_some() && self.join.is_none() {
+            return invalid("join_token_file needs join: the router's address".into());
+        }
+        self.route.validate()
     }
 
     /// The TLS settings: complete, and only where TLS applies.

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => cli::serve::run(*args).await,
+            Command::Route(args) => cli::route::run(*args).await,
             Command::Send(args) => cli::send::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Stats(args) => cli::stats::run(args).await,

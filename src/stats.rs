@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -137,6 +138,8 @@ macro_rules! counters {
             /// nobody.
             watchers: AtomicUsize,
             moved: Notify,
+            /// Figures of the handler's own, for the `route` member of the snapshot.
+            extra: OnceLock<Extra>,
         }
 
         /// The counters at one moment, as the STATS reply carries them (JSON, field names
@@ -149,6 +152,10 @@ macro_rules! counters {
             /// listed, in [`CloseReason::ALL`]'s order.
             pub closed: Vec<(String, u64)>,
             $(#[doc = $tallied_help] pub $tallied: u64,)*
+            /// A router's own figures: its counters and one object per backend
+            /// (`courier route`; docs/ROUTE.md). Absent from a plain server's STATS.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub route: Option<serde_json::Value>,
         }
 
         /// One connection's counts since they were last added to [`Stats`].
@@ -205,6 +212,7 @@ macro_rules! counters {
                     $($counted: self.$counted.load(Relaxed),)*
                     closed: self.closed_counts(),
                     $($tallied: self.$tallied.load(Relaxed),)*
+                    route: self.extra.get().map(|extra| (extra.0)()),
                 }
             }
 
@@ -264,10 +272,25 @@ impl Snapshot {
     }
 }
 
+/// What [`Stats::set_route`] was given.
+struct Extra(Box<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl fmt::Debug for Extra {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Extra(..)")
+    }
+}
+
 impl Stats {
     /// Counters at zero.
     pub fn new() -> Stats {
         Stats::default()
+    }
+
+    /// Makes every snapshot carry `figures()` as its `route` member (a router's
+    /// per-backend figures). Only the first call counts.
+    pub fn set_route(&self, figures: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        let _ = self.extra.set(Extra(Box::new(figures)));
     }
 
     /// The close counts by name, in [`CloseReason::ALL`]'s order.

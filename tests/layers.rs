@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 4  the binary (src/main.rs, src/cli/)   may use anything below
-//! 3  bench/                               the load generator
+//! 3  bench/    route/                     the load generator, the router
 //! 2  server/   client/                    never each other
 //! 1  handler/  config.rs                  never each other
 //! 0  wire/     transport/   stats.rs      nothing else of the crate
@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 2),
     ("client", 2),
     ("bench", 3),
+    ("route", 3),
     ("cli", 4),
 ];
 

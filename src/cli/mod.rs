@@ -9,6 +9,7 @@ pub(crate) mod exit;
 pub(crate) mod logging;
 pub(crate) mod manual;
 pub(crate) mod output;
+pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod send_stream;
 pub(crate) mod serve;
@@ -58,6 +59,13 @@ pub(crate) enum Command {
     /// Settings come from flags, then COURIER_* environment variables, then --config FILE,
     /// then the built-in defaults (config/courier.toml, shown by --print-config).
     Serve(Box<serve::ServeArgs>),
+    /// Run a router: a server that sends each request to one of many courier servers
+    /// (backends), balancing per request, and drains like `serve` on SIGINT or SIGTERM.
+    ///
+    /// Settings come from flags, then COURIER_* variables, then --config FILE (its
+    /// [route] table, and the server settings for the side facing clients), then the
+    /// defaults. docs/ROUTE.md describes balancing, health, retries and the errors.
+    Route(Box<route::RouteArgs>),
     /// Measure a server: requests/s, latency percentiles, errors, and this tool's own CPU.
     ///
     /// Every reply is checked against its request (id and content); errors or mismatches

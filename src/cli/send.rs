@@ -9,7 +9,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 
-use courier::client::{raw_exchange, Client, ClientConfig, ClientError, PlainClient, RawOptions};
+use courier::client::{
+    raw_exchange, CallOptions, Client, ClientConfig, ClientError, PlainClient, RawOptions,
+};
 use courier::config::{parse_hex, Framing};
 
 use super::client_args::ClientAuthArgs;
@@ -83,6 +85,11 @@ pub(crate) struct SendArgs {
     /// Send as ONEWAY: no reply is expected and nothing is printed.
     #[arg(long)]
     oneway: bool,
+
+    /// Mark the request idempotent (safe to run twice): a router may then send it to
+    /// another backend after a failure whose outcome is unknown.
+    #[arg(long)]
+    idempotent: bool,
 
     /// Send the message this many times, one after another, printing each reply.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -181,6 +188,9 @@ fn check(args: &SendArgs) -> anyhow::Result<()> {
     if args.addr.starts_with(courier::transport::UDP_PREFIX) && args.framing != Framing::Courier {
         return usage("udp: addresses speak courier framing only (one frame per datagram)");
     }
+    if args.idempotent && (args.oneway || args.framing != Framing::Courier) {
+        return usage("--idempotent applies to requests in --framing courier (not --oneway)");
+    }
     if args.recv_first && args.framing != Framing::Raw {
         return usage("--recv-first applies to --framing raw only");
     }
@@ -241,7 +251,14 @@ async fn send_courier(
         if args.oneway {
             client.send_oneway(payload.clone()).await?;
         } else {
-            let reply = client.call(payload.clone()).await.map_err(name_the_limit)?;
+            let options = CallOptions {
+                idempotent: args.idempotent,
+                ..CallOptions::default()
+            };
+            let reply = client
+                .call_with(payload.clone(), options)
+                .await
+                .map_err(name_the_limit)?;
             print(&reply).context("cannot write to stdout")?;
         }
     }

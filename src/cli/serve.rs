@@ -176,6 +176,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PEM", env = "COURIER_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
 
+    /// Dial the router at ADDR (its --join-listen address) and serve requests over that
+    /// connection instead of listening; dials again whenever it ends [default: none]
+    #[arg(long, value_name = "ADDR", env = "COURIER_JOIN")]
+    join: Option<String>,
+
+    /// With --join: the router's join token, from this file; COURIER_JOIN_TOKEN, holding
+    /// the token itself, takes precedence
+    #[arg(long, value_name = "FILE", env = "COURIER_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+
     /// Listen on a non-loopback address even with neither TLS nor an auth token (without
     /// it the server refuses to start there) [default: false]
     #[arg(long)]
@@ -191,13 +201,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for warning in config.load_token(std::env::var("COURIER_AUTH_TOKEN").ok())? {
         warn!("{warning}");
     }
-    config.check_exposure()?;
-    config.check_metrics_exposure()?;
-    let tls = server_tls(&config)?;
-    if config.auth_token.is_some() {
-        info!("clients must present the auth token in their HELLO");
+    for warning in config.load_join_token(std::env::var("COURIER_JOIN_TOKEN").ok())? {
+        warn!("{warning}");
     }
-    let listener = bind(&config).await?;
+    let (listener, tls) = if config.join.is_some() {
+        // It dials its router, and listens nowhere.
+        (None, None)
+    } else {
+        config.check_exposure()?;
+        let tls = server_tls(&config)?;
+        if config.auth_token.is_some() {
+            info!("clients must present the auth token in their HELLO");
+        }
+        (Some(bind(&config).await?), tls)
+    };
+    config.check_metrics_exposure()?;
     let metrics = super::service::bind_metrics(&config).await?;
     let stop = stop_on_signals();
     serve_with_handler(Listeners { listener, metrics }, config, tls, stop).await?;
@@ -241,6 +259,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.metrics.is_some() {
         config.metrics.clone_from(&args.metrics);
     }
+    if args.join.is_some() {
+        config.join.clone_from(&args.join);
+    }
     overlay!(
         framing,
         reply,
@@ -272,6 +293,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         (&args.tls_cert, &mut config.tls_cert),
         (&args.tls_key, &mut config.tls_key),
         (&args.tls_client_ca, &mut config.tls_client_ca),
+        (&args.join_token_file, &mut config.join_token_file),
     ] {
         if value.is_some() {
             field.clone_from(value);
@@ -283,7 +305,7 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// --print-config: the effective configuration as TOML on stdout.
-fn print_config(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn print_config(config: &Config) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(config.to_toml().as_bytes())
@@ -292,7 +314,7 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The server's TLS, when a certificate and key are configured.
-fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
+pub(crate) fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -310,7 +332,7 @@ fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
 /// Starts the task that watches for SIGINT and SIGTERM, and returns what resolves on the
 /// first. The second exits the process at once, with status 130, killing the commands
 /// started for `--exec`.
-fn stop_on_signals() -> impl Future<Output = ()> {
+pub(crate) fn stop_on_signals() -> impl Future<Output = ()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -329,7 +351,8 @@ fn stop_on_signals() -> impl Future<Output = ()> {
 
 /// The bound sockets: the server's, and the metrics endpoint's when configured.
 struct Listeners {
-    listener: Bound,
+    /// None for a server that joins a router instead of listening.
+    listener: Option<Bound>,
     metrics: Option<tokio::net::TcpListener>,
 }
 

@@ -53,7 +53,7 @@ pub(crate) enum Bound {
 /// manager told of each step.
 pub(crate) async fn run<H: Handler>(
     server: Server<H>,
-    listener: Bound,
+    listener: Option<Bound>,
     metrics: Option<tokio::net::TcpListener>,
     pool: Option<Arc<PoolStats>>,
     stop: impl Future,
@@ -74,11 +74,13 @@ pub(crate) async fn run<H: Handler>(
         // Before the accept loop ends, so before the drain's first GOAWAY.
         notify(State::Stopping);
     };
-    // The listener is bound: connections made from now on wait in its backlog.
+    // The listener is bound: connections made from now on wait in its backlog. (A server
+    // that joins a router has no listener: it is ready as soon as it starts dialling.)
     notify(State::Ready);
     match listener {
-        Bound::Stream(listener) => server.run(listener, stop).await,
-        Bound::Udp(socket) => server.run_udp(socket, stop).await,
+        Some(Bound::Stream(listener)) => server.run(listener, stop).await,
+        Some(Bound::Udp(socket)) => server.run_udp(socket, stop).await,
+        None => server.join(stop).await,
     }
     metrics_stop.cancel();
     if let Some(task) = metrics_task {

@@ -141,8 +141,43 @@ async fn watch(client: &Client, interval: Duration, count: Option<u64>) -> anyho
 }
 
 /// One `name value` line per counter, in the table's order, then `closed.REASON value`
-/// for every close reason.
+/// for every close reason; for a router, then `route.NAME value` for its own counters
+/// and `route.backend.ADDR.NAME value` for each backend's figures.
 fn lines(snapshot: &Snapshot) -> String {
+    let mut text = server_lines(snapshot);
+    if let Some(route) = &snapshot.route {
+        text.push_str(&route_lines(route));
+    }
+    text
+}
+
+/// The router's figures, one `name value` line each.
+fn route_lines(route: &serde_json::Value) -> String {
+    let mut text = String::new();
+    let Some(object) = route.as_object() else {
+        return text;
+    };
+    for (name, value) in object.iter().filter(|(_, value)| !value.is_array()) {
+        text.push_str(&format!("route.{name} {value}\n"));
+    }
+    let backends = object.get("backends").and_then(|b| b.as_array());
+    for backend in backends.into_iter().flatten().filter_map(|b| b.as_object()) {
+        let addr = backend
+            .get("backend")
+            .and_then(|a| a.as_str())
+            .unwrap_or("?");
+        for (name, value) in backend.iter().filter(|(name, _)| *name != "backend") {
+            let value = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            text.push_str(&format!("route.backend.{addr}.{name} {value}\n"));
+        }
+    }
+    text
+}
+
+/// The server's counters and close reasons.
+fn server_lines(snapshot: &Snapshot) -> String {
     let counters = snapshot.counters().into_iter();
     let closed = snapshot
         .closed

@@ -42,6 +42,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (reader, writer, hello) =
+        exchange_hello(read_half, write_half, max_frame, auth_token, deadline).await?;
+    Ok((reader, writer, hello.max_frame as usize))
+}
+
+/// [`exchange`], returning the server's whole HELLO (its fields say what it supports).
+///
+/// # Errors
+/// As [`exchange`].
+pub async fn exchange_hello<R, W>(
+    read_half: R,
+    write_half: W,
+    max_frame: usize,
+    auth_token: Option<&Bytes>,
+    deadline: Instant,
+) -> Result<(FramedRead<R, Codec>, FramedWrite<W, Codec>, Hello), ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut reader = FramedRead::new(read_half, Codec::new(MAX_HELLO_PAYLOAD));
     let mut writer = FramedWrite::new(write_half, Codec::new(0));
     let head = first_bytes(reader.get_mut(), deadline).await?;
@@ -76,7 +96,7 @@ where
             reason: format!("sending HELLO failed: {err}"),
         })?;
     reader.decoder_mut().set_max_payload(max_frame);
-    Ok((reader, writer, hello.max_frame as usize))
+    Ok((reader, writer, hello))
 }
 
 /// Reads the peer's first bytes (at least a frame header's worth, unless it closes) and

@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -30,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 #[cfg(feature = "json")]
 use crate::stats::Snapshot;
 use crate::transport::tls::ClientTls;
-use crate::transport::{connect_stream, DialError};
-use crate::wire::{ErrorCode, Kind};
+use crate::transport::{connect_stream, BoxRead, BoxWrite, DialError};
+use crate::wire::{ErrorCode, Frame, Kind, RequestOptions, HELLO_REQUEST_OPTIONS};
 
 pub mod hello;
 mod plain;
@@ -245,6 +246,15 @@ impl ClientError {
     /// [`Outcome::NotReceived`] unless the request is safe to run twice.
     pub fn outcome(&self) -> Outcome {
         match self {
+            // A router's answers for requests it could not deliver, or lost.
+            ClientError::Server {
+                code: ErrorCode::OutcomeUnknown,
+                ..
+            } => Outcome::Unknown,
+            ClientError::Server {
+                code: ErrorCode::NoBackend,
+                ..
+            } => Outcome::NotReceived,
             ClientError::Server { .. } => Outcome::Answered,
             ClientError::Refused { .. }
             | ClientError::Connect { .. }
@@ -268,8 +278,22 @@ impl ClientError {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     closed: Arc<OnceLock<ClientError>>,
+    going_away: Arc<AtomicBool>,
     server_max_frame: usize,
     call_timeout: Duration,
+    /// The server reads REQUEST_EXT (its HELLO said so): calls carry their options.
+    request_options: bool,
+}
+
+/// How one call is made ([`Client::call_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The request may run twice without harm: a router may send it to another backend
+    /// after a failure whose outcome is unknown (within its retry budget).
+    pub idempotent: bool,
+    /// The time this call waits, instead of the client's `call_timeout`. It travels with
+    /// the request, so the server can drop work nobody waits for any more.
+    pub timeout: Option<Duration>,
 }
 
 /// What a caller asks of the connection task.
@@ -316,32 +340,86 @@ impl Client {
             let (read_half, write_half) =
                 connect_stream(addr, config.connect_timeout, config.tls.as_ref()).await?;
             let token = config.auth_token.as_ref();
-            hello::exchange(read_half, write_half, config.max_frame, token, deadline).await
+            hello::exchange_hello(read_half, write_half, config.max_frame, token, deadline).await
         };
-        let (reader, writer, server_max_frame) =
-            tokio::time::timeout(config.connect_timeout, connect)
+        let (reader, writer, server_hello) = tokio::time::timeout(config.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr: name.clone(),
+                after: config.connect_timeout,
+            })??;
+
+        Ok(Client::start(reader, writer, &server_hello, &config))
+    }
+
+    /// A client on a stream that the other side dialled (a worker joining a router, which
+    /// speaks as the server): does the HELLO exchange, then asks `accept` about the
+    /// server's HELLO. When `accept` refuses (a wrong join token, say), sends ERROR 15
+    /// (authentication failed) and closes.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], and [`ClientError::Server`] with code 15 when `accept`
+    /// refused.
+    pub async fn over_stream<S>(
+        stream: S,
+        config: ClientConfig,
+        accept: impl FnOnce(&crate::wire::Hello) -> bool,
+    ) -> Result<Client, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let (read_half, write_half): (BoxRead, BoxWrite) =
+            (Box::pin(read_half), Box::pin(write_half));
+        let token = config.auth_token.as_ref();
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let exchange =
+            hello::exchange_hello(read_half, write_half, config.max_frame, token, deadline);
+        let (reader, mut writer, server_hello) =
+            tokio::time::timeout(config.connect_timeout, exchange)
                 .await
                 .map_err(|_| ClientError::ConnectTimeout {
-                    addr: name.clone(),
+                    addr: "a joining peer".into(),
                     after: config.connect_timeout,
                 })??;
+        if !accept(&server_hello) {
+            let refusal = Frame::error(0, ErrorCode::AuthFailed, "authentication failed");
+            let _ = futures::SinkExt::send(&mut writer, refusal).await;
+            return Err(ClientError::Server {
+                code: ErrorCode::AuthFailed,
+                message: "the peer's HELLO was refused".into(),
+            });
+        }
+        Ok(Client::start(reader, writer, &server_hello, &config))
+    }
 
+    /// Starts the task of a connection past its HELLO exchange.
+    fn start(
+        reader: task::Reader,
+        writer: task::Writer,
+        server_hello: &crate::wire::Hello,
+        config: &ClientConfig,
+    ) -> Client {
         let (commands, queue) = mpsc::channel(config.max_in_flight.max(1));
         let closed = Arc::new(OnceLock::new());
+        let going_away = Arc::new(AtomicBool::new(false));
         let task = task::Task::new(
             reader,
             writer,
             queue,
             config.max_in_flight.max(1),
             closed.clone(),
+            going_away.clone(),
         );
         tokio::spawn(task.run());
-        Ok(Client {
+        Client {
             commands,
             closed,
-            server_max_frame,
+            going_away,
+            server_max_frame: server_hello.max_frame as usize,
             call_timeout: config.call_timeout,
-        })
+            request_options: server_hello.field(HELLO_REQUEST_OPTIONS).is_some(),
+        }
     }
 
     /// Sends `payload` as a REQUEST and waits for its reply.
@@ -353,7 +431,50 @@ impl Client {
     /// the request, [`ClientError::OutcomeUnknown`] if it may have.
     /// [`ClientError::outcome`] sorts them.
     pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
-        self.exchange(Kind::Request, payload.into()).await
+        self.call_with(payload, CallOptions::default()).await
+    }
+
+    /// [`Client::call`] for a request that may run twice without harm: a router
+    /// (`courier route`) may send it again, to another backend, after a failure whose
+    /// outcome is unknown, so the caller sees fewer such failures.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_idempotent(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        let options = CallOptions {
+            idempotent: true,
+            ..CallOptions::default()
+        };
+        self.call_with(payload, options).await
+    }
+
+    /// [`Client::call`] with options. To a server that reads REQUEST_EXT (its HELLO says
+    /// so; every courier server since it was added does), the request carries them: the
+    /// idempotent flag and the call's timeout. To an older server, or when the payload
+    /// leaves no room for the 5 bytes of options within the server's max_frame, it goes
+    /// as a plain REQUEST, without them (so not idempotent, and with no deadline).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with(
+        &self,
+        payload: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Bytes, ClientError> {
+        let timeout = options.timeout.unwrap_or(self.call_timeout);
+        let payload = payload.into();
+        // A payload that leaves no room for the options in the server's max_frame goes
+        // without them, so the largest payload a server takes can still be sent.
+        let room = payload.len() + RequestOptions::LEN <= self.server_max_frame;
+        if !self.request_options || !room {
+            return self.exchange_within(Kind::Request, payload, timeout).await;
+        }
+        let header = RequestOptions {
+            idempotent: options.idempotent,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.exchange_within(Kind::RequestExt, header.encode(&payload), timeout)
+            .await
     }
 
     /// Sends a PING with `payload` and waits for the PONG, returning its payload. Useful as a
@@ -422,12 +543,27 @@ impl Client {
         self.closed.get().is_some() || self.commands.is_closed()
     }
 
+    /// Whether the server sent GOAWAY: it reads no new request on this connection (calls
+    /// made now fail at once with [`ClientError::GoingAway`]), and answers those it has.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::Relaxed)
+    }
+
     /// The largest payload the server accepts, from its HELLO.
     pub fn server_max_frame(&self) -> usize {
         self.server_max_frame
     }
 
     async fn exchange(&self, kind: Kind, payload: Bytes) -> Result<Bytes, ClientError> {
+        self.exchange_within(kind, payload, self.call_timeout).await
+    }
+
+    async fn exchange_within(
+        &self,
+        kind: Kind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
         self.check_size(&payload)?;
         let exchange = async {
             let (reply, wait) = oneshot::channel();
@@ -447,10 +583,10 @@ impl Client {
                 })
             })
         };
-        tokio::time::timeout(self.call_timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
-                after: self.call_timeout,
+                after: timeout,
                 attempts: 0,
             })?
     }
@@ -465,8 +601,11 @@ impl Client {
         Client {
             commands,
             closed,
+            going_away: Arc::new(AtomicBool::new(false)),
             server_max_frame,
             call_timeout,
+            // A UDP server reads no REQUEST_EXT (its HELLO does not say it does).
+            request_options: false,
         }
     }
 

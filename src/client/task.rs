@@ -2,7 +2,8 @@
 //! writes them in batches, routes every answer to its caller by id, and, when the
 //! connection ends, tells each caller what became of its request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -32,9 +33,14 @@ pub(super) struct Task {
     encoder: Codec,
     queue: mpsc::Receiver<Command>,
     pending: HashMap<u32, oneshot::Sender<Result<Bytes, ClientError>>>,
+    /// Ids of calls that timed out and were forgotten to make room: their late answers
+    /// are dropped, where an answer to an id never sent ends the connection.
+    abandoned: HashSet<u32>,
     next_id: u32,
     /// The last request id of the server's GOAWAY, once one came.
     going_away: Option<u32>,
+    /// Set with `going_away`, for [`Client::is_going_away`](super::Client::is_going_away).
+    going_away_flag: Arc<AtomicBool>,
     max_in_flight: usize,
     closed: Arc<OnceLock<ClientError>>,
     /// The write side is closed (a half-close while replies are awaited): a PING from the
@@ -50,6 +56,7 @@ impl Task {
         queue: mpsc::Receiver<Command>,
         max_in_flight: usize,
         closed: Arc<OnceLock<ClientError>>,
+        going_away_flag: Arc<AtomicBool>,
     ) -> Task {
         Task {
             reader,
@@ -57,8 +64,10 @@ impl Task {
             encoder: Codec::new(0),
             queue,
             pending: HashMap::new(),
+            abandoned: HashSet::new(),
             next_id: 1,
             going_away: None,
+            going_away_flag,
             max_in_flight,
             closed,
             write_shut: false,
@@ -88,7 +97,14 @@ impl Task {
             if self.pending.len() >= self.max_in_flight {
                 // Calls that timed out stay in `pending` until their reply comes; forget
                 // them here, or a server that never answers would block new calls forever.
-                self.pending.retain(|_, reply| !reply.is_closed());
+                let abandoned = &mut self.abandoned;
+                self.pending.retain(|id, reply| {
+                    let keep = !reply.is_closed();
+                    if !keep {
+                        abandoned.insert(*id);
+                    }
+                    keep
+                });
             }
             let take_calls = closing.is_none()
                 && self.pending.len() < self.max_in_flight
@@ -226,33 +242,57 @@ impl Task {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.pending.contains_key(&id) {
+            if !self.pending.contains_key(&id) && !self.abandoned.contains(&id) {
                 return id;
             }
         }
     }
 
+    /// Who waits for the answer `frame` carries. `Err` (the connection ends) when no call
+    /// was sent with its id: a server answering an id twice, or one it was never sent, is
+    /// broken, and none of its answers on this connection can be trusted. `Ok(None)`
+    /// for the late answer of a call that timed out and was forgotten.
+    fn waiting(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<oneshot::Sender<Result<Bytes, ClientError>>, Option<ClientError>> {
+        if let Some(reply) = self.pending.remove(&frame.id) {
+            return Ok(reply);
+        }
+        if self.abandoned.remove(&frame.id) {
+            return Err(None);
+        }
+        warn!(kind = %frame.kind, id = frame.id, "server answered an id it was not sent");
+        Err(Some(ClientError::Protocol(format!(
+            "the server sent {} for id {}, which no request in flight has",
+            frame.kind, frame.id
+        ))))
+    }
+
     /// Handles a frame from the server; returns why the connection ends, if it does.
     fn on_frame(&mut self, frame: Frame) -> Option<ClientError> {
         match frame.kind {
-            Kind::Reply | Kind::Pong => {
-                if let Some(reply) = self.pending.remove(&frame.id) {
+            Kind::Reply | Kind::Pong => match self.waiting(&frame) {
+                Ok(reply) => {
                     let _ = reply.send(Ok(frame.payload));
+                    None
                 }
-                None
-            }
-            Kind::Error if frame.id != 0 => {
-                if let Some(reply) = self.pending.remove(&frame.id) {
+                Err(end) => end,
+            },
+            Kind::Error if frame.id != 0 => match self.waiting(&frame) {
+                Ok(reply) => {
                     let _ = reply.send(Err(server_error(&frame.payload)));
+                    None
                 }
-                None
-            }
+                Err(end) => end,
+            },
             // An ERROR about the whole connection: the server closes it next.
             Kind::Error => Some(server_error(&frame.payload)),
             Kind::GoAway => match parse_goaway(&frame.payload) {
                 Ok(last) => {
                     debug!(last_id = last, "server sent GOAWAY");
                     self.going_away = Some(last);
+                    self.going_away_flag.store(true, Ordering::Relaxed);
                     None
                 }
                 Err(err) => Some(ClientError::Protocol(err.to_string())),
@@ -265,7 +305,7 @@ impl Task {
                 let _ = self.encoder.encode(pong, self.writer.write_buffer_mut());
                 None
             }
-            Kind::Hello | Kind::Request | Kind::Oneway | Kind::Stats => {
+            Kind::Hello | Kind::Request | Kind::RequestExt | Kind::Oneway | Kind::Stats => {
                 warn!(kind = %frame.kind, "server sent a frame a server does not send");
                 Some(ClientError::Protocol(format!(
                     "the server sent {}, which only clients send",

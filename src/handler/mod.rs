@@ -111,6 +111,13 @@ pub struct Request {
     pub payload: Bytes,
     /// `true` for a ONEWAY message, whose result nobody will see.
     pub oneway: bool,
+    /// The client marked the request idempotent: running it twice does no harm, so a
+    /// router may send it again after a failure whose outcome is unknown.
+    pub idempotent: bool,
+    /// How long the caller waits for the answer, counted from when the server read the
+    /// request (a REQUEST_EXT's `timeout_ms`). Past it nobody waits: [`call`] drops the
+    /// handler's work and answers ERROR 20 (deadline exceeded).
+    pub timeout: Option<std::time::Duration>,
     /// The subject of the client's verified TLS certificate (`CN=...`), when the server
     /// requires client certificates (`tls_client_ca`).
     pub peer_identity: Option<Arc<str>>,
@@ -207,12 +214,26 @@ pub(crate) fn call<H: Handler>(
     let oneway = request.oneway;
     // Called when the request is dispatched, so the clock starts at its arrival.
     let started = std::time::Instant::now();
-    AssertUnwindSafe(handler.call(request))
-        .catch_unwind()
-        .map(move |result| Finished {
+    let timeout = request.timeout;
+    let run = AssertUnwindSafe(handler.call(request)).catch_unwind();
+    async move {
+        let result = match timeout {
+            None => run.await,
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Ok(Err(HandlerError {
+                    code: ErrorCode::DeadlineExceeded,
+                    message: format!(
+                        "deadline exceeded: the caller waits {} and the request was not done; its work was dropped",
+                        humantime::format_duration(limit)
+                    ),
+                }))
+            }),
+        };
+        Finished {
             id,
             oneway,
             result: result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked"))),
             took: started.elapsed(),
-        })
+        }
+    }
 }

@@ -24,6 +24,7 @@
 //!   probes over HTTP.
 //! - `udp/`: UDP, the socket loop and its I/O-free endpoint (sessions, cookie, reply
 //!   cache), run by [`Server::run_udp`].
+//! - `join.rs`: [`Server::join`], dialling a router and serving that connection.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ mod busy_poll;
 mod close;
 mod conn;
 mod driver;
+mod join;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod ordered;
@@ -162,6 +164,11 @@ impl<H: Handler> Server<H> {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future) {
         let listener = listener.into();
         let shared = self.shared;
+        if shared.config.join.is_some() {
+            // Its HELLO carries the join token, which only the router may see.
+            error!("a server configured to join a router does not listen; use Server::join");
+            return;
+        }
         let token = self.drain;
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {

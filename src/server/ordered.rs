@@ -146,6 +146,8 @@ impl<C: Chunks> Protocol for Ordered<C> {
             id: self.received as u32,
             payload,
             oneway: false,
+            idempotent: false,
+            timeout: None,
             peer_identity: self.identity.clone(),
         };
         match ready(&request) {

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -19,8 +20,8 @@ use crate::config::Config;
 use crate::handler::{Finished, HandlerError, Request};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
-    Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, HELLO_AUTH_TOKEN,
-    MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
+    Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HELLO_AUTH_TOKEN,
+    HELLO_REQUEST_OPTIONS, MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Where a courier connection is in its life.
@@ -146,7 +147,19 @@ impl Session {
         R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
     {
         match frame.kind {
-            Kind::Request | Kind::Oneway => self.on_request(frame, ctx, ready),
+            Kind::Request | Kind::Oneway => {
+                self.on_request(frame, RequestOptions::default(), ctx, ready)
+            }
+            Kind::RequestExt => match RequestOptions::split(frame.payload) {
+                Ok((options, payload)) => {
+                    self.on_request(Frame::request(frame.id, payload), options, ctx, ready)
+                }
+                Err(err) => self.refuse(
+                    CloseReason::Protocol,
+                    ErrorCode::MalformedBody,
+                    format!("{err} (id {})", frame.id),
+                ),
+            },
             Kind::Ping => {
                 ctx.turn.tally.pings += 1;
                 Step::Send(self.fitting(Frame::new(Kind::Pong, frame.id, frame.payload)))
@@ -183,8 +196,15 @@ impl Session {
         }
     }
 
-    /// A REQUEST or ONEWAY: refused, answered at once through `ready`, or dispatched.
-    fn on_request<R>(&mut self, frame: Frame, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Frame>
+    /// A REQUEST (with the options of a REQUEST_EXT) or ONEWAY: refused, answered at once
+    /// through `ready`, or dispatched.
+    fn on_request<R>(
+        &mut self,
+        frame: Frame,
+        options: RequestOptions,
+        ctx: &mut Ctx<'_, '_>,
+        ready: R,
+    ) -> Step<Frame>
     where
         R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
     {
@@ -220,6 +240,9 @@ impl Session {
             id: frame.id,
             payload: frame.payload,
             oneway,
+            idempotent: options.idempotent,
+            timeout: (options.timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(options.timeout_ms))),
             peer_identity: self.identity.clone(),
         };
         if let Some(result) = ready(&request) {
@@ -328,7 +351,17 @@ impl Protocol for Session {
     /// The server speaks first: its HELLO, announcing `max_frame`.
     fn greeting(&mut self, config: &Config) -> Option<Frame> {
         let max_frame = u32::try_from(config.max_frame).unwrap_or(u32::MAX);
-        Some(Frame::hello(&Hello::new(max_frame)))
+        let mut hello = Hello::new(max_frame);
+        // This server reads REQUEST_EXT.
+        hello.fields.push((HELLO_REQUEST_OPTIONS, Bytes::new()));
+        // A server joining a router (it dialled, so its peer is that router) proves itself
+        // with the join token; a listening server never sends one.
+        if let (Some(_), Some(token)) = (&config.join, &config.join_token) {
+            hello
+                .fields
+                .push((HELLO_AUTH_TOKEN, token.as_bytes().clone()));
+        }
+        Some(Frame::hello(&hello))
     }
 
     fn on_input<R>(&mut self, frame: Frame, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Frame>

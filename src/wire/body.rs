@@ -29,6 +29,61 @@ impl ErrorBody {
     }
 }
 
+/// The options a REQUEST_EXT frame carries before the application's bytes:
+///
+/// ```text
+/// offset  size  field
+/// 0       1     flags       bit 0: idempotent; the other bits are 0 (receivers ignore them)
+/// 1       4     timeout_ms  u32 big-endian: how long the caller waits for the answer, in
+///                           milliseconds from when the request is read; 0: no limit given
+/// 5       n     payload     the application's bytes
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// The request may run twice without harm, so it may be sent again after a failure
+    /// whose outcome is unknown.
+    pub idempotent: bool,
+    /// How long the caller waits, in milliseconds; 0: no limit given.
+    pub timeout_ms: u32,
+}
+
+impl RequestOptions {
+    /// Bytes the options take before the payload.
+    pub const LEN: usize = 5;
+
+    /// Flag bit: idempotent.
+    const IDEMPOTENT: u8 = 0x01;
+
+    /// The REQUEST_EXT payload: these options, then `payload`.
+    pub fn encode(&self, payload: &[u8]) -> Bytes {
+        let mut buf = BytesMut::with_capacity(Self::LEN + payload.len());
+        buf.put_u8(if self.idempotent { Self::IDEMPOTENT } else { 0 });
+        buf.put_u32(self.timeout_ms);
+        buf.put_slice(payload);
+        buf.freeze()
+    }
+
+    /// Splits a REQUEST_EXT payload into its options and the application's bytes.
+    ///
+    /// # Errors
+    /// [`BodyError`] when the payload is shorter than the 5 bytes of options.
+    pub fn split(mut payload: Bytes) -> Result<(RequestOptions, Bytes), BodyError> {
+        if payload.len() < Self::LEN {
+            return Err(BodyError::new(
+                "REQUEST_EXT",
+                "shorter than its 5 bytes of options",
+            ));
+        }
+        let flags = payload.get_u8();
+        let timeout_ms = payload.get_u32();
+        let options = RequestOptions {
+            idempotent: flags & Self::IDEMPOTENT != 0,
+            timeout_ms,
+        };
+        Ok((options, payload))
+    }
+}
+
 /// Parses a GOAWAY payload: the last request id the server will answer.
 ///
 /// # Errors

@@ -29,11 +29,15 @@ pub enum Kind {
     /// Asks the server for its counters; answered by a REPLY with the same id whose
     /// payload is a JSON object (see `stats::Snapshot`).
     Stats = 0x09,
+    /// A REQUEST with options before its payload: flags (idempotent) and the caller's
+    /// timeout ([`RequestOptions`](super::RequestOptions)). Answered as a REQUEST is. Sent
+    /// only to a server whose HELLO carries [`HELLO_REQUEST_OPTIONS`](super::HELLO_REQUEST_OPTIONS).
+    RequestExt = 0x0a,
 }
 
 impl Kind {
     /// Every kind, in wire order. Handy for tests and documentation.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Hello,
         Kind::Request,
         Kind::Reply,
@@ -43,6 +47,7 @@ impl Kind {
         Kind::Pong,
         Kind::GoAway,
         Kind::Stats,
+        Kind::RequestExt,
     ];
 
     /// The kind for a wire byte, or `None` for a byte no kind uses.
@@ -62,6 +67,7 @@ impl Kind {
             Kind::Pong => "PONG",
             Kind::GoAway => "GOAWAY",
             Kind::Stats => "STATS",
+            Kind::RequestExt => "REQUEST_EXT",
         }
     }
 }
@@ -200,6 +206,16 @@ pub enum ErrorCode {
     /// 17 (UDP): the server has no session of this id, or the datagram came from an
     /// address the session has not validated: the client must do the HELLO exchange.
     HelloNeeded,
+    /// 18: outcome unknown. A router sent the request to a backend, and that backend's
+    /// connection ended (or the call timed out) before it answered: the request may or
+    /// may not have been processed. The connection survives.
+    OutcomeUnknown,
+    /// 19: no backend available. A router had no healthy backend to send the request to;
+    /// it was sent nowhere, so it is safe to send again. The connection survives.
+    NoBackend,
+    /// 20: deadline exceeded. The caller's timeout (a REQUEST_EXT's `timeout_ms`) passed
+    /// before the handler finished, so the server dropped the work. The connection survives.
+    DeadlineExceeded,
     /// Any other code: 1000 and above are for applications' own handlers; codes below
     /// 1000 that this version does not know are passed through as they are.
     Other(u16),
@@ -226,6 +242,9 @@ impl ErrorCode {
             ErrorCode::AuthFailed => 15,
             ErrorCode::ReplyLost => 16,
             ErrorCode::HelloNeeded => 17,
+            ErrorCode::OutcomeUnknown => 18,
+            ErrorCode::NoBackend => 19,
+            ErrorCode::DeadlineExceeded => 20,
             ErrorCode::Other(code) => code,
         }
     }
@@ -265,6 +284,9 @@ impl ErrorCode {
             15 => ErrorCode::AuthFailed,
             16 => ErrorCode::ReplyLost,
             17 => ErrorCode::HelloNeeded,
+            18 => ErrorCode::OutcomeUnknown,
+            19 => ErrorCode::NoBackend,
+            20 => ErrorCode::DeadlineExceeded,
             other => ErrorCode::Other(other),
         }
     }
@@ -290,6 +312,9 @@ impl fmt::Display for ErrorCode {
             ErrorCode::AuthFailed => "authentication failed",
             ErrorCode::ReplyLost => "reply lost",
             ErrorCode::HelloNeeded => "hello needed",
+            ErrorCode::OutcomeUnknown => "outcome unknown",
+            ErrorCode::NoBackend => "no backend available",
+            ErrorCode::DeadlineExceeded => "deadline exceeded",
             ErrorCode::Other(_) => "application error",
         };
         write!(f, "{name} ({})", self.as_u16())

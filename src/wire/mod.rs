@@ -28,7 +28,7 @@ mod datagram;
 mod frame;
 mod plain;
 
-pub use body::{parse_goaway, BodyError, ErrorBody, Hello, HelloError};
+pub use body::{parse_goaway, BodyError, ErrorBody, Hello, HelloError, RequestOptions};
 pub use codec::{put_header, Codec, CodecError};
 pub use datagram::{
     Datagram, DatagramError, DATAGRAM_HEADER_LEN, DATAGRAM_MARKER, DATAGRAM_OVERHEAD, HELLO_COOKIE,
@@ -52,6 +52,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The HELLO field tag that carries the client's auth token.
 pub const HELLO_AUTH_TOKEN: u8 = 0x01;
+
+/// The HELLO field tag (empty value) by which a server says it accepts REQUEST_EXT
+/// frames. A client sends REQUEST_EXT only to a server whose HELLO carries it.
+pub const HELLO_REQUEST_OPTIONS: u8 = 0x02;
 
 /// Largest HELLO payload either side accepts. Until the handshake is done a peer is
 /// unknown, so it gets this small limit instead of the configured frame size.

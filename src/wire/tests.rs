@@ -63,7 +63,52 @@ fn vectors() -> Vec<(Frame, &'static str)> {
             "00 00 00 06 07 00 00 00 03 01",
         ),
         (Frame::goaway(42), "00 00 00 09 08 00 00 00 00 00 00 00 2a"),
+        (
+            Frame::hello(&Hello {
+                version: 1,
+                max_frame: 1_048_576,
+                fields: vec![(HELLO_REQUEST_OPTIONS, Bytes::new())],
+            }),
+            "00 00 00 12 01 00 00 00 00 43 4f 55 52 00 01 00 10 00 00 02 00 00",
+        ),
+        (
+            Frame::new(
+                Kind::RequestExt,
+                1,
+                RequestOptions {
+                    idempotent: true,
+                    timeout_ms: 1500,
+                }
+                .encode(b"hi"),
+            ),
+            "00 00 00 0c 0a 00 00 00 01 01 00 00 05 dc 68 69",
+        ),
+        (
+            Frame::new(Kind::RequestExt, 2, RequestOptions::default().encode(b"")),
+            "00 00 00 0a 0a 00 00 00 02 00 00 00 00 00",
+        ),
     ]
+}
+
+#[test]
+fn request_options_split_from_the_vectors_payload() {
+    let frames = decode_all(
+        &mut Codec::new(1024),
+        &unhex("00 00 00 0c 0a 00 00 00 01 01 00 00 05 dc 68 69"),
+    );
+    assert_eq!(frames[0].kind, Kind::RequestExt);
+    let (options, payload) = RequestOptions::split(frames[0].payload.clone()).unwrap();
+    assert!(options.idempotent);
+    assert_eq!(options.timeout_ms, 1500);
+    assert_eq!(payload, &b"hi"[..]);
+    // Flag bits other than bit 0 are ignored; bit 0 clear is not idempotent.
+    let (options, payload) =
+        RequestOptions::split(Bytes::from_static(b"\xfe\x00\x00\x00\x00")).unwrap();
+    assert!(!options.idempotent);
+    assert!(payload.is_empty());
+    // Shorter than the 5 bytes of options.
+    let err = RequestOptions::split(Bytes::from_static(b"\x01\x00\x00\x00")).unwrap_err();
+    assert!(err.to_string().contains("REQUEST_EXT"), "{err}");
 }
 
 /// The hex strings of the "Test vectors" table in docs/PROTOCOL.md, in order.
@@ -144,7 +189,7 @@ fn error_body_round_trips_and_short_bodies_are_rejected() {
     assert_eq!(body.code, ErrorCode::Other(1234));
     assert_eq!(body.message, "no such key");
     assert!(ErrorBody::parse(&[0]).is_err());
-    for code in 1..=17 {
+    for code in 1..=20 {
         assert_eq!(ErrorCode::from_u16(code).as_u16(), code);
         assert!(!matches!(ErrorCode::from_u16(code), ErrorCode::Other(_)));
     }
@@ -277,7 +322,7 @@ fn length_below_five_is_rejected_after_four_bytes() {
 
 #[test]
 fn unknown_kind_is_rejected_with_its_byte_and_id() {
-    for kind in [0x00, 0x0a, 0x7f, 0xff] {
+    for kind in [0x00, 0x0b, 0x7f, 0xff] {
         let mut buf = BytesMut::from(&unhex(&format!("00 00 00 05 {kind:02x} 00 00 00 0c"))[..]);
         let err = Codec::new(100).decode(&mut buf).unwrap_err();
         assert!(

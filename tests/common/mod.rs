@@ -209,6 +209,13 @@ impl Served {
         Served::spawn(command)
     }
 
+    /// Runs `courier ARGS` (a command that logs "listening addr=", such as `route`).
+    pub fn start_courier(args: &[&str]) -> Served {
+        let mut command = Command::new(BIN);
+        command.args(args).env_remove("RUST_LOG");
+        Served::spawn(command)
+    }
+
     fn spawn(mut command: Command) -> Served {
         command
             .stdin(Stdio::null())

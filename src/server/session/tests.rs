@@ -518,3 +518,47 @@ fn an_idle_session_stays_small() {
         std::mem::size_of::<Session>()
     );
 }
+
+#[test]
+fn the_servers_hello_says_it_reads_request_ext() {
+    let mut harness = Harness::new(Config::default());
+    let greeting = harness.session.greeting(&harness.config).unwrap();
+    let hello = Hello::parse(&greeting.payload).unwrap();
+    assert_eq!(hello.field(HELLO_REQUEST_OPTIONS), Some(&Bytes::new()));
+}
+
+#[test]
+fn a_request_ext_is_dispatched_with_its_flag_and_timeout() {
+    let mut harness = Harness::open(1 << 20);
+    let options = RequestOptions {
+        idempotent: true,
+        timeout_ms: 1500,
+    };
+    let frame = Frame::new(Kind::RequestExt, 4, options.encode(b"hi"));
+    let request = dispatched(harness.feed(frame));
+    assert_eq!((request.id, &request.payload[..]), (4, &b"hi"[..]));
+    assert!(request.idempotent);
+    assert_eq!(
+        request.timeout,
+        Some(std::time::Duration::from_millis(1500))
+    );
+    // Without options (a REQUEST, or a REQUEST_EXT with no flag and timeout 0): neither.
+    let plain = dispatched(harness.feed(Frame::request(5, "x")));
+    assert!(!plain.idempotent && plain.timeout.is_none());
+    let frame = Frame::new(Kind::RequestExt, 6, RequestOptions::default().encode(b"x"));
+    let bare = dispatched(harness.feed(frame));
+    assert!(!bare.idempotent && bare.timeout.is_none());
+}
+
+#[test]
+fn a_request_ext_shorter_than_its_options_closes_with_malformed_body() {
+    let mut harness = Harness::open(1 << 20);
+    let (body, reason) = closing(harness.feed(Frame::new(Kind::RequestExt, 3, "abc")));
+    assert_eq!(body.code, ErrorCode::MalformedBody);
+    assert!(
+        body.message.contains("REQUEST_EXT") && body.message.contains("id 3"),
+        "{}",
+        body.message
+    );
+    assert_eq!(reason, CloseReason::Protocol);
+}

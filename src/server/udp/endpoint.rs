@@ -371,6 +371,9 @@ impl Endpoint {
             payload: frame.payload,
             oneway,
             peer_identity: None,
+            // UDP carries no REQUEST_EXT: its HELLO does not announce request options.
+            idempotent: false,
+            timeout: None,
         };
         out.run = Some((session, request));
     }
