@@ -134,6 +134,8 @@ macro_rules! counters {
             $($tallied: AtomicU64,)*
             /// Request durations and handler calls running (`--metrics`).
             timing: Timings,
+            /// ERROR frames answering requests, by code ([`error_slot`]).
+            error_codes: [AtomicU64; ERROR_SLOTS],
             /// Tasks waiting in [`Stats::changed`]; while there are none, counting wakes
             /// nobody.
             watchers: AtomicUsize,
@@ -164,6 +166,8 @@ macro_rules! counters {
             $(#[doc = $tallied_help] pub(crate) $tallied: u64,)*
             /// Request durations and the change in handler calls running.
             pub(crate) timing: Timing,
+            /// The ERRORs counted in `errors`, by code ([`error_slot`]).
+            pub(crate) error_codes: [u32; ERROR_SLOTS],
         }
 
         impl Snapshot {
@@ -224,6 +228,13 @@ macro_rules! counters {
                     self.$tallied.fetch_add(tally.$tallied, Relaxed);
                 })*
                 self.timing.add(&tally.timing);
+                if tally.errors > 0 {
+                    for (total, count) in self.error_codes.iter().zip(tally.error_codes) {
+                        if count > 0 {
+                            total.fetch_add(u64::from(count), Relaxed);
+                        }
+                    }
+                }
             }
         }
     };
@@ -327,6 +338,12 @@ impl Stats {
     }
 
     /// Adds a connection's local counts and zeroes them.
+    /// ERROR frames sent in answer to requests, by slot of [`error_slot`]: how often each
+    /// code was sent since the server started.
+    pub fn errors_by_slot(&self) -> [u64; ERROR_SLOTS] {
+        std::array::from_fn(|slot| self.error_codes[slot].load(Relaxed))
+    }
+
     pub(crate) fn add(&self, tally: &mut Tally) {
         self.add_counts(tally);
         *tally = Tally::default();
@@ -372,6 +389,27 @@ impl Stats {
     #[cfg(test)]
     pub(crate) fn watchers(&self) -> usize {
         self.watchers.load(Relaxed)
+    }
+}
+
+/// Slots of the ERROR counts by code: see [`error_slot`].
+pub const ERROR_SLOTS: usize = 32;
+
+/// Where an ERROR code is counted: codes 1 to 30 each in their own slot, application
+/// codes (1000 and above) together in slot 0, any other code in slot 31.
+pub fn error_slot(code: u16) -> usize {
+    match code {
+        1..=30 => usize::from(code),
+        1000.. => 0,
+        _ => ERROR_SLOTS - 1,
+    }
+}
+
+impl Tally {
+    /// Counts one ERROR frame answering a request, with its code.
+    pub(crate) fn error(&mut self, code: u16) {
+        self.errors += 1;
+        self.error_codes[error_slot(code)] += 1;
     }
 }
 
@@ -575,6 +613,25 @@ mod tests {
         let names: std::collections::HashSet<_> =
             CloseReason::ALL.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), CloseReason::ALL.len());
+    }
+
+    #[test]
+    fn errors_are_counted_by_code_with_application_codes_together() {
+        assert_eq!(
+            [1, 11, 30, 31, 999, 1000, 65_535].map(error_slot),
+            [1, 11, 30, 31, 31, 0, 0]
+        );
+        let stats = Stats::new();
+        let mut tally = Tally::default();
+        for code in [11, 11, 4, 1000, 4242, 500] {
+            tally.error(code);
+        }
+        stats.add(&mut tally);
+        let slots = stats.errors_by_slot();
+        assert_eq!((slots[11], slots[4], slots[0], slots[31]), (2, 1, 2, 1));
+        assert_eq!(slots.iter().sum::<u64>(), 6);
+        assert_eq!(stats.snapshot().errors, 6);
+        assert_eq!(tally.error_codes, [0; ERROR_SLOTS], "the tally is zeroed");
     }
 
     #[test]

@@ -98,6 +98,36 @@ mod unix {
     }
 
     #[test]
+    fn errors_are_counted_by_code() {
+        let server = Served::start(&["--metrics", "127.0.0.1:0", "--exec", "exit 3"], &[]);
+        let metrics = metrics_addr(&server);
+        let failed = "courier_error_replies_total{code=\"11\",name=\"handler failed\"}";
+        let (_, before) = get(&metrics, "/metrics");
+        assert_eq!(sample(&before, failed), 0.0);
+        for _ in 0..3 {
+            let send = Command::new(BIN)
+                .args(["send", &server.addr, "--data", "x"])
+                .output()
+                .expect("run courier send");
+            assert_eq!(send.status.code(), Some(5), "a server ERROR: exit status 5");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let page = loop {
+            let (_, page) = get(&metrics, "/metrics");
+            if sample(&page, "courier_connections_open") == 0.0 || Instant::now() > deadline {
+                break page;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(sample(&page, failed), 3.0);
+        assert_eq!(sample(&page, "courier_errors_total"), 3.0);
+        let too_large = "courier_error_replies_total{code=\"4\",name=\"frame too large\"}";
+        assert_eq!(sample(&page, too_large), 0.0);
+        let application = "courier_error_replies_total{code=\"application\",name=\"application\"}";
+        assert_eq!(sample(&page, application), 0.0);
+    }
+
+    #[test]
     fn the_requests_counter_reads_exactly_what_a_bench_sent_and_promtool_accepts_the_page() {
         let server = Served::start(&["--metrics", "127.0.0.1:0"], &[]);
         let metrics = metrics_addr(&server);

@@ -30,7 +30,8 @@ use tracing::{debug, warn};
 
 use super::Readiness;
 use crate::handler::PoolStats;
-use crate::stats::{CloseReason, Snapshot, Stats};
+use crate::stats::{error_slot, CloseReason, Snapshot, Stats, ERROR_SLOTS};
+use crate::wire::ErrorCode;
 
 /// Scrapers served at once; more are closed at once. Prometheus opens one or two.
 const MAX_CONNECTIONS: usize = 16;
@@ -85,6 +86,7 @@ impl Collector for StatsCollector {
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&snapshot.closed(reason), None)?;
         }
+        encode_error_codes(&self.stats, &mut encoder)?;
         let durations = self.stats.durations();
         encoder
             .encode_descriptor(
@@ -112,6 +114,47 @@ impl Collector for StatsCollector {
         }
         Ok(())
     }
+}
+
+/// ERROR frames answering requests, by code: every code this version knows (zero or
+/// not), application codes together, and any other code together.
+fn encode_error_codes(
+    stats: &Stats,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let counts = stats.errors_by_slot();
+    let mut family = encoder.encode_descriptor(
+        "error_replies",
+        "ERROR frames answering requests, by code (docs/PROTOCOL.md lists them); 1000 and above are the handler's own",
+        None,
+        MetricType::Counter,
+    )?;
+    for code in 1..ERROR_SLOTS as u16 - 1 {
+        let known = ErrorCode::from_u16(code);
+        if matches!(known, ErrorCode::Other(_)) {
+            continue;
+        }
+        // Display gives "handler failed (11)": the name alone goes in its label.
+        let shown = known.to_string();
+        let name = shown
+            .rsplit_once(" (")
+            .map_or(shown.as_str(), |(name, _)| name);
+        let number = code.to_string();
+        let labels = [("code", number.as_str()), ("name", name)];
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&counts[error_slot(code)], None)?;
+    }
+    for (code, slot) in [
+        ("application", error_slot(1000)),
+        ("other", ERROR_SLOTS - 1),
+    ] {
+        let labels = [("code", code), ("name", code)];
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&counts[slot], None)?;
+    }
+    Ok(())
 }
 
 /// The `--exec-workers` pool's families.

@@ -219,7 +219,7 @@ impl Session {
             if matches!(&self.phase, Phase::Open(ids) if ids.contains(&frame.id)) {
                 debug!(id = frame.id, "duplicate request id");
                 tally.protocol_errors += 1;
-                tally.errors += 1;
+                tally.error(ErrorCode::DuplicateId.as_u16());
                 let text = format!(
                     "duplicate request id {}: a request with this id is still in flight",
                     frame.id
@@ -307,7 +307,7 @@ impl Session {
                     peer_max_frame,
                     "reply larger than the client accepts"
                 );
-                tally.errors += 1;
+                tally.error(ErrorCode::FrameTooLarge.as_u16());
                 let text = format!(
                     "frame too large: the reply is {} bytes, the client's max_frame is {peer_max_frame} bytes",
                     payload.len()
@@ -321,7 +321,7 @@ impl Session {
             }
             Err(err) => {
                 debug!(id, code = %err.code, message = %err.message, "handler failed");
-                tally.errors += 1;
+                tally.error(err.code.as_u16());
                 self.error(id, err.code, &err.message)
             }
         };

@@ -431,23 +431,25 @@ fn answer_frame(
     max_reply: usize,
     tally: &mut Tally,
 ) -> Frame {
-    let frame = match result {
+    let (code, frame) = match result {
         Ok(reply) if reply.len() <= max_reply => {
             tally.replies += 1;
             return Frame::reply(id, reply);
         }
-        Ok(reply) => Frame::error_fitting(
-            id,
-            ErrorCode::FrameTooLarge,
-            &format!(
+        Ok(reply) => {
+            let text = format!(
                 "reply too large: the handler's reply is {} bytes, one datagram carries at most {max_reply} (udp_max_payload, or the client's max_frame)",
                 reply.len()
-            ),
-            max_reply,
+            );
+            let code = ErrorCode::FrameTooLarge;
+            (code, Frame::error_fitting(id, code, &text, max_reply))
+        }
+        Err(err) => (
+            err.code,
+            Frame::error_fitting(id, err.code, &err.message, max_reply),
         ),
-        Err(err) => Frame::error_fitting(id, err.code, &err.message, max_reply),
     };
-    tally.errors += 1;
+    tally.error(code.as_u16());
     frame
 }
 
