@@ -63,6 +63,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod handler;
+#[cfg(feature = "route")]
 pub mod route;
 pub mod server;
 pub mod stats;

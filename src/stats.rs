@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+#[cfg(feature = "json")]
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -141,6 +142,7 @@ macro_rules! counters {
             watchers: AtomicUsize,
             moved: Notify,
             /// Figures of the handler's own, for the `route` member of the snapshot.
+            #[cfg(feature = "json")]
             extra: OnceLock<Extra>,
         }
 
@@ -156,6 +158,7 @@ macro_rules! counters {
             $(#[doc = $tallied_help] pub $tallied: u64,)*
             /// A router's own figures: its counters and one object per backend
             /// (`courier route`; docs/ROUTE.md). Absent from a plain server's STATS.
+            #[cfg(feature = "json")]
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub route: Option<serde_json::Value>,
         }
@@ -193,6 +196,11 @@ macro_rules! counters {
                 }
                 out.push(']');
                 $(let _ = write!(out, ",\"{}\":{}", stringify!($tallied), self.$tallied);)*
+                // A router's figures: serde_json::Value's Display is its compact JSON.
+                #[cfg(feature = "json")]
+                if let Some(route) = &self.route {
+                    let _ = write!(out, ",\"route\":{route}");
+                }
                 out.push('}');
                 out
             }
@@ -216,6 +224,7 @@ macro_rules! counters {
                     $($counted: self.$counted.load(Relaxed),)*
                     closed: self.closed_counts(),
                     $($tallied: self.$tallied.load(Relaxed),)*
+                    #[cfg(feature = "json")]
                     route: self.extra.get().map(|extra| (extra.0)()),
                 }
             }
@@ -284,8 +293,10 @@ impl Snapshot {
 }
 
 /// What [`Stats::set_route`] was given.
+#[cfg(feature = "json")]
 struct Extra(Box<dyn Fn() -> serde_json::Value + Send + Sync>);
 
+#[cfg(feature = "json")]
 impl fmt::Debug for Extra {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Extra(..)")
@@ -300,6 +311,7 @@ impl Stats {
 
     /// Makes every snapshot carry `figures()` as its `route` member (a router's
     /// per-backend figures). Only the first call counts.
+    #[cfg(feature = "json")]
     pub fn set_route(&self, figures: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
         let _ = self.extra.set(Extra(Box::new(figures)));
     }

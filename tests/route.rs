@@ -179,7 +179,7 @@ async fn a_hostile_backend_is_ejected_and_its_request_gets_outcome_unknown() {
 }
 
 #[tokio::test]
-async fn no_backend_healthy_is_an_immediate_error_17() {
+async fn no_backend_healthy_is_an_immediate_error_19() {
     // A port nothing listens on.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = closed.local_addr().unwrap().to_string();

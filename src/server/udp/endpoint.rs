@@ -176,7 +176,7 @@ impl Endpoint {
             }
             Kind::Stats => {
                 self.flush(stats);
-                let json = serde_json::to_vec(&stats.snapshot()).unwrap_or_default();
+                let json = stats.snapshot().to_json().into_bytes();
                 self.tally.replies += 1;
                 self.send(session, Frame::reply(frame.id, json), &mut out);
             }
