@@ -35,10 +35,13 @@ const FLUSH_EARLY: usize = 64 * 1024;
 /// connections without pipelining (measured with courier bench).
 const READ_CHUNK: usize = 1024;
 
-/// Bytes a connection makes room for when the buffer already holds some: the rest of a
-/// burst. With 1 KiB reads, a batch of 64 pipelined 64-byte requests (4.7 KB) took four
-/// to five reads (strace of the server under `courier bench -c 50 -P 64`).
-const BURST_CHUNK: usize = 16 * 1024;
+/// While a burst arrives (a pipelined batch, a large frame: bytes already wait in the
+/// buffer), each read makes room for twice as much as the one before, from READ_CHUNK up
+/// to READ_CHUNK << MAX_BURST_SHIFT (16 KiB). With 1 KiB reads a batch of 64 pipelined
+/// 64-byte requests (4.7 KB) took four to five reads (strace of the server under
+/// `courier bench -c 50 -P 64`); making room for 16 KiB at once cost a batch of 16 (1.2
+/// KB) a large allocation for a few bytes.
+const MAX_BURST_SHIFT: u8 = 4;
 
 /// How long a closing connection waits for its peer to take the last bytes and close its
 /// side. Without it, closing a socket that still has unread input makes the kernel send a
@@ -140,6 +143,8 @@ pub(crate) struct Conn<R, D, W, E> {
     pub(crate) out: Outbox<W, E>,
     /// When the first byte of the frame now being received arrived.
     partial_since: Option<Instant>,
+    /// How far the read chunk has doubled within the current burst.
+    burst_shift: u8,
     last_activity: Instant,
     handshake_deadline: Option<Instant>,
     frame_timeout: Duration,
@@ -169,6 +174,7 @@ where
             reader: FramedRead::with_capacity(reader, decoder, 0),
             out: Outbox::new(writer, encoder, config.max_pending_output),
             partial_since: None,
+            burst_shift: 0,
             last_activity: now,
             handshake_deadline,
             frame_timeout: config.frame_timeout,
@@ -217,14 +223,14 @@ where
             // and would then read a few bytes at a time.
             let buffer = self.reader.read_buffer_mut();
             if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-                // Bytes already waiting mean a burst is arriving (a pipelined batch, a
-                // large frame): read the rest of it in few reads, not a KiB at a time.
-                let chunk = if buffer.is_empty() {
-                    READ_CHUNK
+                // Bytes already waiting mean a burst is arriving: read the rest of it in
+                // few reads, not a KiB at a time.
+                self.burst_shift = if buffer.is_empty() {
+                    0
                 } else {
-                    BURST_CHUNK
+                    (self.burst_shift + 1).min(MAX_BURST_SHIFT)
                 };
-                buffer.reserve(chunk);
+                buffer.reserve(READ_CHUNK << self.burst_shift);
             }
             if let Poll::Ready(item) = self.reader.poll_next_unpin(cx) {
                 return Poll::Ready(Io::Read(item));
