@@ -115,7 +115,7 @@ pub struct Request {
     /// router may send it again after a failure whose outcome is unknown.
     pub idempotent: bool,
     /// How long the caller waits for the answer, counted from when the server read the
-    /// request (a REQUEST_EXT's `timeout_ms`). Past it nobody waits: [`call`] drops the
+    /// request (a REQUEST_EXT's `timeout_ms`). Past it nobody waits: the server drops the
     /// handler's work and answers ERROR 20 (deadline exceeded).
     pub timeout: Option<std::time::Duration>,
     /// The subject of the client's verified TLS certificate (`CN=...`), when the server
