@@ -17,6 +17,12 @@ use crate::config::AuthToken;
 use crate::transport::{Accepted, Listener};
 use crate::wire::HELLO_AUTH_TOKEN;
 
+/// A joining worker's stream: TCP, or a Unix socket where there are Unix sockets.
+#[cfg(unix)]
+type Joined = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+#[cfg(not(unix))]
+type Joined = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::TcpStream>;
+
 /// Accepts joining workers from `listener` until `stop`.
 pub(super) async fn accept_joins(
     router: Router,
@@ -34,16 +40,10 @@ pub(super) async fn accept_joins(
         let (stream, name) = match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                (
-                    tokio_util::either::Either::Left(stream),
-                    format!("joined:{peer}"),
-                )
+                (Joined::Left(stream), format!("joined:{peer}"))
             }
             #[cfg(unix)]
-            Ok(Accepted::Unix(stream)) => (
-                tokio_util::either::Either::Right(stream),
-                "joined:unix".to_owned(),
-            ),
+            Ok(Accepted::Unix(stream)) => (Joined::Right(stream), "joined:unix".to_owned()),
             #[cfg(windows)]
             Ok(Accepted::Pipe(_)) => continue,
             Err(err) => {
