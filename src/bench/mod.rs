@@ -229,6 +229,17 @@ struct Window {
 }
 
 impl Window {
+    /// The measured window's length in seconds: up to `until`, or, for a run of a number
+    /// of requests, up to `last_end`, when the last job ended.
+    fn seconds(&self, last_end: Instant) -> f64 {
+        match self.until {
+            Some(until) => until.duration_since(self.measure_from),
+            None => last_end.duration_since(self.measure_from),
+        }
+        .as_secs_f64()
+        .max(1e-9)
+    }
+
     /// The window of a run starting now (with a moment for the tasks to be spawned).
     fn new(config: &BenchConfig) -> Window {
         let start = Instant::now() + Duration::from_millis(20);
@@ -262,12 +273,7 @@ pub async fn run(config: &BenchConfig, progress: Arc<Progress>) -> Result<Report
     tokio::time::sleep_until(window.measure_from).await;
     let cpu_before = cpu_time();
     let (mut total, last_end) = collect(tasks, window.measure_from).await;
-    let seconds = match window.until {
-        Some(until) => until.duration_since(window.measure_from),
-        None => last_end.duration_since(window.measure_from),
-    }
-    .as_secs_f64()
-    .max(1e-9);
+    let seconds = window.seconds(last_end);
     let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
     Ok(Report::new(config, connections, &mut total, seconds, cpu))
 }

@@ -70,12 +70,7 @@ pub(super) async fn run(
             Err(_) => total.errors += 1,
         }
     }
-    let seconds = match window.until {
-        Some(until) => until.duration_since(window.measure_from),
-        None => last_end.duration_since(window.measure_from),
-    }
-    .as_secs_f64()
-    .max(1e-9);
+    let seconds = window.seconds(last_end);
     let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
     Ok(Report::new(config, sessions, &mut total, seconds, cpu))
 }
