@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use courier::client::{Client, ClientError};
+use courier::client::{Client, ClientConfig, ClientError};
 use courier::handler::{Exec, ExecPool};
 use courier::wire::ErrorCode;
 
@@ -407,6 +407,55 @@ async fn the_command_finds_the_request_id_in_its_environment() {
     }
     assert!(ids[0] != 0 && ids[0] != ids[1], "{ids:?}");
     server.shutdown().await;
+}
+
+/// The command that prints who sent its request.
+const PRINT_PEER: &str = "printf %s \"${COURIER_PEER-unset}\"";
+
+#[tokio::test]
+async fn the_command_finds_the_client_s_address_in_courier_peer() {
+    let server = start_server(test_config(), exec(PRINT_PEER)).await;
+    // Two connections from two ports: each command names its own caller's.
+    for _ in 0..2 {
+        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        let client = Client::over_stream(stream, ClientConfig::default(), |_| true)
+            .await
+            .unwrap();
+        let reply = client.call("x").await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&reply), local.to_string());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_a_unix_socket_courier_peer_names_the_client_s_user_and_process() {
+    let dir = std::env::temp_dir().join(format!("courier-exec-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("peer.sock");
+    let listen = format!("unix:{}", path.display());
+    let listener = courier::transport::Listener::bind(&listen, 16, 0o600)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(courier::server::run(
+        listener,
+        test_config(),
+        exec(PRINT_PEER),
+        stop.clone().cancelled_owned(),
+    ));
+    let client = Client::connect(listen.as_str()).await.unwrap();
+    let reply = client.call("x").await.unwrap();
+    // Our user id: the owner of the directory we just made.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).unwrap());
+    let pid = std::process::id();
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        format!("unix uid={uid} pid={pid}")
+    );
+    stop.cancel();
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A client that only closes its write side (`Client::close` with a call in flight) is

@@ -442,6 +442,18 @@ async fn requests_arriving_while_the_server_drains_are_refused_as_not_received()
 }
 
 #[tokio::test]
+async fn a_handler_sees_the_datagram_s_source_as_the_peer() {
+    let handler = |request: Request| async move { Ok(Bytes::from(request.peer.to_string())) };
+    let (addr, _stats, stop) = start(Config::default(), handler).await;
+    let session = RawSession::open(&addr, 22, None).await;
+    assert_eq!(session.recv().await.kind, Kind::Hello);
+    session.send(Frame::request(1, "who"), 0).await;
+    let source = session.socket.local_addr().unwrap().to_string();
+    assert_eq!(session.recv().await.payload, source.as_bytes());
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn a_client_whose_port_changes_keeps_its_session_and_its_cached_replies() {
     let runs = Arc::new(AtomicUsize::new(0));
     let handler = Counting {

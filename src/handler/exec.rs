@@ -6,8 +6,10 @@
 //! overruns `exec_timeout` is killed with its whole process group (`children.rs`), and a
 //! command that fails gives its request an ERROR with the last lines of its stderr (the
 //! end of a traceback says what went wrong; at most [`STDERR_SHOWN`] bytes) and is logged
-//! with its status: never silence. The command finds the request's id and the client's
-//! TLS identity in `COURIER_REQUEST_ID` and `COURIER_PEER_IDENTITY`.
+//! with its status: never silence. The command finds the request's id in
+//! `COURIER_REQUEST_ID`, who sent it in `COURIER_PEER` ([`super::Peer`]'s text: an
+//! address and port, or a Unix socket's `unix uid=... pid=...`) and the client's TLS
+//! identity in `COURIER_PEER_IDENTITY`; a variable that does not apply is unset.
 //!
 //! The long-lived alternative, [`super::ExecPool`], is in `pool.rs`.
 
@@ -21,8 +23,23 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::children::{shell, GroupGuard};
-use super::{Handler, HandlerError, Request};
+use super::{Handler, HandlerError, Peer, Request};
 use crate::wire::ErrorCode;
+
+/// Tells the command about `request` in its environment: `COURIER_REQUEST_ID`,
+/// `COURIER_PEER` and `COURIER_PEER_IDENTITY`, each unset where it does not apply (so
+/// that the server's own environment cannot pose as the client's).
+fn describe(command: &mut tokio::process::Command, request: &Request) {
+    command.env("COURIER_REQUEST_ID", request.id.to_string());
+    match request.peer {
+        Peer::Unknown => command.env_remove("COURIER_PEER"),
+        peer => command.env("COURIER_PEER", peer.to_string()),
+    };
+    match &request.peer_identity {
+        Some(identity) => command.env("COURIER_PEER_IDENTITY", identity.as_ref()),
+        None => command.env_remove("COURIER_PEER_IDENTITY"),
+    };
+}
 
 /// Bytes of a failed command's stderr kept (its end) while it runs.
 const STDERR_KEPT: usize = 4096;
@@ -207,7 +224,6 @@ impl Exec {
     /// Runs the command for one request: waits for a free slot (or refuses when the
     /// queue is full), feeds it `payload`, and gives what it wrote to stdout.
     async fn run(&self, request: Request) -> Result<Bytes, HandlerError> {
-        let payload = request.payload;
         let _permit = match self.children.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -225,11 +241,8 @@ impl Exec {
             }
         };
         let mut command = shell(&self.command);
-        command.env("COURIER_REQUEST_ID", request.id.to_string());
-        match &request.peer_identity {
-            Some(identity) => command.env("COURIER_PEER_IDENTITY", identity.as_ref()),
-            None => command.env_remove("COURIER_PEER_IDENTITY"),
-        };
+        describe(&mut command, &request);
+        let payload = request.payload;
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

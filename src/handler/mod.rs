@@ -21,6 +21,7 @@ use crate::wire::ErrorCode;
 mod children;
 #[cfg(feature = "exec")]
 mod exec;
+mod peer;
 #[cfg(feature = "exec")]
 mod pool;
 #[cfg(all(windows, feature = "exec"))]
@@ -30,6 +31,7 @@ mod windows_job;
 pub use children::kill_children;
 #[cfg(feature = "exec")]
 pub use exec::Exec;
+pub use peer::Peer;
 #[cfg(feature = "exec")]
 pub use pool::ExecPool;
 
@@ -121,6 +123,9 @@ pub struct Request {
     /// The subject of the client's verified TLS certificate (`CN=...`), when the server
     /// requires client certificates (`tls_client_ca`).
     pub peer_identity: Option<Arc<str>>,
+    /// Who sent it: the client's address for TCP, TLS and UDP, its user and process for
+    /// a Unix socket or a named pipe (what `--exec` commands get in `COURIER_PEER`).
+    pub peer: Peer,
 }
 
 /// A handler's failure, sent to the client as an ERROR frame for that request. The

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, info_span, Instrument};
 
 use super::{serve_connection, Shared};
 use crate::config::{Config, Framing};
-use crate::handler::Handler;
+use crate::handler::{Handler, Peer};
 use crate::stats::CloseReason;
 use crate::transport::tls::{ServerStream, ServerTls};
 use crate::transport::{Accepted, Listener};
@@ -104,18 +104,20 @@ impl<H: Handler> Admit<'_, H> {
                     // it is closed.
                     let busy = |_: &[u8]| Ok(0);
                     if let Some(permit) = self.permit(&peer, busy) {
-                        self.spawn_tls(stream, peer.to_string(), permit, tls.clone());
+                        self.spawn_tls(stream, Peer::Ip(peer), permit, tls.clone());
                     }
                     return;
                 }
                 let busy = |bytes: &[u8]| stream.try_write(bytes);
                 if let Some(permit) = self.permit(&peer, busy) {
-                    self.spawn(stream, peer.to_string(), permit);
+                    self.spawn(stream, Peer::Ip(peer), permit);
                 }
             }
             #[cfg(windows)]
             Accepted::Pipe(pipe) => {
-                let peer = crate::transport::PipePeer::of(&pipe).to_string();
+                let peer = Peer::Pipe {
+                    pid: crate::transport::pipe_client_pid(&pipe),
+                };
                 let busy = |bytes: &[u8]| pipe.try_write(bytes);
                 if let Some(permit) = self.permit(&peer, busy) {
                     self.spawn(pipe, peer, permit);
@@ -123,7 +125,11 @@ impl<H: Handler> Admit<'_, H> {
             }
             #[cfg(unix)]
             Accepted::Unix(stream) => {
-                let peer = crate::transport::UnixPeer(stream.peer_cred().ok()).to_string();
+                let cred = stream.peer_cred().ok();
+                let peer = Peer::Unix {
+                    uid: cred.map(|cred| cred.uid()),
+                    pid: cred.and_then(|cred| cred.pid()),
+                };
                 let busy = |bytes: &[u8]| stream.try_write(bytes);
                 if let Some(permit) = self.permit(&peer, busy) {
                     self.spawn(stream, peer, permit);
@@ -162,7 +168,7 @@ impl<H: Handler> Admit<'_, H> {
     }
 
     /// Serves the connection on a task of its own, holding `permit` until it ends.
-    fn spawn<S>(&self, stream: S, peer: String, permit: OwnedSemaphorePermit)
+    fn spawn<S>(&self, stream: S, peer: Peer, permit: OwnedSemaphorePermit)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -175,6 +181,7 @@ impl<H: Handler> Admit<'_, H> {
             self.shared.clone(),
             self.token.clone(),
             None,
+            peer,
             Some(permit),
         );
         self.tracker
@@ -185,7 +192,7 @@ impl<H: Handler> Admit<'_, H> {
     fn spawn_tls(
         &self,
         stream: TcpStream,
-        peer: String,
+        peer: Peer,
         permit: OwnedSemaphorePermit,
         tls: ServerTls,
     ) {
@@ -206,7 +213,7 @@ impl<H: Handler> Admit<'_, H> {
                             }
                             None => debug!("TLS handshake done"),
                         }
-                        serve_connection(stream, shared, token, identity, None).await;
+                        serve_connection(stream, shared, token, identity, peer, None).await;
                     }
                     Err((reason, detail)) => {
                         // Counted as a connection that opened and closed, as a served one.

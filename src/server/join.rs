@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{serve_connection, Server, Shared};
-use crate::handler::Handler;
+use crate::handler::{Handler, Peer};
 use crate::stats::CloseReason;
 use crate::transport::connect_stream;
 
@@ -69,8 +69,15 @@ async fn dial_and_serve<H: Handler>(
             Ok((read_half, write_half)) => {
                 info!(router = %addr, "joined router");
                 let stream = tokio::io::join(read_half, write_half);
-                let reason =
-                    serve_connection(stream, shared.clone(), token.clone(), None, None).await;
+                let reason = serve_connection(
+                    stream,
+                    shared.clone(),
+                    token.clone(),
+                    None,
+                    Peer::Unknown,
+                    None,
+                )
+                .await;
                 info!(router = %addr, %reason, "router connection ended");
                 // An ERROR from the router (a refused token, say) is a failure: wait
                 // longer each time. Any other end was a working connection.

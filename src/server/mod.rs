@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{Config, Framing};
-use crate::handler::Handler;
+use crate::handler::{Handler, Peer};
 use crate::stats::{CloseReason, Stats};
 use crate::transport::tls::ServerTls;
 use crate::transport::Listener;
@@ -156,7 +156,15 @@ impl<H: Handler> Server<H> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        serve_connection(stream, self.shared.clone(), shutdown, None, None).await
+        serve_connection(
+            stream,
+            self.shared.clone(),
+            shutdown,
+            None,
+            Peer::Unknown,
+            None,
+        )
+        .await
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then drains; see
@@ -245,6 +253,7 @@ fn serve_connection<S, H>(
     shared: Arc<Shared<H>>,
     token: CancellationToken,
     identity: Option<Arc<str>>,
+    peer: Peer,
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = CloseReason>
 where
@@ -257,13 +266,13 @@ where
         let config = &shared.config;
         let (token, _aged) = aged(token, config.max_connection_age);
         let served = match config.framing {
-            Framing::Courier => drive(stream, &shared, token, Session::new(identity)).await,
+            Framing::Courier => drive(stream, &shared, token, Session::new(identity, peer)).await,
             Framing::Plain => {
-                let session = Ordered::<PlainCodec>::new(config, identity);
+                let session = Ordered::<PlainCodec>::new(config, identity, peer);
                 drive(stream, &shared, token, session).await
             }
             Framing::Raw => {
-                let session = Ordered::<RawCodec>::new(config, identity);
+                let session = Ordered::<RawCodec>::new(config, identity, peer);
                 drive(stream, &shared, token, session).await
             }
         };

@@ -17,7 +17,7 @@ use tracing::debug;
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, InOrder, Protocol, Step};
 use crate::config::{Config, Framing};
-use crate::handler::{Finished, HandlerError, Request};
+use crate::handler::{Finished, HandlerError, Peer, Request};
 use crate::stats::CloseReason;
 use crate::wire::{CodecError, ErrorCode, PlainCodec, RawCodec};
 
@@ -77,17 +77,20 @@ pub(crate) struct Ordered<C> {
     close_after: u64,
     /// The verified TLS client certificate's subject, for handlers.
     identity: Option<Arc<str>>,
+    /// Who the client is, for handlers.
+    peer: Peer,
     codec: PhantomData<fn() -> C>,
 }
 
 impl<C: Chunks> Ordered<C> {
-    /// A session for a peer with this TLS identity.
-    pub(crate) fn new(config: &Config, identity: Option<Arc<str>>) -> Ordered<C> {
+    /// A session for `peer`, with this TLS identity.
+    pub(crate) fn new(config: &Config, identity: Option<Arc<str>>, peer: Peer) -> Ordered<C> {
         Ordered {
             phase: Phase::Open,
             received: 0,
             close_after: config.close_after,
             identity,
+            peer,
             codec: PhantomData,
         }
     }
@@ -149,6 +152,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
             idempotent: false,
             timeout: None,
             peer_identity: self.identity.clone(),
+            peer: self.peer,
         };
         match ready(&request) {
             Some(result) => {
@@ -265,7 +269,7 @@ mod tests {
     #[test]
     fn messages_get_ids_counting_up_from_1() {
         let (config, stats) = (Config::default(), Stats::new());
-        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        let mut session = Ordered::<PlainCodec>::new(&config, None, Peer::Unknown);
         for expected in 1..=3 {
             match feed(&mut session, &config, &stats, "m", None) {
                 Step::Dispatch(request) => assert_eq!(request.id, expected),
@@ -278,7 +282,7 @@ mod tests {
     #[test]
     fn a_ready_answer_is_sent_at_once() {
         let (config, stats) = (Config::default(), Stats::new());
-        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        let mut session = Ordered::<PlainCodec>::new(&config, None, Peer::Unknown);
         match feed(&mut session, &config, &stats, "m", Some("r")) {
             Step::Send(reply) => assert_eq!(reply, "r"),
             other => panic!("{other:?}"),
@@ -292,7 +296,7 @@ mod tests {
             ..Config::default()
         };
         let stats = Stats::new();
-        let mut session = Ordered::<RawCodec>::new(&config, None);
+        let mut session = Ordered::<RawCodec>::new(&config, None, Peer::Unknown);
         feed(&mut session, &config, &stats, "a", None);
         assert_eq!(session.settled(), None);
         feed(&mut session, &config, &stats, "b", None);
@@ -309,12 +313,12 @@ mod tests {
     #[test]
     fn an_empty_raw_reply_sends_nothing_but_an_empty_plain_reply_is_a_message() {
         let (config, stats) = (Config::default(), Stats::new());
-        let mut raw = Ordered::<RawCodec>::new(&config, None);
+        let mut raw = Ordered::<RawCodec>::new(&config, None, Peer::Unknown);
         assert!(matches!(
             finish(&mut raw, &config, &stats, Ok(Bytes::new())),
             Step::Next
         ));
-        let mut plain = Ordered::<PlainCodec>::new(&config, None);
+        let mut plain = Ordered::<PlainCodec>::new(&config, None, Peer::Unknown);
         assert!(matches!(
             finish(&mut plain, &config, &stats, Ok(Bytes::new())),
             Step::Send(reply) if reply.is_empty()
@@ -324,7 +328,7 @@ mod tests {
     #[test]
     fn a_handler_failure_closes_the_connection_saying_why_in_the_log_only() {
         let (config, stats) = (Config::default(), Stats::new());
-        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        let mut session = Ordered::<PlainCodec>::new(&config, None, Peer::Unknown);
         match finish(
             &mut session,
             &config,
@@ -343,7 +347,7 @@ mod tests {
     #[test]
     fn eof_then_drain_ends_as_drained_and_nothing_more_is_read() {
         let (config, stats) = (Config::default(), Stats::new());
-        let mut session = Ordered::<PlainCodec>::new(&config, None);
+        let mut session = Ordered::<PlainCodec>::new(&config, None, Peer::Unknown);
         session.on_eof();
         assert_eq!(session.settled(), Some(CloseReason::PeerClosed));
         assert_eq!(session.drain(), None);

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, Protocol, Step, Unordered};
 use crate::config::Config;
-use crate::handler::{Finished, HandlerError, Request};
+use crate::handler::{Finished, HandlerError, Peer, Request};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
     Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HELLO_AUTH_TOKEN,
@@ -55,17 +55,20 @@ pub(crate) struct Session {
     last_id: u32,
     /// The verified TLS client certificate's subject, for handlers.
     identity: Option<Arc<str>>,
+    /// Who the client is, for handlers.
+    peer: Peer,
 }
 
 impl Session {
-    /// A session waiting for the HELLO of a client with this TLS identity.
-    pub(crate) fn new(identity: Option<Arc<str>>) -> Session {
+    /// A session waiting for the HELLO of `peer`, a client with this TLS identity.
+    pub(crate) fn new(identity: Option<Arc<str>>, peer: Peer) -> Session {
         Session {
             phase: Phase::AwaitHello,
             // The HELLO limit is a small constant, so it fits.
             peer_max_frame: MAX_HELLO_PAYLOAD as u32,
             last_id: 0,
             identity,
+            peer,
         }
     }
 
@@ -244,6 +247,7 @@ impl Session {
             timeout: (options.timeout_ms > 0)
                 .then(|| Duration::from_millis(u64::from(options.timeout_ms))),
             peer_identity: self.identity.clone(),
+            peer: self.peer,
         };
         if let Some(result) = ready(&request) {
             let id = request.id;

@@ -127,47 +127,13 @@ pub(crate) enum Accepted {
     Pipe(tokio::net::windows::named_pipe::NamedPipeServer),
 }
 
-/// Who is at the other end of a Unix socket, for the logs.
-#[cfg(unix)]
-pub(crate) struct UnixPeer(pub(crate) Option<tokio::net::unix::UCred>);
-
-#[cfg(unix)]
-impl std::fmt::Display for UnixPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(cred) => {
-                write!(f, "unix uid={}", cred.uid())?;
-                if let Some(pid) = cred.pid() {
-                    write!(f, " pid={pid}")?;
-                }
-                Ok(())
-            }
-            None => f.write_str("unix (peer unknown)"),
-        }
-    }
-}
-
-/// How the logs name a named pipe's client: by its process id, where Windows tells it
-/// (as a Unix socket's peer is named by uid and pid).
+/// The process id of the client connected to `pipe`, where Windows tells it (the logs
+/// and `--exec` commands name a pipe's client by it).
 #[cfg(windows)]
-pub(crate) struct PipePeer(pub(crate) Option<u32>);
-
-#[cfg(windows)]
-impl PipePeer {
-    /// The client connected to `pipe`.
-    pub(crate) fn of(pipe: &tokio::net::windows::named_pipe::NamedPipeServer) -> PipePeer {
-        PipePeer(super::pipe_security::client_process_id(pipe))
-    }
-}
-
-#[cfg(windows)]
-impl std::fmt::Display for PipePeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(pid) => write!(f, "pipe pid={pid}"),
-            None => f.write_str("pipe (peer unknown)"),
-        }
-    }
+pub(crate) fn pipe_client_pid(
+    pipe: &tokio::net::windows::named_pipe::NamedPipeServer,
+) -> Option<u32> {
+    super::pipe_security::client_process_id(pipe)
 }
 
 /// A listening Unix domain socket whose file is removed when it is dropped.

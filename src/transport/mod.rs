@@ -40,13 +40,11 @@ pub use dial::DialError;
 // The blocking socket is the load generator's.
 #[cfg_attr(not(feature = "bench"), allow(unused_imports))]
 pub(crate) use dial::{connect_stream, BlockingStream, Socket};
+#[cfg(windows)]
+pub(crate) use listen::pipe_client_pid;
 pub(crate) use listen::Accepted;
 #[cfg(windows)]
 pub use listen::NamedPipe;
-#[cfg(windows)]
-pub(crate) use listen::PipePeer;
-#[cfg(unix)]
-pub(crate) use listen::UnixPeer;
 #[cfg(unix)]
 pub use listen::UnixSocket;
 pub use listen::{bind, Listener};

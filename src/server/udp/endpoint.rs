@@ -20,7 +20,7 @@ use tracing::debug;
 use super::cache::{ReplyCache, Seen};
 use super::cookie::Cookies;
 use crate::config::Config;
-use crate::handler::{HandlerError, Request};
+use crate::handler::{HandlerError, Peer, Request};
 use crate::server::session::accept_hello;
 use crate::stats::{Stats, Tally};
 use crate::wire::{
@@ -363,14 +363,17 @@ impl Endpoint {
         } else {
             self.tally.requests += 1;
         }
+        let mut peer = Peer::Unknown;
         if let Some(state) = self.sessions.get_mut(&session) {
             state.running += 1;
+            peer = Peer::Ip(state.peer);
         }
         let request = Request {
             id,
             payload: frame.payload,
             oneway,
             peer_identity: None,
+            peer,
             // UDP carries no REQUEST_EXT: its HELLO does not announce request options.
             idempotent: false,
             timeout: None,
