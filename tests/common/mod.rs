@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod relay;
+pub mod scrape;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
