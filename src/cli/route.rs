@@ -17,6 +17,7 @@ use courier::transport::tls::ClientTls;
 use courier::transport::Listener;
 
 use super::serve::{print_config, server_tls, stop_on_signals};
+use super::service::{self, bind_metrics, Bound};
 
 /// `courier route`'s flags. Each one left out keeps the value of the config file (its
 /// `[route]` table, and the top-level server settings for the listening side) or the
@@ -121,12 +122,21 @@ pub(crate) struct RouteArgs {
     #[arg(long, value_name = "DUR", env = "COURIER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
 
-    /// Listen on a non-loopback address with neither TLS nor an auth token
+    /// Serve Prometheus metrics (/metrics: the server's counters, the router's and each
+    /// backend's, labelled backend="ADDR"), /healthz and /readyz (503 once the drain
+    /// starts) over HTTP on HOST:PORT; loopback only unless --allow-insecure
+    /// [default: off]
+    #[arg(long, value_name = "ADDR", env = "COURIER_METRICS")]
+    metrics: Option<String>,
+
+    /// Listen on a non-loopback address with neither TLS nor an auth token, and serve
+    /// --metrics on one (without it the router refuses to start there)
     #[arg(long)]
     allow_insecure: bool,
 }
 
-/// Runs `courier route` until a signal, then drains as `courier serve` does.
+/// Runs `courier route` until a signal, then drains as `courier serve` does (with the
+/// same `--metrics` endpoint and systemd notifications: `service.rs`).
 pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     let mut config = effective_config(&args)?;
     if args.print_config {
@@ -139,11 +149,13 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     config.check_exposure()?;
+    config.check_metrics_exposure()?;
     let tls = server_tls(&config)?;
     let client = backend_client(&config)?;
     let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics = bind_metrics(&config).await?;
     let router = Router::start(config.route.clone(), client.clone());
     if let Some(addr) = &config.route.join_listen {
         accept_joins(&router, addr, &config, client).await?;
@@ -153,9 +165,11 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }
+    // The figures `courier stats` shows and `/metrics` reads.
     let figures = router.clone();
     server.stats().set_route(move || figures.figures());
-    server.run(listener, stop_on_signals()).await;
+    let listener = Some(Bound::Stream(listener));
+    service::run(server, listener, metrics, None, stop_on_signals()).await;
     router.stop();
     Ok(())
 }
@@ -206,6 +220,9 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
     }
     if args.join_listen.is_some() {
         config.route.join_listen.clone_from(&args.join_listen);
+    }
+    if args.metrics.is_some() {
+        config.metrics.clone_from(&args.metrics);
     }
     for (value, field) in [
         (&args.join_token_file, &mut config.route.join_token_file),

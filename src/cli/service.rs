@@ -1,7 +1,8 @@
-//! Running `courier serve` as a service: the `--metrics` endpoint beside the server, and
-//! systemd's notify protocol: `READY=1` once the listener is bound (with `Type=notify`,
-//! systemd starts what depends on courier only then), `STOPPING=1` when the drain
-//! begins, and `WATCHDOG=1` at half the unit's `WatchdogSec=` while the runtime runs.
+//! Running `courier serve` (and `courier route`, a server whose handler is the router)
+//! as a service: the `--metrics` endpoint beside the server, and systemd's notify
+//! protocol: `READY=1` once the listener is bound (with `Type=notify`, systemd starts
+//! what depends on courier only then), `STOPPING=1` when the drain begins, and
+//! `WATCHDOG=1` at half the unit's `WatchdogSec=` while the runtime runs.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) the notifications are nothing at all.
 //! A failed notification is logged and never stops the server.

@@ -4,9 +4,14 @@
 //!
 //! The metrics are read from `stats.rs` at each scrape: every counter of its table (so
 //! counters added there later appear here with no code of their own), the close reasons,
-//! the request duration histogram and the handler calls running. Nothing on the request
-//! path knows this endpoint exists. The exposition is the Prometheus project's own client
-//! (`prometheus-client`), in the Prometheus text format 0.0.4; the HTTP side is hyper.
+//! the request duration histogram and the handler calls running; for `courier route`,
+//! the router's figures from the same snapshot (`metrics/route.rs`). Nothing on the
+//! request path knows this endpoint exists. The exposition is the Prometheus project's
+//! own client (`prometheus-client`), in the Prometheus text format 0.0.4; the HTTP side
+//! is hyper.
+
+#[cfg(feature = "json")]
+mod route;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -111,6 +116,11 @@ impl Collector for StatsCollector {
             .encode_gauge(&self.stats.in_flight())?;
         if let Some(pool) = &self.pool {
             encode_pool(pool, &mut encoder)?;
+        }
+        // A router's figures, from the snapshot `courier stats` reads too.
+        #[cfg(feature = "json")]
+        if let Some(figures) = &snapshot.route {
+            route::encode(figures, &mut encoder)?;
         }
         Ok(())
     }
@@ -343,6 +353,136 @@ mod tests {
             text.contains("\ncourier_connections_closed_total{reason=\"idle_timeout\"} 1\n"),
             "{text}"
         );
+        assert!(!text.contains("courier_route_"), "not a router:\n{text}");
+    }
+
+    /// A router's figures with a distinct value for every field the tables name, on two
+    /// backends, and fields this version does not know.
+    #[cfg(feature = "json")]
+    fn figures() -> serde_json::Value {
+        use route::{BACKEND, ROUTER};
+        use serde_json::{json, Map, Value};
+        let mut figures: Map<String, Value> = ROUTER
+            .iter()
+            .zip(100u64..)
+            .map(|(figure, value)| (figure.field.to_owned(), value.into()))
+            .collect();
+        figures.insert("a_later_router_figure".into(), 9.into());
+        let backend = |name: &str, health: &str, base: u64| {
+            let mut object: Map<String, Value> = BACKEND
+                .iter()
+                .zip(base..)
+                .map(|(figure, value)| (figure.field.to_owned(), value.into()))
+                .collect();
+            object.insert("backend".into(), name.into());
+            object.insert("health".into(), health.into());
+            object.insert("a_later_backend_figure".into(), 7.into());
+            Value::Object(object)
+        };
+        figures.insert(
+            "backends".into(),
+            json!([
+                backend("127.0.0.1:7001", "up", 10),
+                backend("unix:/run/b.sock", "ejected", 20)
+            ]),
+        );
+        Value::Object(figures)
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn every_router_figure_is_a_metric_with_its_value_and_type() {
+        use route::{BACKEND, ROUTER, STATES};
+        let stats = Arc::new(Stats::new());
+        let figures = figures();
+        stats.set_route(move || figures.clone());
+        let text = render(stats, None);
+        let mut expected = Vec::new();
+        for (figure, value) in ROUTER.iter().zip(100..) {
+            let field = figure.field;
+            expected.push(format!("\n# TYPE courier_route_{field}_total counter\n"));
+            expected.push(format!("\ncourier_route_{field}_total {value}\n"));
+        }
+        let backends = [
+            ("127.0.0.1:7001", 10usize, "up"),
+            ("unix:/run/b.sock", 20, "ejected"),
+        ];
+        for (n, figure) in BACKEND.iter().enumerate() {
+            let field = figure.field;
+            let (kind, suffix) = match figure.kind {
+                MetricType::Gauge => ("gauge", ""),
+                _ => ("counter", "_total"),
+            };
+            expected.push(format!(
+                "\n# TYPE courier_route_backend_{field}{suffix} {kind}\n"
+            ));
+            for (name, base, _) in backends {
+                let value = base + n;
+                expected.push(format!(
+                    "\ncourier_route_backend_{field}{suffix}{{backend=\"{name}\"}} {value}\n"
+                ));
+            }
+        }
+        expected.push("\n# TYPE courier_route_backend_health gauge\n".to_owned());
+        for (name, _, health) in backends {
+            for state in STATES {
+                let value = u8::from(state == health);
+                expected.push(format!(
+                    "\ncourier_route_backend_health{{backend=\"{name}\",state=\"{state}\"}} {value}\n"
+                ));
+            }
+        }
+        // The names docs/OPERATIONS.md gives, written out: renaming a figure fails here.
+        for line in [
+            "\ncourier_route_routed_total 100\n",
+            "\ncourier_route_outcome_unknown_total 104\n",
+            "\ncourier_route_backend_requests_total{backend=\"127.0.0.1:7001\"} 10\n",
+            "\ncourier_route_backend_outstanding{backend=\"unix:/run/b.sock\"} 22\n",
+            "\ncourier_route_backend_health{backend=\"127.0.0.1:7001\",state=\"up\"} 1\n",
+        ] {
+            expected.push(line.to_owned());
+        }
+        for line in &expected {
+            assert!(
+                text.contains(line.as_str()),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("later"),
+            "an unknown figure is left out:\n{text}"
+        );
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn a_backend_listed_twice_is_one_series_and_an_unknown_state_still_shows() {
+        let stats = Arc::new(Stats::new());
+        stats.set_route(|| {
+            serde_json::json!({"routed": 3, "backends": [
+                {"backend": "a:1", "health": "up", "requests": 2, "outstanding": 1},
+                {"backend": "a:1", "health": "resting", "requests": 5, "outstanding": 0},
+            ]})
+        });
+        let text = render(stats, None);
+        for line in [
+            "\ncourier_route_routed_total 3\n",
+            "\ncourier_route_backend_requests_total{backend=\"a:1\"} 7\n",
+            "\ncourier_route_backend_outstanding{backend=\"a:1\"} 1\n",
+            "\ncourier_route_backend_health{backend=\"a:1\",state=\"up\"} 1\n",
+            "\ncourier_route_backend_health{backend=\"a:1\",state=\"ejected\"} 0\n",
+            "\ncourier_route_backend_health{backend=\"a:1\",state=\"resting\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        let requests = text
+            .lines()
+            .filter(|line| line.starts_with("courier_route_backend_requests_total"))
+            .count();
+        assert_eq!(requests, 1, "{text}");
+        // Figures absent from the JSON are absent from the page, not zeros.
+        assert!(!text.contains("courier_route_retried"), "{text}");
+        assert!(!text.contains("courier_route_backend_errors"), "{text}");
     }
 
     #[test]

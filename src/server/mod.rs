@@ -21,7 +21,8 @@
 //!   logged.
 //! - `busy_poll.rs`: `busy_poll`, polling sockets for a while instead of sleeping.
 //! - `metrics.rs`: `--metrics`, the counters for Prometheus and the health and readiness
-//!   probes over HTTP.
+//!   probes over HTTP; `metrics/route.rs`, a router's figures (read from the STATS
+//!   snapshot's JSON) as metrics.
 //! - `udp/`: UDP, the socket loop and its I/O-free endpoint (sessions, cookie, reply
 //!   cache), run by [`Server::run_udp`].
 //! - `join.rs`: [`Server::join`], dialling a router and serving that connection.

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod relay;
+pub mod scrape;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -211,8 +212,16 @@ impl Served {
 
     /// Runs `courier ARGS` (a command that logs "listening addr=", such as `route`).
     pub fn start_courier(args: &[&str]) -> Served {
+        Served::start_courier_env(args, &[])
+    }
+
+    /// Runs `courier ARGS` with the variables `env` set as well.
+    pub fn start_courier_env(args: &[&str], env: &[(&str, &str)]) -> Served {
         let mut command = Command::new(BIN);
         command.args(args).env_remove("RUST_LOG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
         Served::spawn(command)
     }
 
