@@ -911,3 +911,108 @@ async fn a_busy_backend_s_request_goes_to_another_and_the_last_busy_is_passed_on
     server.shutdown().await;
     full.shutdown().await;
 }
+
+/// A handler that counts its runs and never answers (within any test).
+#[derive(Clone, Default)]
+struct Stalling {
+    runs: Arc<AtomicUsize>,
+}
+
+impl courier::handler::Handler for Stalling {
+    async fn call(
+        &self,
+        _request: courier::handler::Request,
+    ) -> Result<Bytes, courier::handler::HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(Bytes::new())
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_run_is_never_called_not_received_even_with_no_backend_left() {
+    let stalling = Stalling::default();
+    let backend = start_server(test_config(), stalling.clone()).await;
+    let config = RouteConfig {
+        call_timeout: Duration::from_millis(300),
+        ..route_config(vec![backend.addr.to_string()])
+    };
+    let (router, server, client) = routed(config).await;
+    wait_health(&router, 0, "up").await;
+    // Idempotent: it may be retried, but there is no other backend to retry on. It may
+    // have run, so the answer is ERROR 18, not ERROR 19 ("not received": safe to send).
+    for (i, idempotent) in [(1, true), (2, false)] {
+        let err = if idempotent {
+            client.call_idempotent("x").await
+        } else {
+            client.call("x").await
+        }
+        .expect_err("the backend never answers");
+        assert!(
+            matches!(
+                &err,
+                ClientError::Server {
+                    code: ErrorCode::OutcomeUnknown,
+                    message,
+                } if message.contains(&backend.addr.to_string())
+            ),
+            "idempotent {idempotent}: {err}"
+        );
+        assert_eq!(err.outcome(), Outcome::Unknown);
+        assert_eq!(stalling.runs.load(Ordering::SeqCst), i);
+    }
+    let figures = router.figures();
+    assert_eq!(figures["outcome_unknown"], 2, "{figures}");
+    // Nothing was sent again, so nothing is counted as a retry or a resend.
+    assert_eq!(figures["retried"], 0, "{figures}");
+    assert_eq!(figures["resent_not_received"], 0, "{figures}");
+    assert_eq!(figures["no_backend"], 0, "{figures}");
+    assert_eq!(backend_figures(&figures, 0)["retries"], 0, "{figures}");
+    router.stop();
+    server.begin_shutdown();
+    backend.begin_shutdown();
+}
+
+/// A UDP server on a free loopback port running `handler`; returns its `udp:` address
+/// and the token that stops it.
+async fn start_udp_backend<H: courier::handler::Handler>(
+    handler: H,
+) -> (String, tokio_util::sync::CancellationToken) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("udp:{}", socket.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = courier::server::Server::new(test_config(), handler);
+    tokio::spawn(server.run_udp(socket, stop.clone().cancelled_owned()));
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn a_request_too_large_for_a_udp_backend_gets_error_4_and_leaves_the_backend_in_service() {
+    let (addr, stop) = start_udp_backend(courier::handler::Builtin::Echo).await;
+    let (router, server, client) = routed(route_config(vec![addr.clone()])).await;
+    wait_health(&router, 0, "up").await;
+    // Over the UDP backend's 1200-byte datagram payload, well within the router's own
+    // max_frame: nothing is sent, and the backend is not at fault.
+    let err = client
+        .call(vec![7u8; 2000])
+        .await
+        .expect_err("too large for the only backend");
+    assert!(
+        matches!(
+            &err,
+            ClientError::Server {
+                code: ErrorCode::FrameTooLarge,
+                message,
+            } if message.contains(&addr)
+        ),
+        "{err}"
+    );
+    let figures = router.figures();
+    assert_eq!(backend_figures(&figures, 0)["health"], "up", "{figures}");
+    assert_eq!(backend_figures(&figures, 0)["ejections"], 0, "{figures}");
+    let payload: Vec<u8> = (0..=255).collect();
+    assert_eq!(client.call(payload.clone()).await.unwrap(), payload);
+    router.stop();
+    server.shutdown().await;
+    stop.cancel();
+}

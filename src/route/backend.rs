@@ -163,7 +163,12 @@ impl Backend {
     /// A request sent here failed without an answer. A connection that ended (reset,
     /// garbage, an oversize reply, an answer to an id it was never sent) ejects the
     /// backend at once; `eject_after` timeouts in a row do too; a GOAWAY marks it draining.
+    /// A request larger than the backend takes is no failure of the backend's: nothing
+    /// was sent.
     pub(crate) fn failed(&self, err: &ClientError, eject_after: u32) {
+        if matches!(err, ClientError::FrameTooLarge { .. }) {
+            return;
+        }
         self.errors.fetch_add(1, Relaxed);
         match err {
             ClientError::GoingAway => {
