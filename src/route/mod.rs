@@ -299,10 +299,13 @@ impl Router {
             }
             Outcome::NotReceived => Attempt::NotReceived,
             // (Answered is an ERROR from the backend, taken above.)
-            Outcome::Unknown | Outcome::Answered => Attempt::Lost(HandlerError {
-                code: ErrorCode::OutcomeUnknown,
-                message: format!("outcome unknown: backend {}: {err}", backend.name),
-            }),
+            Outcome::Unknown | Outcome::Answered => {
+                backend.count_lost(request.idempotent);
+                Attempt::Lost(HandlerError {
+                    code: ErrorCode::OutcomeUnknown,
+                    message: format!("outcome unknown: backend {}: {err}", backend.name),
+                })
+            }
         }
     }
 
