@@ -1004,22 +1004,38 @@ async fn a_request_that_may_have_run_is_never_called_not_received_even_with_no_b
     backend.begin_shutdown();
 }
 
-/// A UDP server on a free loopback port running `handler`; returns its `udp:` address
-/// and the token that stops it.
-async fn start_udp_backend<H: courier::handler::Handler>(
-    handler: H,
-) -> (String, tokio_util::sync::CancellationToken) {
+/// A UDP server on a free loopback port, running `handler`.
+struct UdpBackend {
+    /// Its `udp:HOST:PORT` address.
+    addr: String,
+    stats: Arc<courier::stats::Stats>,
+    readiness: courier::server::Readiness,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+async fn start_udp_backend<H: courier::handler::Handler>(handler: H) -> UdpBackend {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("udp:{}", socket.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = courier::server::Server::new(test_config(), handler);
+    let config = courier::config::Config {
+        drain_timeout: Duration::from_secs(60),
+        ..test_config()
+    };
+    let server = courier::server::Server::new(config, handler);
+    let (stats, readiness) = (server.stats(), server.readiness());
     tokio::spawn(server.run_udp(socket, stop.clone().cancelled_owned()));
-    (addr, stop)
+    UdpBackend {
+        addr,
+        stats,
+        readiness,
+        stop,
+    }
 }
 
 #[tokio::test]
 async fn a_request_too_large_for_a_udp_backend_gets_error_4_and_leaves_the_backend_in_service() {
-    let (addr, stop) = start_udp_backend(courier::handler::Builtin::Echo).await;
+    let backend = start_udp_backend(courier::handler::Builtin::Echo).await;
+    let addr = backend.addr.clone();
     let (router, server, client) = routed(route_config(vec![addr.clone()])).await;
     wait_health(&router, 0, "up").await;
     // Over the UDP backend's 1200-byte datagram payload, well within the router's own
@@ -1045,5 +1061,165 @@ async fn a_request_too_large_for_a_udp_backend_gets_error_4_and_leaves_the_backe
     assert_eq!(client.call(payload.clone()).await.unwrap(), payload);
     router.stop();
     server.shutdown().await;
-    stop.cancel();
+    backend.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_udp_backend_that_received_a_request_and_never_answers_is_outcome_unknown_not_a_resend() {
+    let stalling = Stalling::default();
+    let backend = start_udp_backend(stalling.clone()).await;
+    let config = RouteConfig {
+        call_timeout: Duration::from_secs(1),
+        ..route_config(vec![backend.addr.clone()])
+    };
+    let (router, server, client) = routed(config).await;
+    wait_health(&router, 0, "up").await;
+    // No answer over UDP proves nothing: the request may have run (here it did, once,
+    // however often the router's client sent it again).
+    let err = client
+        .call("x")
+        .await
+        .expect_err("the backend never answers");
+    assert!(
+        matches!(
+            &err,
+            ClientError::Server {
+                code: ErrorCode::OutcomeUnknown,
+                message,
+            } if message.contains(&backend.addr)
+        ),
+        "{err}"
+    );
+    assert_eq!(stalling.runs.load(Ordering::SeqCst), 1);
+    let snapshot = backend.stats.snapshot();
+    assert!(
+        snapshot.udp_dup_running >= 1,
+        "the router's client sent it again: {snapshot:?}"
+    );
+    let figures = router.figures();
+    assert_eq!(figures["outcome_unknown"], 1, "{figures}");
+    assert_eq!(figures["resent_not_received"], 0, "{figures}");
+    assert_eq!(backend_figures(&figures, 0)["lost_not_idempotent"], 1);
+    router.stop();
+    server.begin_shutdown();
+    backend.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_draining_udp_backend_s_goaway_proves_the_request_was_not_received() {
+    let stalling = Stalling::default();
+    let backend = start_udp_backend(stalling.clone()).await;
+    // A request of its own keeps the backend draining for the rest of the test.
+    let direct = Client::connect(backend.addr.as_str()).await.unwrap();
+    let held = tokio::spawn(async move { direct.call("held").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalling.runs.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the held request never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (router, server, client) = routed(route_config(vec![backend.addr.clone()])).await;
+    wait_health(&router, 0, "up").await;
+    backend.stop.cancel();
+    backend.readiness.draining().await;
+    // The backend answers with a GOAWAY for this id: it did not run it. With no other
+    // backend, the caller is told it was sent nowhere (safe to send again).
+    let err = client.call("x").await.expect_err("the only backend drains");
+    assert!(
+        matches!(
+            &err,
+            ClientError::Server {
+                code: ErrorCode::NoBackend,
+                message,
+            } if message.contains("1 backends did not receive")
+        ),
+        "{err}"
+    );
+    assert_eq!(err.outcome(), Outcome::NotReceived);
+    assert_eq!(
+        stalling.runs.load(Ordering::SeqCst),
+        1,
+        "only the held one ran"
+    );
+    let figures = router.figures();
+    assert_eq!(
+        backend_figures(&figures, 0)["health"],
+        "draining",
+        "{figures}"
+    );
+    assert_eq!(backend_figures(&figures, 0)["lost_not_idempotent"], 0);
+    assert_eq!(figures["outcome_unknown"], 0, "{figures}");
+    held.abort();
+    router.stop();
+    server.shutdown().await;
+}
+
+/// Calls `client` with `payload` until the router has a backend up (ERROR 19 until
+/// then), at most for 20 s, and returns the reply.
+async fn call_when_up(client: &Client, payload: &[u8]) -> Bytes {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.call(payload.to_vec()).await {
+            Ok(reply) => return reply,
+            Err(ClientError::Server {
+                code: ErrorCode::NoBackend,
+                ..
+            }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+/// Every byte value, up and then down: 512 bytes, within a default UDP datagram.
+fn all_bytes() -> Vec<u8> {
+    (0..=255u8).chain((0..=255u8).rev()).collect()
+}
+
+#[tokio::test]
+async fn a_request_to_the_router_over_udp_reaches_a_tcp_backend() {
+    let backend = Served::start(&[], &[]);
+    let router = Served::start_courier(&[
+        "route",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--backend",
+        &backend.addr,
+    ]);
+    assert!(router.addr.starts_with("udp:127.0.0.1:"), "{}", router.addr);
+    let client = Client::connect(router.addr.as_str()).await.unwrap();
+    let payload = all_bytes();
+    assert_eq!(call_when_up(&client, &payload).await, payload);
+    // The router's figures travel in its STATS over UDP too.
+    let route = client
+        .stats()
+        .await
+        .unwrap()
+        .route
+        .expect("the route member");
+    assert_eq!(route["backends"][0]["backend"], backend.addr.as_str());
+    assert_eq!(route["backends"][0]["requests"], 1, "{route}");
+    drop((router, backend));
+}
+
+#[tokio::test]
+async fn a_request_to_the_router_over_tcp_reaches_a_udp_backend() {
+    let backend = Served::start_at("udp:127.0.0.1:0", &[], &[]);
+    let router = Served::start_courier(&[
+        "route",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &backend.addr,
+    ]);
+    let client = Client::connect(router.addr.as_str()).await.unwrap();
+    let payload = all_bytes();
+    assert_eq!(call_when_up(&client, &payload).await, payload);
+    let idempotent = client.call_idempotent(payload.clone()).await.unwrap();
+    assert_eq!(idempotent, payload);
+    let stats = router_stats(&router.addr).await;
+    assert_eq!(stats["backends"][0]["backend"], backend.addr.as_str());
+    assert_eq!(stats["backends"][0]["health"], "up", "{stats}");
+    assert_eq!(stats["backends"][0]["requests"], 2, "{stats}");
+    drop((router, backend));
 }

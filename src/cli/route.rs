@@ -17,6 +17,7 @@ use courier::transport::tls::ClientTls;
 use courier::transport::Listener;
 
 use super::serve::{print_config, server_tls, stop_on_signals};
+use super::service::Bound;
 
 /// `courier route`'s flags. Each one left out keeps the value of the config file (its
 /// `[route]` table, and the top-level server settings for the listening side) or the
@@ -32,11 +33,12 @@ pub(crate) struct RouteArgs {
     #[arg(long)]
     print_config: bool,
 
-    /// Address to listen on for clients: HOST:PORT or unix:PATH [default: 127.0.0.1:12345]
+    /// Address to listen on for clients: HOST:PORT, unix:PATH or udp:HOST:PORT
+    /// [default: 127.0.0.1:12345]
     #[arg(long, value_name = "ADDR", env = "COURIER_LISTEN")]
     listen: Option<String>,
 
-    /// A backend to send requests to: HOST:PORT or unix:PATH; repeat for more
+    /// A backend to send requests to: HOST:PORT, unix:PATH or udp:HOST:PORT; repeat for more
     /// (COURIER_BACKENDS: comma-separated) [default: none]
     #[arg(
         long = "backend",
@@ -141,9 +143,7 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     config.check_exposure()?;
     let tls = server_tls(&config)?;
     let client = backend_client(&config)?;
-    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(&config).await?;
     let router = Router::start(config.route.clone(), client.clone());
     if let Some(addr) = &config.route.join_listen {
         accept_joins(&router, addr, &config, client).await?;
@@ -155,9 +155,24 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     }
     let figures = router.clone();
     server.stats().set_route(move || figures.figures());
-    server.run(listener, stop_on_signals()).await;
+    match listener {
+        Bound::Stream(listener) => server.run(listener, stop_on_signals()).await,
+        Bound::Udp(socket) => server.run_udp(socket, stop_on_signals()).await,
+    }
     router.stop();
     Ok(())
+}
+
+/// Binds the address for clients: a stream listener, or a UDP socket for
+/// `udp:HOST:PORT` (served by the same server, so with the router as its handler).
+async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
+        Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
+        None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
+            .await
+            .map(Bound::Stream),
+    };
+    bound.with_context(|| format!("cannot listen on {}", config.listen))
 }
 
 /// Listens for workers that join on `addr`, with the join token.

@@ -14,7 +14,7 @@ use super::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Backend addresses the router dials: `HOST:PORT` or `unix:PATH`.
+    /// Backend addresses the router dials: `HOST:PORT`, `unix:PATH` or `udp:HOST:PORT`.
     pub backends: Vec<String>,
     /// Connections kept open to each backend; requests are multiplexed over them.
     pub connections_per_backend: usize,
