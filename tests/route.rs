@@ -1223,3 +1223,80 @@ async fn a_request_to_the_router_over_tcp_reaches_a_udp_backend() {
     assert_eq!(stats["backends"][0]["requests"], 2, "{stats}");
     drop((router, backend));
 }
+
+/// A TOML string holding `path`.
+fn toml_path(path: &std::path::Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+#[tokio::test]
+async fn tls_toward_clients_and_mutual_tls_toward_a_backend() {
+    let dir = tempdir();
+    let certs = common::certs::make(&dir.join("certs"));
+    // The backend requires a client certificate from the test CA: only a router that
+    // presents one gets through.
+    let backend = Served::start(
+        &[
+            "--tls-cert",
+            certs.server_cert.to_str().unwrap(),
+            "--tls-key",
+            certs.server_key.to_str().unwrap(),
+            "--tls-client-ca",
+            certs.ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ntls_cert = {}\ntls_key = {}\n\n[route]\nbackends = [\"{}\"]\nbackend_tls_ca = {}\nbackend_tls_cert = {}\nbackend_tls_key = {}\n",
+            toml_path(&certs.server_cert),
+            toml_path(&certs.server_key),
+            backend.addr,
+            toml_path(&certs.ca),
+            toml_path(&certs.client_cert),
+            toml_path(&certs.client_key),
+        ),
+    )
+    .unwrap();
+    let router = Served::start_courier(&["route", "-c", config.to_str().unwrap()]);
+    let tls = courier::transport::tls::ClientTls::from_files(&certs.ca, None, None).unwrap();
+    let client = Client::connect_with(
+        router.addr.as_str(),
+        ClientConfig {
+            tls: Some(tls),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let payload = all_bytes();
+    assert_eq!(call_when_up(&client, &payload).await, payload);
+    // The backend verified the router's client certificate.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !backend
+        .log_text()
+        .contains("TLS client certificate verified client=CN=client-a")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the backend verified no client certificate:\n{}",
+            backend.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The router's own port speaks only TLS: a plaintext client gets no HELLO.
+    let plain = Client::connect_with(
+        router.addr.as_str(),
+        ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .expect_err("a plaintext client on the router's TLS port");
+    assert_eq!(plain.outcome(), Outcome::NotReceived, "{plain}");
+    drop((router, backend));
+    let _ = std::fs::remove_dir_all(&dir);
+}

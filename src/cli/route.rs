@@ -106,6 +106,15 @@ pub(crate) struct RouteArgs {
     #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_CA")]
     backend_tls_ca: Option<PathBuf>,
 
+    /// With --backend-tls-ca: present this client certificate chain (PEM) to backends
+    /// that require one; needs --backend-tls-key
+    #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_CERT")]
+    backend_tls_cert: Option<PathBuf>,
+
+    /// The private key of --backend-tls-cert (PEM)
+    #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_KEY")]
+    backend_tls_key: Option<PathBuf>,
+
     /// Clients must present the token in this file; COURIER_AUTH_TOKEN takes precedence
     #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
@@ -229,6 +238,8 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
             &mut config.route.backend_token_file,
         ),
         (&args.backend_tls_ca, &mut config.route.backend_tls_ca),
+        (&args.backend_tls_cert, &mut config.route.backend_tls_cert),
+        (&args.backend_tls_key, &mut config.route.backend_tls_key),
         (&args.auth_token_file, &mut config.auth_token_file),
     ] {
         if value.is_some() {
@@ -240,16 +251,21 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// How the router dials its backends: their token and TLS, and `max_frame` (a reply
-/// larger than that ejects the backend).
+/// How the router dials its backends: their token and TLS (with a client certificate
+/// when configured), and `max_frame` (a reply larger than that ejects the backend).
 fn backend_client(config: &Config) -> anyhow::Result<ClientConfig> {
     let env_token = std::env::var("COURIER_BACKEND_TOKEN").ok();
     let (token, warning) = AuthToken::load(env_token, config.route.backend_token_file.as_deref())?;
     if let Some(warning) = warning {
         warn!("{warning}");
     }
-    let tls = match &config.route.backend_tls_ca {
-        Some(ca) => Some(ClientTls::from_files(ca, None, None)?),
+    let route = &config.route;
+    let cert_and_key = route
+        .backend_tls_cert
+        .as_deref()
+        .zip(route.backend_tls_key.as_deref());
+    let tls = match &route.backend_tls_ca {
+        Some(ca) => Some(ClientTls::from_files(ca, cert_and_key, None)?),
         None => None,
     };
     Ok(ClientConfig {
