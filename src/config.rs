@@ -764,6 +764,14 @@ mod tests {
             ("max_frame = \"64KB\"", "ambiguous"),
             ("backlog = 0", "from 1 to 65535"),
             ("exec_workers = 2", "exec_workers applies to exec"),
+            (
+                "[route]\nbackend_tls_ca = \"ca.pem\"\nbackend_tls_cert = \"c.pem\"",
+                "route.backend_tls_key",
+            ),
+            (
+                "[route]\nbackend_tls_cert = \"c.pem\"\nbackend_tls_key = \"k.pem\"",
+                "set route.backend_tls_ca",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");

@@ -33,11 +33,12 @@ pub(crate) struct RouteArgs {
     #[arg(long)]
     print_config: bool,
 
-    /// Address to listen on for clients: HOST:PORT or unix:PATH [default: 127.0.0.1:12345]
+    /// Address to listen on for clients: HOST:PORT, unix:PATH or udp:HOST:PORT
+    /// [default: 127.0.0.1:12345]
     #[arg(long, value_name = "ADDR", env = "COURIER_LISTEN")]
     listen: Option<String>,
 
-    /// A backend to send requests to: HOST:PORT or unix:PATH; repeat for more
+    /// A backend to send requests to: HOST:PORT, unix:PATH or udp:HOST:PORT; repeat for more
     /// (COURIER_BACKENDS: comma-separated) [default: none]
     #[arg(
         long = "backend",
@@ -105,6 +106,15 @@ pub(crate) struct RouteArgs {
     #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_CA")]
     backend_tls_ca: Option<PathBuf>,
 
+    /// With --backend-tls-ca: present this client certificate chain (PEM) to backends
+    /// that require one; needs --backend-tls-key
+    #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_CERT")]
+    backend_tls_cert: Option<PathBuf>,
+
+    /// The private key of --backend-tls-cert (PEM)
+    #[arg(long, value_name = "PEM", env = "COURIER_BACKEND_TLS_KEY")]
+    backend_tls_key: Option<PathBuf>,
+
     /// Clients must present the token in this file; COURIER_AUTH_TOKEN takes precedence
     #[arg(long, value_name = "FILE", env = "COURIER_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
@@ -152,9 +162,7 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     config.check_metrics_exposure()?;
     let tls = server_tls(&config)?;
     let client = backend_client(&config)?;
-    let listener = Listener::bind(&config.listen, config.backlog, config.socket_mode())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(&config).await?;
     let metrics = bind_metrics(&config).await?;
     let router = Router::start(config.route.clone(), client.clone());
     if let Some(addr) = &config.route.join_listen {
@@ -168,10 +176,21 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     // The figures `courier stats` shows and `/metrics` reads.
     let figures = router.clone();
     server.stats().set_route(move || figures.figures());
-    let listener = Some(Bound::Stream(listener));
-    service::run(server, listener, metrics, None, stop_on_signals()).await;
+    service::run(server, Some(listener), metrics, None, stop_on_signals()).await;
     router.stop();
     Ok(())
+}
+
+/// Binds the address for clients: a stream listener, or a UDP socket for
+/// `udp:HOST:PORT` (served by the same server, so with the router as its handler).
+async fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
+        Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
+        None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
+            .await
+            .map(Bound::Stream),
+    };
+    bound.with_context(|| format!("cannot listen on {}", config.listen))
 }
 
 /// Listens for workers that join on `addr`, with the join token.
@@ -231,6 +250,8 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
             &mut config.route.backend_token_file,
         ),
         (&args.backend_tls_ca, &mut config.route.backend_tls_ca),
+        (&args.backend_tls_cert, &mut config.route.backend_tls_cert),
+        (&args.backend_tls_key, &mut config.route.backend_tls_key),
         (&args.auth_token_file, &mut config.auth_token_file),
     ] {
         if value.is_some() {
@@ -242,16 +263,21 @@ fn effective_config(args: &RouteArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// How the router dials its backends: their token and TLS, and `max_frame` (a reply
-/// larger than that ejects the backend).
+/// How the router dials its backends: their token and TLS (with a client certificate
+/// when configured), and `max_frame` (a reply larger than that ejects the backend).
 fn backend_client(config: &Config) -> anyhow::Result<ClientConfig> {
     let env_token = std::env::var("COURIER_BACKEND_TOKEN").ok();
     let (token, warning) = AuthToken::load(env_token, config.route.backend_token_file.as_deref())?;
     if let Some(warning) = warning {
         warn!("{warning}");
     }
-    let tls = match &config.route.backend_tls_ca {
-        Some(ca) => Some(ClientTls::from_files(ca, None, None)?),
+    let route = &config.route;
+    let cert_and_key = route
+        .backend_tls_cert
+        .as_deref()
+        .zip(route.backend_tls_key.as_deref());
+    let tls = match &route.backend_tls_ca {
+        Some(ca) => Some(ClientTls::from_files(ca, cert_and_key, None)?),
         None => None,
     };
     Ok(ClientConfig {

@@ -14,7 +14,7 @@ use super::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Backend addresses the router dials: `HOST:PORT` or `unix:PATH`.
+    /// Backend addresses the router dials: `HOST:PORT`, `unix:PATH` or `udp:HOST:PORT`.
     pub backends: Vec<String>,
     /// Connections kept open to each backend; requests are multiplexed over them.
     pub connections_per_backend: usize,
@@ -55,6 +55,13 @@ pub struct RouteConfig {
     /// Speak TLS to TCP backends, trusting the CA certificates in this PEM file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_tls_ca: Option<PathBuf>,
+    /// With `backend_tls_ca`: the client certificate chain (PEM) the router presents to
+    /// backends that require one (their `tls_client_ca`). Needs `backend_tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_tls_cert: Option<PathBuf>,
+    /// The private key of `backend_tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_tls_key: Option<PathBuf>,
 }
 
 impl Default for RouteConfig {
@@ -74,6 +81,8 @@ impl Default for RouteConfig {
             join_token_file: None,
             backend_token_file: None,
             backend_tls_ca: None,
+            backend_tls_cert: None,
+            backend_tls_key: None,
         }
     }
 }
@@ -107,6 +116,18 @@ impl RouteConfig {
         }
         if self.retry_budget_percent > 100 {
             return Err(invalid("route.retry_budget_percent", "must be at most 100"));
+        }
+        if self.backend_tls_cert.is_some() != self.backend_tls_key.is_some() {
+            return Err(invalid(
+                "route.backend_tls_cert and route.backend_tls_key",
+                "go together: set both, or neither",
+            ));
+        }
+        if self.backend_tls_cert.is_some() && self.backend_tls_ca.is_none() {
+            return Err(invalid(
+                "route.backend_tls_cert",
+                "needs TLS to the backends: set route.backend_tls_ca too",
+            ));
         }
         Ok(())
     }

@@ -63,6 +63,10 @@ pub(crate) struct Backend {
     errors: AtomicU64,
     ejections: AtomicU64,
     retries: AtomicU64,
+    /// Requests sent here whose outcome became unknown here (the connection ended or
+    /// broke with them in flight, or they timed out), marked idempotent or not.
+    lost_idempotent: AtomicU64,
+    lost_not_idempotent: AtomicU64,
     timeouts_in_row: AtomicU64,
     latency: Latency,
     /// Wakes the supervisor when the request path ejects the backend.
@@ -81,6 +85,8 @@ impl Backend {
             errors: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            lost_idempotent: AtomicU64::new(0),
+            lost_not_idempotent: AtomicU64::new(0),
             timeouts_in_row: AtomicU64::new(0),
             latency: Latency::new(),
             ejected: Notify::new(),
@@ -163,7 +169,12 @@ impl Backend {
     /// A request sent here failed without an answer. A connection that ended (reset,
     /// garbage, an oversize reply, an answer to an id it was never sent) ejects the
     /// backend at once; `eject_after` timeouts in a row do too; a GOAWAY marks it draining.
+    /// A request larger than the backend takes is no failure of the backend's: nothing
+    /// was sent.
     pub(crate) fn failed(&self, err: &ClientError, eject_after: u32) {
+        if matches!(err, ClientError::FrameTooLarge { .. }) {
+            return;
+        }
         self.errors.fetch_add(1, Relaxed);
         match err {
             ClientError::GoingAway => {
@@ -193,6 +204,19 @@ impl Backend {
         self.ejected.notify_one();
     }
 
+    /// Counts a request sent here whose outcome became unknown here: the request path
+    /// calls it once per such call, as it classifies the failure, so the count is exact
+    /// (every request in flight on a connection that died, each at its own failure).
+    pub(crate) fn count_lost(&self, idempotent: bool) {
+        let counter = if idempotent {
+            &self.lost_idempotent
+        } else {
+            &self.lost_not_idempotent
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request that failed here and was then sent to another backend.
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
@@ -207,6 +231,8 @@ impl Backend {
             "outstanding": self.outstanding(),
             "ejections": self.ejections.load(Relaxed),
             "retries": self.retries.load(Relaxed),
+            "lost_idempotent": self.lost_idempotent.load(Relaxed),
+            "lost_not_idempotent": self.lost_not_idempotent.load(Relaxed),
         })
     }
 

@@ -13,8 +13,9 @@
 //! - sent again elsewhere when it is idempotent and the backend failed with the outcome
 //!   unknown, within the retry budget (`budget.rs`);
 //! - ERROR 18 "outcome unknown" otherwise, naming the backend: never silence, never a
-//!   second run;
-//! - ERROR 19 "no backend available" at once when no backend takes requests.
+//!   second run, and never ERROR 19 for a request that may have run somewhere;
+//! - ERROR 19 "no backend available" at once when no backend takes requests (or the
+//!   refusal of the last one tried: busy, or too large for it).
 //!
 //! Layout: this file (the router and the request path), `backend.rs` (one backend's
 //! connections, health and figures), `health.rs` (the supervisor that dials, PINGs,
@@ -43,6 +44,29 @@ mod budget;
 mod ewma;
 mod health;
 mod join;
+
+/// What one send of a request to one backend came to.
+#[derive(Debug)]
+enum Attempt {
+    /// The backend answered: its REPLY, or its ERROR as it was.
+    Answered(Result<Bytes, HandlerError>),
+    /// The backend refused it unprocessed (busy), or it was too large to send there:
+    /// another backend may take it, and if none does, the caller gets this.
+    Refused(HandlerError),
+    /// The backend provably did not receive it.
+    NotReceived,
+    /// The backend may have received it: ERROR 18 unless it is retried elsewhere.
+    Lost(HandlerError),
+}
+
+/// Why a request goes to another backend.
+#[derive(Debug, Clone, Copy)]
+enum Again {
+    /// The last backend did not receive it (or refused it unprocessed): no budget needed.
+    NotReceived,
+    /// An idempotent request whose outcome was unknown there: within the retry budget.
+    Retry,
+}
 
 /// The router's own counters.
 #[derive(Debug, Default)]
@@ -177,77 +201,155 @@ impl Router {
 
     /// Sends `request` to backends until one answers or the rules above say stop.
     async fn route(&self, request: Request) -> Result<Bytes, HandlerError> {
-        let inner = &self.inner;
         let started = tokio::time::Instant::now();
-        inner.counters.routed.fetch_add(1, Relaxed);
+        self.inner.counters.routed.fetch_add(1, Relaxed);
         self.budget().deposit();
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
-        // The last backend's ERROR 14 (busy), passed on if no other backend is left.
-        let mut busy: Option<HandlerError> = None;
         if request.oneway {
             return self.forward_oneway(request.payload).await;
         }
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        // What the caller is told when no backend is left: the first unknown outcome
+        // (the request may have run), else the last refusal (busy, too large), else
+        // ERROR 19.
+        let mut lost: Option<HandlerError> = None;
+        let mut refused: Option<HandlerError> = None;
+        // Why the request goes to another backend, once one is found.
+        let mut again: Option<Again> = None;
         loop {
             let Some((backend, client)) = self.pick(&tried) else {
-                return Err(busy.unwrap_or_else(|| self.no_backend(tried.len())));
+                return Err(self.give_up(lost, refused, tried.len()));
             };
-            // The caller's time left travels on to the backend.
-            let timeout = request
-                .timeout
-                .map_or(inner.settings.call_timeout, |caller| {
-                    let left = caller.saturating_sub(started.elapsed());
-                    left.clamp(Duration::from_millis(1), inner.settings.call_timeout)
-                });
-            let options = CallOptions {
-                idempotent: request.idempotent,
-                timeout: Some(timeout),
-            };
-            let sent = tokio::time::Instant::now();
-            let result = {
-                let _outstanding = backend.start();
-                client.call_with(request.payload.clone(), options).await
-            };
-            let err = match result {
-                Ok(reply) => {
-                    backend.served(false, sent.elapsed());
-                    return Ok(reply);
+            if let Some(why) = again.take() {
+                // Refused by the budget: only a retry needs it, so `lost` is set.
+                if !self.count_resend(why) {
+                    return Err(self.give_up(lost, refused, tried.len()));
                 }
-                // Busy: refused at once, so not processed; another backend may take it.
-                Err(ClientError::Server {
-                    code: code @ ErrorCode::Busy,
-                    message,
-                }) => {
-                    backend.served(true, sent.elapsed());
-                    inner.counters.resent_not_received.fetch_add(1, Relaxed);
-                    busy = Some(HandlerError { code, message });
-                    tried.push(backend);
-                    continue;
+                if let Some(previous) = tried.last() {
+                    previous.count_retry();
                 }
-                Err(ClientError::Server { code, message }) => {
-                    backend.served(true, sent.elapsed());
-                    return Err(HandlerError { code, message });
-                }
-                Err(err) => err,
-            };
-            backend.failed(&err, inner.settings.eject_after);
-            let again = match err.outcome() {
-                Outcome::NotReceived => {
-                    inner.counters.resent_not_received.fetch_add(1, Relaxed);
-                    true
-                }
-                _ if request.idempotent => self.may_retry(),
-                _ => false,
-            };
-            if !again {
-                inner.counters.outcome_unknown.fetch_add(1, Relaxed);
-                return Err(HandlerError {
-                    code: ErrorCode::OutcomeUnknown,
-                    message: format!("outcome unknown: backend {}: {err}", backend.name),
-                });
             }
-            backend.count_retry();
+            match self.attempt(&backend, &client, &request, started).await {
+                Attempt::Answered(result) => return result,
+                Attempt::Refused(err) => {
+                    refused = Some(err);
+                    again = Some(Again::NotReceived);
+                }
+                Attempt::NotReceived => again = Some(Again::NotReceived),
+                Attempt::Lost(err) if request.idempotent => {
+                    lost.get_or_insert(err);
+                    again = Some(Again::Retry);
+                }
+                Attempt::Lost(err) => return Err(self.outcome_unknown(err)),
+            }
             tried.push(backend);
         }
+    }
+
+    /// Sends `request` to `backend` once, over `client`, and says what became of it.
+    async fn attempt(
+        &self,
+        backend: &Backend,
+        client: &Client,
+        request: &Request,
+        started: tokio::time::Instant,
+    ) -> Attempt {
+        let call_timeout = self.inner.settings.call_timeout;
+        // The caller's time left travels on to the backend.
+        let timeout = request.timeout.map_or(call_timeout, |caller| {
+            let left = caller.saturating_sub(started.elapsed());
+            left.clamp(Duration::from_millis(1), call_timeout)
+        });
+        let options = CallOptions {
+            idempotent: request.idempotent,
+            timeout: Some(timeout),
+        };
+        let sent = tokio::time::Instant::now();
+        let result = {
+            let _outstanding = backend.start();
+            client.call_with(request.payload.clone(), options).await
+        };
+        let err = match result {
+            Ok(reply) => {
+                backend.served(false, sent.elapsed());
+                return Attempt::Answered(Ok(reply));
+            }
+            // Busy: refused at once, so not processed; another backend may take it.
+            Err(ClientError::Server {
+                code: code @ ErrorCode::Busy,
+                message,
+            }) => {
+                backend.served(true, sent.elapsed());
+                return Attempt::Refused(HandlerError { code, message });
+            }
+            Err(ClientError::Server { code, message }) => {
+                backend.served(true, sent.elapsed());
+                return Attempt::Answered(Err(HandlerError { code, message }));
+            }
+            Err(err) => err,
+        };
+        backend.failed(&err, self.inner.settings.eject_after);
+        match err.outcome() {
+            // Larger than this backend takes (a UDP backend's datagram, say): nothing
+            // was sent, and another backend may take it.
+            _ if matches!(err, ClientError::FrameTooLarge { .. }) => {
+                Attempt::Refused(HandlerError {
+                    code: ErrorCode::FrameTooLarge,
+                    message: format!("backend {}: {err}", backend.name),
+                })
+            }
+            Outcome::NotReceived => Attempt::NotReceived,
+            // (Answered is an ERROR from the backend, taken above.)
+            Outcome::Unknown | Outcome::Answered => {
+                backend.count_lost(request.idempotent);
+                Attempt::Lost(HandlerError {
+                    code: ErrorCode::OutcomeUnknown,
+                    message: format!("outcome unknown: backend {}: {err}", backend.name),
+                })
+            }
+        }
+    }
+
+    /// Counts a send to another backend; for a retry after an unknown outcome, only if
+    /// the budget allows it (returns whether it does).
+    fn count_resend(&self, why: Again) -> bool {
+        let counters = &self.inner.counters;
+        match why {
+            Again::NotReceived => {
+                counters.resent_not_received.fetch_add(1, Relaxed);
+                true
+            }
+            Again::Retry => {
+                let granted = self.budget().withdraw();
+                let counter = if granted {
+                    &counters.retried
+                } else {
+                    &counters.retry_budget_exhausted
+                };
+                counter.fetch_add(1, Relaxed);
+                granted
+            }
+        }
+    }
+
+    /// What the caller gets when its request goes nowhere else: ERROR 18 if it may have
+    /// run somewhere (`lost`), else the last refusal as it was, else ERROR 19.
+    fn give_up(
+        &self,
+        lost: Option<HandlerError>,
+        refused: Option<HandlerError>,
+        tried: usize,
+    ) -> HandlerError {
+        match (lost, refused) {
+            (Some(lost), _) => self.outcome_unknown(lost),
+            (None, Some(refused)) => refused,
+            (None, None) => self.no_backend(tried),
+        }
+    }
+
+    /// ERROR 18, counted.
+    fn outcome_unknown(&self, err: HandlerError) -> HandlerError {
+        self.inner.counters.outcome_unknown.fetch_add(1, Relaxed);
+        err
     }
 
     /// A ONEWAY message goes on as one, to one backend; nobody hears of its fate, so it
@@ -262,18 +364,6 @@ impl Router {
             code: ErrorCode::OutcomeUnknown,
             message: format!("ONEWAY to backend {}: {err}", backend.name),
         })
-    }
-
-    /// Whether the budget allows one more retry of an idempotent request.
-    fn may_retry(&self) -> bool {
-        let granted = self.budget().withdraw();
-        let counter = if granted {
-            &self.inner.counters.retried
-        } else {
-            &self.inner.counters.retry_budget_exhausted
-        };
-        counter.fetch_add(1, Relaxed);
-        granted
     }
 
     /// ERROR 19: no backend took the request (after `tried` did not receive it).

@@ -58,7 +58,7 @@ pub(super) const ROUTER: [Figure; 6] = [
 
 /// Each backend's numeric figures, each `courier_route_backend_FIELD` (`_total` for a
 /// counter) with a `backend` label: its address, or `joined:PEER`.
-pub(super) const BACKEND: [Figure; 5] = [
+pub(super) const BACKEND: [Figure; 7] = [
     counter("requests", "Requests sent to the backend"),
     counter(
         "errors",
@@ -76,6 +76,14 @@ pub(super) const BACKEND: [Figure; 5] = [
     counter(
         "retries",
         "Requests that failed at the backend and were sent to another",
+    ),
+    counter(
+        "lost_idempotent",
+        "Idempotent requests whose outcome became unknown at the backend (its connection died or the call timed out with them in flight)",
+    ),
+    counter(
+        "lost_not_idempotent",
+        "Requests not marked idempotent whose outcome became unknown at the backend: each got ERROR 18",
     ),
 ];
 
