@@ -498,12 +498,19 @@ async fn through_a_kill_a_drain_and_a_slow_backend_nothing_is_lost_or_run_twice(
     assert!(lost_on_killed
         .iter()
         .all(|id| results.unknown.contains_key(id)));
+    // At most what was in flight. None at all is possible, though rare: a loaded machine
+    // can delay the killed backend's PING answers until the router ejects it before the
+    // kill (seen once in about 45 runs), and then nothing was in flight there; the exact
+    // count below holds either way.
     assert!(
-        !results.unknown.is_empty() && results.unknown.len() <= 64,
+        results.unknown.len() <= 64,
         "{} unknown; the router's figures: {}",
         results.unknown.len(),
         router_stats(&router.addr).await
     );
+    if results.unknown.is_empty() {
+        eprintln!("the killed backend had no request in flight when it died");
+    }
 
     // The slow backend got less than half its fair share: an equal part of each phase's
     // requests among the backends up then (4 until the kill at a third, 3 until the drain
