@@ -13,7 +13,7 @@ import sys
 
 COLORS = {
     "courier": "#d62728",
-    "courier busy-poll": "#8c1010",
+    "courier no-poll": "#8c1010",
     "baseline": "#f4a582",
     "floor busy-poll": "#7f7f7f",
     "redis": "#1f77b4",
@@ -125,7 +125,7 @@ def goals(rows, busy_poll):
     r = ratio("zeromq", "one-way")
     if r is not None:
         check("one-way streaming: ≥ 1.0 × ZeroMQ PUSH/PULL", r >= 1.0, f"{r:.2f}×")
-    for courier, label in [("courier", "default server"), ("courier busy-poll", f"--busy-poll {busy_poll}")]:
+    for courier, label in [("courier", "default server"), ("courier no-poll", f"--busy-poll {busy_poll}")]:
         r = ratio("floor", "1 conn", "p50", courier)
         if r is not None:
             check(f"1 connection p50 ({label}): ≤ 1.25 × the blocking floor", r <= 1.25, f"{r:.2f}×")
@@ -305,9 +305,10 @@ figures are in [raw.jsonl](raw.jsonl).
 
 - **courier**: `courier serve` (echo) with its default settings, loaded by `courier bench`,
   every reply verified. "one-way" is one connection streaming ONEWAY frames.
-- **courier busy-poll**: the same server with `--busy-poll {busy_poll}`: after each request
-  it polls its sockets instead of sleeping (off by default; it keeps a CPU busy while
-  requests keep coming).
+- **courier no-poll**: the same server with `--busy-poll {busy_poll}`: it never polls. By
+  default courier polls its sockets for 100 µs after each request while requests keep
+  coming less than that far apart, and sleeps otherwise (busy_poll in config/courier.toml);
+  this row is what that buys on one connection.
 - **redis**: Debian's redis-server, `redis-benchmark -t ping_mbulk` with the same `-c` and
   `-P` (PING carries no payload; the reply is `+PONG`). redis-benchmark reports p50, p99
   and max only.

@@ -115,7 +115,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// After peers were last active, keep polling sockets for this long instead of
     /// sleeping (0: never), while requests arrive less than this far apart. Lower
-    /// round-trip latency for a CPU kept busy; see `busy_poll.rs`.
+    /// round-trip latency for a CPU kept busy; see `busy_poll.rs`. 100 µs by default.
     #[serde(with = "humantime_serde")]
     pub busy_poll: Duration,
     /// A connection older than about this (±10 %, so that connections made together do
@@ -185,7 +185,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
-            busy_poll: Duration::ZERO,
+            busy_poll: Duration::from_micros(100),
             max_connection_age: Duration::ZERO,
             metrics: None,
             udp_max_payload: 1200,

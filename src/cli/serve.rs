@@ -126,7 +126,8 @@ pub(crate) struct ServeArgs {
 
     /// After a request, keep polling sockets instead of sleeping for this long: lower
     /// round-trip latency for a CPU kept busy while requests keep coming less than this
-    /// far apart (after a longer gap it sleeps). 0s turns it off [default: 0s]
+    /// far apart (after a longer gap it sleeps; an idle server never polls). 0s turns it
+    /// off [default: 100us]
     #[arg(long, value_name = "DUR", env = "COURIER_BUSY_POLL", value_parser = humantime::parse_duration)]
     busy_poll: Option<Duration>,
 

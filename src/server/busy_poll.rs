@@ -25,8 +25,8 @@
 //! connection keeps a CPU polling, for at most one window past its last request. And it
 //! gives way: on Linux, a polling thread that the kernel preempts (another thread wanted
 //! its CPU: on a machine with few CPUs, often the very client it is waiting for) stops
-//! polling for 100 ms. It is off by default; turn it on where round-trip latency matters
-//! more than CPU time.
+//! polling for 100 ms. Because it adapts, it is on by default (a 100 µs window); `0s`
+//! turns it off where CPU time matters more than round-trip latency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub(crate) fn start(window: Duration, stats: &Arc<Stats>, stop: &CancellationTok
     // and whichever worker sleeps there holds the driver, so the others could not poll it.
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     for _ in 0..workers {
-        tracker.spawn(spin(window, stats.clone(), stop.clone()));
+        tracker.spawn(spin(window, stats.clone(), stop.clone(), wall_now));
     }
     tracker.close();
     tracker
@@ -60,11 +60,19 @@ pub(crate) fn start(window: Duration, stats: &Arc<Stats>, stop: &CancellationTok
 /// Polling also stops, for [`REST`], as soon as the kernel preempts the polling thread:
 /// another thread wanted that CPU (the client on the same machine, say), and a poller
 /// that keeps it from running makes the round trip slower, not faster.
-async fn spin(window: Duration, stats: Arc<Stats>, stop: CancellationToken) {
-    let mut pace = Pace::new(window, stats.activity(), Instant::now());
-    let mut cpu = Contention::new(Instant::now());
+///
+/// `clock` tells the time: [`wall_now`] in a server, Tokio's pausable clock in the tests
+/// that step through a window.
+async fn spin(
+    window: Duration,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    clock: fn() -> Instant,
+) {
+    let mut pace = Pace::new(window, stats.activity(), clock());
+    let mut cpu = Contention::new(clock());
     while !stop.is_cancelled() {
-        let now = Instant::now();
+        let now = clock();
         if !pace.poll_on(stats.activity(), now) {
             if now < pace.resting_until {
                 // Resting: not woken by every request meanwhile, which would cost a
@@ -80,8 +88,8 @@ async fn spin(window: Duration, stats: Arc<Stats>, stop: CancellationToken) {
                 () = stats.changed(seen) => {}
                 () = stop.cancelled() => return,
             }
-            pace.moved(stats.activity(), Instant::now());
-            cpu.restart(Instant::now());
+            pace.moved(stats.activity(), clock());
+            cpu.restart(clock());
             continue;
         }
         match cpu.preempted(now) {
@@ -94,6 +102,15 @@ async fn spin(window: Duration, stats: Arc<Stats>, stop: CancellationToken) {
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Now, by the wall clock. Not Tokio's clock: under a paused clock (tests with
+/// `start_paused`), Tokio's time stands still while tasks keep running, so a window
+/// measured on it would never end, the polling tasks would never rest, and the runtime,
+/// never idle, would never move its paused clock on: every test with a server in it
+/// would hang. By the wall clock a window ends after its 100 µs whatever the test's clock.
+fn wall_now() -> Instant {
+    Instant::from_std(std::time::Instant::now())
 }
 
 /// How long polling stays off after the polling thread was preempted: at first; each
@@ -313,12 +330,15 @@ mod tests {
         );
     }
 
-    /// The window runs on tokio's clock, so a paused test decides when it has passed.
+    /// Here the window runs on tokio's clock (the server's runs on the wall clock), so a
+    /// paused test decides when it has passed.
     #[tokio::test(start_paused = true)]
     async fn polls_while_requests_come_close_together_and_sleeps_otherwise() {
         let stats = Arc::new(Stats::new());
         let stop = CancellationToken::new();
-        let tracker = start(WINDOW, &stats, &stop);
+        let tracker = TaskTracker::new();
+        tracker.spawn(spin(WINDOW, stats.clone(), stop.clone(), Instant::now));
+        tracker.close();
         settle().await;
         assert_eq!(stats.watchers(), 1, "nothing counted yet: asleep");
 
