@@ -2,6 +2,7 @@
 //! loop (requests leave on a schedule), in courier or plain framing: send what is due in
 //! one write, wait for replies under a watchdog, check every reply that has arrived.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -72,6 +73,18 @@ impl Schedule {
 }
 
 impl Job {
+    /// Ready when the next request is `due`: on the run's [`Pacer`](super::pacer::Pacer)
+    /// where there is one, else on Tokio's millisecond timer.
+    fn wait_until(&self, due: Instant) -> impl Future<Output = ()> + '_ {
+        let pacer = self.pacer.as_deref();
+        async move {
+            match pacer {
+                Some(pacer) => pacer.sleep_until(due).await,
+                None => tokio::time::sleep_until(due).await,
+            }
+        }
+    }
+
     /// Request/reply, closed or open loop, for courier (`ids`) or plain framing.
     pub(super) async fn drive<R, W, P>(
         &self,
@@ -114,7 +127,15 @@ impl Job {
             let in_flight = requests.pending.len();
             let deadline = last_progress + timeout;
             let waited = if schedule.interval.is_some() && !stopping {
-                wait_scheduled(&mut replies, &schedule, in_flight, &mut watchdog, deadline).await
+                let due = schedule.next_due;
+                wait_scheduled(
+                    &mut replies,
+                    self.wait_until(due),
+                    in_flight,
+                    &mut watchdog,
+                    deadline,
+                )
+                .await
             } else {
                 wait_replies(&mut replies, &mut watchdog, deadline).await
             };
@@ -186,7 +207,7 @@ impl Job {
 /// is only the schedule to wait for.
 async fn wait_scheduled<R, P>(
     replies: &mut ReplyBuffer<R, P>,
-    schedule: &Schedule,
+    due: impl Future<Output = ()>,
     in_flight: usize,
     watchdog: &mut Pin<&mut Sleep>,
     deadline: Instant,
@@ -196,12 +217,12 @@ where
     P: ReplyParser,
 {
     if in_flight == 0 {
-        tokio::time::sleep_until(schedule.next_due).await;
+        due.await;
         return Ok(None);
     }
     tokio::select! {
         read = replies.read_more() => Ok(Some(read?)),
-        () = tokio::time::sleep_until(schedule.next_due) => Ok(None),
+        () = due => Ok(None),
         () = &mut *watchdog => {
             watchdog_fired(watchdog.as_mut(), deadline)?;
             Ok(None)

@@ -122,6 +122,8 @@ pub(super) struct Job {
     pub(super) quota: Option<u64>,
     /// Where completed requests are counted as they come.
     pub(super) progress: Arc<Progress>,
+    /// In open loop, the clock that says when each request is due.
+    pub(super) pacer: Option<Arc<super::pacer::Pacer>>,
 }
 
 impl Job {

@@ -45,6 +45,7 @@ mod drive;
 mod job;
 mod oneway;
 mod open;
+mod pacer;
 mod replies;
 mod requests;
 mod udp;
@@ -287,6 +288,11 @@ fn spawn_jobs(
     progress: Arc<Progress>,
 ) -> Vec<JoinHandle<(Outcome, Instant)>> {
     let per_connection = config.requests.map(|n| n.div_ceil(streams.len() as u64));
+    // The open loop's clock (`pacer.rs`); Tokio's timer where it cannot be started.
+    let pacer = config
+        .rate
+        .and_then(|_| pacer::Pacer::start().ok())
+        .map(Arc::new);
     let mut tasks = Vec::with_capacity(streams.len());
     for (index, stream) in streams.into_iter().enumerate() {
         let job = Job {
@@ -297,6 +303,7 @@ fn spawn_jobs(
             until: window.until,
             quota: per_connection,
             progress: progress.clone(),
+            pacer: pacer.clone(),
         };
         tasks.push(match stream {
             Connection::Async(reader, writer) => tokio::spawn(job.run(reader, writer)),
