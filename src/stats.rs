@@ -327,6 +327,11 @@ impl Stats {
             .collect()
     }
 
+    /// Connections open now.
+    pub(crate) fn open_now(&self) -> u64 {
+        self.open.load(Relaxed)
+    }
+
     pub(crate) fn opened(&self) {
         self.accepted.fetch_add(1, Relaxed);
         self.open.fetch_add(1, Relaxed);
