@@ -134,7 +134,7 @@ const CHECK_EVERY: Duration = Duration::from_micros(50);
 /// connections (bench/many_connections, 3 rounds each) server CPU per request was
 /// 19-23 µs polling against 17-19 µs not; with this limit, alternating runs gave
 /// 20.6-21.5 µs for both. Polling pays where a few clients wait on each reply before
-/// sending again (one connection: a round trip of 23 µs against 69 µs); at 50
+/// sending again (one connection: a round trip of 20 µs against 59 µs); at 50
 /// closed-loop connections it had changed nothing measurable (0.98x to 1.02x).
 const MAX_POLLED_CONNECTIONS: u64 = 8;
 
