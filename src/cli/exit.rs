@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use courier::client::{ClientError, Outcome};
+use courier::wire::ErrorCode;
 
 /// Everything worked.
 pub(crate) const OK: u8 = 0;
@@ -15,7 +16,9 @@ pub(crate) const FAILURE: u8 = 1;
 pub(crate) const USAGE: u8 = 2;
 /// A request was sent and the connection ended before its answer: it may have run.
 pub(crate) const OUTCOME_UNKNOWN: u8 = 3;
-/// No reply within --timeout: the request may have run, or may still.
+/// No reply within --timeout: the request may have run, or may still. The server's ERROR
+/// 20 (deadline exceeded) is the same event seen from the other side: the deadline that
+/// `--timeout` sent with the request passed there first, and its work was dropped.
 pub(crate) const CALL_TIMEOUT: u8 = 4;
 /// The server answered with an ERROR.
 pub(crate) const SERVER_ERROR: u8 = 5;
@@ -29,7 +32,7 @@ pub(crate) const NOT_COURIER: u8 = 8;
 pub(crate) const TLS: u8 = 9;
 
 /// The table as `send --help` shows it.
-pub(crate) const TABLE: &str = "Exit status: 0 every reply arrived; 1 any other failure (a request not received: safe to send again); 2 usage (a bad flag or COURIER_* variable); 3 outcome unknown (sent, then the connection ended: it may have run); 4 call timeout (no reply within --timeout: it may have run); 5 the server answered with an ERROR; 6 connection refused or impossible; 7 connect timeout; 8 the peer does not speak courier; 9 TLS failed (or a TLS port reached without TLS).";
+pub(crate) const TABLE: &str = "Exit status: 0 every reply arrived; 1 any other failure (a request not received: safe to send again); 2 usage (a bad flag or COURIER_* variable); 3 outcome unknown (sent, then the connection ended: it may have run); 4 call timeout (no reply within --timeout, or the server's ERROR 20 at that deadline: it may have run); 5 the server answered with an ERROR; 6 connection refused or impossible; 7 connect timeout; 8 the peer does not speak courier; 9 TLS failed (or a TLS port reached without TLS).";
 
 /// A mistake on the command line found after clap parsed it.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,11 @@ pub(crate) fn client_code(err: &ClientError) -> u8 {
         ClientError::Refused { .. } | ClientError::Connect { .. } => REFUSED,
         ClientError::ConnectTimeout { .. } => CONNECT_TIMEOUT,
         ClientError::Timeout { .. } => CALL_TIMEOUT,
+        // Which of the two timers fires first is a race the caller cannot control.
+        ClientError::Server {
+            code: ErrorCode::DeadlineExceeded,
+            ..
+        } => CALL_TIMEOUT,
         ClientError::Server { .. } => SERVER_ERROR,
         ClientError::NotCourier { .. } | ClientError::NoHello | ClientError::Protocol(_) => {
             NOT_COURIER
@@ -83,4 +91,23 @@ pub(crate) fn code(err: &anyhow::Error) -> u8 {
 /// An error a command returned, as the process's exit status.
 pub(crate) fn exit_code(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_s_deadline_error_is_a_call_timeout_and_other_errors_are_not() {
+        let server = |code| ClientError::Server {
+            code,
+            message: "x".into(),
+        };
+        assert_eq!(
+            client_code(&server(ErrorCode::DeadlineExceeded)),
+            CALL_TIMEOUT
+        );
+        assert_eq!(client_code(&server(ErrorCode::HandlerFailed)), SERVER_ERROR);
+        assert_eq!(client_code(&server(ErrorCode::Busy)), SERVER_ERROR);
+    }
 }

@@ -13,6 +13,7 @@ use courier::client::{
     raw_exchange, CallOptions, Client, ClientConfig, ClientError, PlainClient, RawOptions,
 };
 use courier::config::{parse_hex, Framing};
+use courier::wire::ErrorCode;
 
 use super::client_args::ClientAuthArgs;
 use super::exit::Usage;
@@ -208,12 +209,19 @@ fn check(args: &SendArgs) -> anyhow::Result<()> {
 
 /// Adds which limit fired to a call's timeout.
 fn name_the_limit(err: ClientError) -> anyhow::Error {
-    let timed_out = matches!(err, ClientError::Timeout { .. });
+    let context = match &err {
+        ClientError::Timeout { .. } => Some("no reply within send's --timeout (the server's exec_timeout, when it fires first, comes back as an ERROR naming it)"),
+        // --timeout travels with the request; the server's side of it can fire first.
+        ClientError::Server {
+            code: ErrorCode::DeadlineExceeded,
+            ..
+        } => Some("no reply within send's --timeout: the server dropped the work at that deadline"),
+        _ => None,
+    };
     let err = anyhow::Error::new(err);
-    if timed_out {
-        err.context("no reply within send's --timeout (the server's exec_timeout, when it fires first, comes back as an ERROR naming it)")
-    } else {
-        err
+    match context {
+        Some(context) => err.context(context),
+        None => err,
     }
 }
 
