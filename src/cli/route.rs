@@ -16,8 +16,8 @@ use courier::server::Server;
 use courier::transport::tls::ClientTls;
 use courier::transport::Listener;
 
-use super::serve::{print_config, server_tls, stop_on_signals};
-use super::service::{self, bind_metrics, Bound};
+use super::serve::{bind, print_config, server_tls, stop_on_signals};
+use super::service::{self, bind_metrics};
 
 /// `courier route`'s flags. Each one left out keeps the value of the config file (its
 /// `[route]` table, and the top-level server settings for the listening side) or the
@@ -183,16 +183,6 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
 
 /// Binds the address for clients: a stream listener, or a UDP socket for
 /// `udp:HOST:PORT` (served by the same server, so with the router as its handler).
-async fn bind(config: &Config) -> anyhow::Result<Bound> {
-    let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
-        Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
-        None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
-            .await
-            .map(Bound::Stream),
-    };
-    bound.with_context(|| format!("cannot listen on {}", config.listen))
-}
-
 /// Listens for workers that join on `addr`, with the join token.
 async fn accept_joins(
     router: &Router,

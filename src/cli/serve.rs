@@ -226,8 +226,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the configured address.
-async fn bind(config: &Config) -> anyhow::Result<Bound> {
+/// Binds the configured address for clients: a stream listener, or a UDP socket for
+/// `udp:HOST:PORT` (`courier serve` and `courier route` alike).
+pub(super) async fn bind(config: &Config) -> anyhow::Result<Bound> {
     let bound = match config.listen.strip_prefix(courier::transport::UDP_PREFIX) {
         Some(addr) => courier::transport::bind_udp(addr).await.map(Bound::Udp),
         None => Listener::bind(&config.listen, config.backlog, config.socket_mode())
