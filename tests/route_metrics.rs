@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::scrape::{get, metrics_addr, promtool_accepts, sample};
+use common::scrape::{bench_requests, get, metrics_addr, promtool_accepts, sample, settled_page};
 use common::{Served, BIN};
 
 /// `courier route --listen 127.0.0.1:0 --metrics 127.0.0.1:0` over `backends`.
@@ -74,26 +74,9 @@ fn the_routed_counter_and_the_backends_requests_read_exactly_what_a_bench_sent()
     assert_eq!(sample(&before, "courier_route_routed_total"), 0.0);
 
     const N: u64 = 2_000;
-    let bench = Command::new(BIN)
-        .args(["bench", &router.addr, "-c", "4", "-P", "4", "-n"])
-        .arg(N.to_string())
-        .args(["--warmup", "0s", "--json"])
-        .output()
-        .expect("run courier bench");
-    assert!(
-        bench.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bench.stderr)
-    );
+    bench_requests(&router.addr, N);
     // The router's own counters of a connection are added when its task ends.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page = loop {
-        let (_, page) = get(&metrics, "/metrics");
-        if sample(&page, "courier_connections_open") == 0.0 || Instant::now() > deadline {
-            break page;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let page = settled_page(&metrics);
     let n = N as f64;
     assert_eq!(sample(&page, "courier_route_routed_total"), n);
     assert_eq!(sample(&page, "courier_requests_total"), n);

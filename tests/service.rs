@@ -13,7 +13,9 @@ mod unix {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::common::scrape::{get, metrics_addr, promtool_accepts, sample, tool};
+    use super::common::scrape::{
+        bench_requests, get, metrics_addr, promtool_accepts, sample, settled_page, tool,
+    };
     use super::common::{Served, BIN};
 
     #[test]
@@ -30,14 +32,7 @@ mod unix {
                 .expect("run courier send");
             assert_eq!(send.status.code(), Some(5), "a server ERROR: exit status 5");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let page = loop {
-            let (_, page) = get(&metrics, "/metrics");
-            if sample(&page, "courier_connections_open") == 0.0 || Instant::now() > deadline {
-                break page;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let page = settled_page(&metrics);
         assert_eq!(sample(&page, failed), 3.0);
         assert_eq!(sample(&page, "courier_errors_total"), 3.0);
         let too_large = "courier_error_replies_total{code=\"4\",name=\"frame too large\"}";
@@ -55,27 +50,10 @@ mod unix {
         assert_eq!(sample(&before, "courier_requests_total"), 0.0);
 
         const N: u64 = 2_000;
-        let bench = Command::new(BIN)
-            .args(["bench", &server.addr, "-c", "4", "-P", "4", "-n"])
-            .arg(N.to_string())
-            .args(["--warmup", "0s", "--json"])
-            .output()
-            .expect("run courier bench");
-        assert!(
-            bench.status.success(),
-            "{}",
-            String::from_utf8_lossy(&bench.stderr)
-        );
+        bench_requests(&server.addr, N);
         // The bench's connections have closed once its process exited; their last
         // counts are added when each connection task ends.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let page = loop {
-            let (_, page) = get(&metrics, "/metrics");
-            if sample(&page, "courier_connections_open") == 0.0 || Instant::now() > deadline {
-                break page;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let page = settled_page(&metrics);
         assert_eq!(sample(&page, "courier_requests_total"), N as f64);
         assert_eq!(sample(&page, "courier_replies_total"), N as f64);
         assert_eq!(sample(&page, "courier_errors_total"), 0.0);

@@ -46,6 +46,35 @@ pub fn sample(page: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name} in\n{page}"))
 }
 
+/// The `/metrics` page once no connection is open (within 10 s; the last page read
+/// otherwise): a connection's counts are added when its task ends, so a page read right
+/// after a client exits may miss its last ones.
+pub fn settled_page(metrics: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = get(metrics, "/metrics");
+        if sample(&page, "courier_connections_open") == 0.0 || Instant::now() > deadline {
+            return page;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `courier bench ADDR -c 4 -P 4 -n N` (no warm-up) and fails unless it succeeds.
+pub fn bench_requests(addr: &str, n: u64) {
+    let bench = Command::new(super::BIN)
+        .args(["bench", addr, "-c", "4", "-P", "4", "-n"])
+        .arg(n.to_string())
+        .args(["--warmup", "0s", "--json"])
+        .output()
+        .expect("run courier bench");
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+}
+
 /// The metrics address a server logged ("serving /metrics ... addr=...").
 pub fn metrics_addr(server: &Served) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
