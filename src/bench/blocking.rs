@@ -1,6 +1,7 @@
 //! The blocking driver: one connection, one request at a time, on a thread of its own
 //! that blocks in `write` then `read` (why that is the cheapest client: `open.rs`).
 
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
@@ -12,6 +13,12 @@ use super::requests::{plain_header, request_header, Header, Requests};
 use crate::config::Framing;
 use crate::transport::BlockingStream;
 use crate::wire::{Codec, CodecError, PlainCodec, HEADER_LEN};
+
+/// Payloads from this size up are written from the payload template itself, beside the
+/// header in one vectored write, instead of copied behind the header first. Copying a
+/// 1 MiB payload took 42 % of the load generator's CPU (`perf record` of
+/// `courier bench -c 1 -s 1MiB`); below this size the copy costs less than a second slice.
+const WRITE_PAYLOAD_APART: usize = 16 * 1024;
 
 impl Job {
     /// [`Job::run`] on a thread of its own, for a blocking socket.
@@ -56,8 +63,13 @@ impl Job {
             if self.stop_sending(requests.measured, now) {
                 return Ok(());
             }
-            requests.queue(now, self.measure_from, &mut out);
-            stream.write_all(&out)?;
+            if self.config.size >= WRITE_PAYLOAD_APART {
+                let tail = requests.queue_head(now, self.measure_from, &mut out);
+                write_all_vectored(stream, &mut [IoSlice::new(&out), IoSlice::new(tail)])?;
+            } else {
+                requests.queue(now, self.measure_from, &mut out);
+                stream.write_all(&out)?;
+            }
             out.clear();
             while requests.pending.len() > 0 {
                 let Some(reply) = parser.parse(&buf[start..filled])? else {
@@ -92,4 +104,21 @@ impl Job {
             }
         }
     }
+}
+
+/// Writes every byte of `slices`, in as few vectored writes as the socket allows.
+fn write_all_vectored(
+    stream: &mut dyn BlockingStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }

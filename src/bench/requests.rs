@@ -42,10 +42,21 @@ impl Payloads {
 
     /// Appends request `seq`'s payload to `out`, with no allocation of its own.
     pub(super) fn write(&self, seq: u64, out: &mut BytesMut) {
+        self.write_stamp(seq, out);
+        out.put_slice(self.tail());
+    }
+
+    /// Appends the part of request `seq`'s payload that differs between requests (its
+    /// first bytes, `seq`); [`Payloads::tail`] is the rest.
+    fn write_stamp(&self, seq: u64, out: &mut BytesMut) {
         let stamp = seq.to_be_bytes();
         let n = self.template.len().min(8);
         out.put_slice(&stamp[8 - n..]);
-        out.put_slice(&self.template[n..]);
+    }
+
+    /// The part of every payload that follows the stamp: the same for every request.
+    fn tail(&self) -> &[u8] {
+        &self.template[self.template.len().min(8)..]
     }
 
     /// Whether `reply` is request `seq`'s payload.
@@ -90,13 +101,33 @@ impl Requests {
     /// Encodes the next request into `out` and puts it in flight, its latency counted
     /// from `due`.
     pub(super) fn queue(&mut self, due: Instant, measure_from: Instant, out: &mut BytesMut) {
+        self.queue_header(due, measure_from, out);
+        self.payloads.write(self.seq, out);
+    }
+
+    /// [`Requests::queue`] without the copy of the payload's unchanging part: encodes the
+    /// header and the stamp into `out` and returns the rest, to be written after `out` in
+    /// the same vectored write. For large payloads, whose copy would cost the load
+    /// generator more than the server's whole round trip.
+    pub(super) fn queue_head(
+        &mut self,
+        due: Instant,
+        measure_from: Instant,
+        out: &mut BytesMut,
+    ) -> &[u8] {
+        self.queue_header(due, measure_from, out);
+        self.payloads.write_stamp(self.seq, out);
+        self.payloads.tail()
+    }
+
+    /// Puts the next request in flight and encodes its header into `out`.
+    fn queue_header(&mut self, due: Instant, measure_from: Instant, out: &mut BytesMut) {
         self.seq += 1;
         if due >= measure_from {
             self.measured += 1;
         }
         let id = self.pending.push(self.seq, due);
         (self.header)(out, id, self.size);
-        self.payloads.write(self.seq, out);
     }
 }
 

@@ -6,23 +6,24 @@
 //! when a peer is too slow, which deadline is due and how a connection ends do not depend
 //! on what the messages mean.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{ready, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::codec::{Decoder, Encoder, FramedRead};
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::io::poll_write_buf;
 use tracing::{debug, error};
 
 use super::close::Deadline;
 use crate::config::Config;
-use crate::wire::CodecError;
+use crate::wire::{CodecError, EncodeApart};
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.
@@ -71,9 +72,17 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// A connection's outgoing messages: encoded straight into a buffer, so queuing never
 /// waits and a peer that does not read can never stall the connection's loop. The poller
 /// writes the buffer out; `limit` (max_pending_output) bounds it.
+///
+/// Large payloads are not copied into the buffer ([`EncodeApart`]): they wait in `apart`,
+/// in order with the buffered bytes before them, and go out in vectored writes.
 pub(crate) struct Outbox<W, E> {
     writer: W,
+    /// Encoded bytes, written after everything in `apart`.
     buffer: BytesMut,
+    /// Written before `buffer`: each large payload, after the bytes that were buffered
+    /// ahead of it when it was queued. Boxed, and only there while it holds something: a
+    /// connection that sends no large payload pays one pointer for it.
+    apart: Option<Box<Apart>>,
     encoder: E,
     limit: usize,
     /// Set when a message was due while more than `limit` bytes were waiting: the peer is
@@ -81,11 +90,23 @@ pub(crate) struct Outbox<W, E> {
     pub(crate) overflowed: bool,
 }
 
+/// Bytes to be written ahead of an [`Outbox`]'s buffer, in order.
+#[derive(Default)]
+struct Apart {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+}
+
+/// At most this many slices go to one vectored write (Linux takes up to 1024).
+const MAX_SLICES: usize = 64;
+
 impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
     fn new(writer: W, encoder: E, limit: usize) -> Self {
         Outbox {
             writer,
             buffer: BytesMut::new(),
+            apart: None,
             encoder,
             limit,
             overflowed: false,
@@ -97,44 +118,100 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
     /// limit through when the peer keeps up. Returns the bytes it queued.
     pub(crate) fn push<T>(&mut self, item: T) -> usize
     where
-        E: Encoder<T, Error = CodecError>,
+        E: EncodeApart<T>,
     {
         if self.pending() > self.limit {
             self.overflowed = true;
             return 0;
         }
-        let before = self.buffer.len();
+        let before = self.pending();
         // The only encoding error is a payload beyond the u32 length field, and payloads
         // here are bounded by max_frame, which is validated below that.
-        if let Err(err) = self.encoder.encode(item, &mut self.buffer) {
-            error!(cause = %err, "cannot encode a message");
+        match self.encoder.encode_apart(item, &mut self.buffer) {
+            Ok(None) => {}
+            Ok(Some(payload)) => {
+                // The framing just buffered, and anything before it, goes first.
+                let ahead = self.buffer.split().freeze();
+                let apart = self.apart.get_or_insert_with(Box::default);
+                apart.len += ahead.len() + payload.len();
+                apart.chunks.push_back(ahead);
+                apart.chunks.push_back(payload);
+            }
+            Err(err) => error!(cause = %err, "cannot encode a message"),
         }
-        self.buffer.len() - before
+        self.pending() - before
     }
 
     /// Bytes waiting to be written.
     pub(crate) fn pending(&self) -> usize {
-        self.buffer.len()
+        self.apart.as_ref().map_or(0, |apart| apart.len) + self.buffer.len()
     }
 
     /// Writes the buffer out as far as the socket takes it; ready once all is written.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.buffer.is_empty() {
-            let written = ready!(poll_write_buf(
-                Pin::new(&mut self.writer),
-                cx,
-                &mut self.buffer
-            ))?;
+        while self.pending() > 0 {
+            let written = match &mut self.apart {
+                None => ready!(poll_write_buf(
+                    Pin::new(&mut self.writer),
+                    cx,
+                    &mut self.buffer
+                ))?,
+                Some(apart) => {
+                    let written = ready!(poll_write_apart(
+                        Pin::new(&mut self.writer),
+                        cx,
+                        apart,
+                        &mut self.buffer
+                    ))?;
+                    if apart.len == 0 {
+                        self.apart = None;
+                    }
+                    written
+                }
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
         }
-        // A drained buffer goes back too: an idle connection holds no output memory.
+        // Drained buffers go back too: an idle connection holds no output memory.
         if self.buffer.capacity() > 0 {
             self.buffer = BytesMut::new();
         }
         Pin::new(&mut self.writer).poll_flush(cx)
     }
+}
+
+/// One vectored write of what `apart` holds, then `buffer`; takes what was written off
+/// their fronts.
+fn poll_write_apart<W: AsyncWrite>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    apart: &mut Apart,
+    buffer: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let mut count = 0;
+    let chunks = apart.chunks.iter().map(|chunk| &chunk[..]);
+    for (slice, chunk) in slices.iter_mut().zip(chunks.chain([&buffer[..]])) {
+        *slice = IoSlice::new(chunk);
+        count += 1;
+    }
+    let written = ready!(writer.poll_write_vectored(cx, &slices[..count]))?;
+    let mut left = written;
+    while left > 0 {
+        let Some(front) = apart.chunks.front_mut() else {
+            buffer.advance(left);
+            break;
+        };
+        let taken = left.min(front.len());
+        front.advance(taken);
+        apart.len -= taken;
+        left -= taken;
+        if front.is_empty() {
+            apart.chunks.pop_front();
+        }
+    }
+    Poll::Ready(Ok(written))
 }
 
 /// One connection's reading side, writing side, and deadlines.
@@ -305,3 +382,6 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

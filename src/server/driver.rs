@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -31,13 +31,13 @@ use super::Shared;
 use crate::config::Config;
 use crate::handler::{call, Finished, Handler, HandlerError, Request};
 use crate::stats::{CloseReason, Stats, Turn};
-use crate::wire::{CodecError, ErrorCode};
+use crate::wire::{CodecError, EncodeApart, ErrorCode};
 
 /// The part of a connection that depends on its framing: what its messages mean and what
 /// to answer. Implementations do no I/O; the driver applies what they return.
 pub(crate) trait Protocol {
     /// Decodes what the peer sends and encodes what goes back.
-    type Codec: Decoder<Error = CodecError> + Encoder<Self::Out, Error = CodecError> + Clone;
+    type Codec: Decoder<Error = CodecError> + EncodeApart<Self::Out> + Clone;
     /// A message the connection sends.
     type Out;
     /// Where the handler calls still running wait: in completion order or request order.

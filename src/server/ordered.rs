@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 use tracing::debug;
 
 use super::close::{Close, LogHex};
@@ -19,11 +19,11 @@ use super::driver::{Ctx, InOrder, Protocol, Step};
 use crate::config::{Config, Framing};
 use crate::handler::{Finished, HandlerError, Peer, Request};
 use crate::stats::CloseReason;
-use crate::wire::{CodecError, ErrorCode, PlainCodec, RawCodec};
+use crate::wire::{CodecError, EncodeApart, ErrorCode, PlainCodec, RawCodec};
 
 /// A codec for messages without ids: plain or raw framing.
 pub(crate) trait Chunks:
-    Decoder<Item = Bytes, Error = CodecError> + Encoder<Bytes, Error = CodecError> + Clone
+    Decoder<Item = Bytes, Error = CodecError> + EncodeApart<Bytes> + Clone
 {
     /// The framing this codec speaks.
     const FRAMING: Framing;

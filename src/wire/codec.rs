@@ -1,9 +1,12 @@
 //! The courier codec: frames to bytes and back, with the length checked first.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{ErrorCode, Frame, Kind, HEADER_LEN, LENGTH_OVERHEAD, MAX_PAYLOAD_LIMIT};
+use super::{
+    EncodeApart, ErrorCode, Frame, Kind, HEADER_LEN, LENGTH_OVERHEAD, MAX_PAYLOAD_LIMIT,
+    WRITE_APART,
+};
 
 /// Errors from decoding or encoding frames.
 ///
@@ -192,6 +195,26 @@ impl Encoder<Frame> for Codec {
         put_header(dst, frame.kind, frame.id, frame.payload.len());
         dst.put_slice(&frame.payload);
         Ok(())
+    }
+}
+
+impl EncodeApart<Frame> for Codec {
+    fn encode_apart(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        if frame.payload.len() < WRITE_APART {
+            return self.encode(frame, dst).map(|()| None);
+        }
+        if frame.payload.len() > MAX_PAYLOAD_LIMIT {
+            return Err(CodecError::FrameTooLarge {
+                len: frame.payload.len() as u64,
+                max: MAX_PAYLOAD_LIMIT,
+            });
+        }
+        put_header(dst, frame.kind, frame.id, frame.payload.len());
+        Ok(Some(frame.payload))
     }
 }
 

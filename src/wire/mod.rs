@@ -28,6 +28,9 @@ mod datagram;
 mod frame;
 mod plain;
 
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Encoder;
+
 pub use body::{parse_goaway, BodyError, ErrorBody, Hello, HelloError, RequestOptions};
 pub use codec::{put_header, Codec, CodecError};
 pub use datagram::{
@@ -36,6 +39,25 @@ pub use datagram::{
 };
 pub use frame::{ErrorCode, Frame, Kind};
 pub use plain::{PlainCodec, RawCodec};
+
+/// An encoder that can leave a large payload where it is. It writes a message's framing
+/// (and any small payload, whole) into `dst` as [`Encoder::encode`] does, but hands a
+/// payload of [`WRITE_APART`] bytes or more back instead of copying it: the writer sends it
+/// after `dst`'s bytes as a slice of its own, in one vectored write. The server's echo
+/// reply to a 1 MiB request was a 1 MiB copy into the write buffer.
+pub trait EncodeApart<T>: Encoder<T, Error = CodecError> {
+    /// Encodes `item`'s framing into `dst`; returns the payload still to be written after
+    /// it, or `None` if `dst` now holds the whole message.
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`]: a payload the length field cannot describe.
+    fn encode_apart(&mut self, item: T, dst: &mut BytesMut) -> Result<Option<Bytes>, CodecError>;
+}
+
+/// Payloads from this size up are written as slices of their own ([`EncodeApart`]):
+/// below it, copying costs less than the bookkeeping of another slice, and small replies
+/// stay together in one buffer.
+pub const WRITE_APART: usize = 16 * 1024;
 
 /// Size of the fixed frame header: length (4), kind (1), id (4).
 pub const HEADER_LEN: usize = 9;

@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::codec::at_eof;
-use super::CodecError;
+use super::{CodecError, EncodeApart, WRITE_APART};
 
 /// Plain framing: a 4-byte big-endian length, then that many payload bytes; nothing else.
 /// It is the default format of tokio-util's `LengthDelimitedCodec`, but like [`Codec`](super::Codec) it
@@ -68,15 +68,33 @@ impl Encoder<Bytes> for PlainCodec {
     type Error = CodecError;
 
     fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let len = u32::try_from(payload.len()).map_err(|_| CodecError::MessageTooLarge {
-            len: payload.len() as u64,
-            max: u32::MAX as usize,
-        })?;
         dst.reserve(4 + payload.len());
-        dst.put_u32(len);
+        dst.put_u32(plain_length(&payload)?);
         dst.put_slice(&payload);
         Ok(())
     }
+}
+
+impl EncodeApart<Bytes> for PlainCodec {
+    fn encode_apart(
+        &mut self,
+        payload: Bytes,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        if payload.len() < WRITE_APART {
+            return self.encode(payload, dst).map(|()| None);
+        }
+        dst.put_u32(plain_length(&payload)?);
+        Ok(Some(payload))
+    }
+}
+
+/// The length prefix of a plain-framed message, if its length fits one.
+fn plain_length(payload: &[u8]) -> Result<u32, CodecError> {
+    u32::try_from(payload.len()).map_err(|_| CodecError::MessageTooLarge {
+        len: payload.len() as u64,
+        max: u32::MAX as usize,
+    })
 }
 
 /// No framing: whatever bytes are buffered after a read are one message, and a message is
@@ -100,5 +118,18 @@ impl Encoder<Bytes> for RawCodec {
     fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
         dst.extend_from_slice(&payload);
         Ok(())
+    }
+}
+
+impl EncodeApart<Bytes> for RawCodec {
+    fn encode_apart(
+        &mut self,
+        payload: Bytes,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        if payload.len() < WRITE_APART {
+            return self.encode(payload, dst).map(|()| None);
+        }
+        Ok(Some(payload))
     }
 }

@@ -473,3 +473,41 @@ proptest! {
         }
     }
 }
+
+/// What `encode_apart` leaves in the buffer followed by the payload it hands back.
+fn encoded_apart<T, E: EncodeApart<T>>(codec: &mut E, item: T) -> (Vec<u8>, bool) {
+    let mut buf = BytesMut::new();
+    let apart = codec.encode_apart(item, &mut buf).expect("encode_apart");
+    let handed_back = apart.is_some();
+    buf.extend_from_slice(&apart.unwrap_or_default());
+    (buf.to_vec(), handed_back)
+}
+
+#[test]
+fn encoding_apart_gives_the_same_bytes_and_keeps_only_large_payloads_apart() {
+    for (len, apart) in [
+        (0, false),
+        (64, false),
+        (WRITE_APART - 1, false),
+        (WRITE_APART, true),
+        (1 << 20, true),
+    ] {
+        let payload = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let frame = Frame::new(Kind::Reply, 7, payload.clone());
+        let (bytes, handed_back) = encoded_apart(&mut Codec::new(MAX_PAYLOAD_LIMIT), frame.clone());
+        assert_eq!(bytes, encode(&frame), "courier framing, {len}-byte payload");
+        assert_eq!(handed_back, apart, "courier framing, {len}-byte payload");
+
+        let mut whole = BytesMut::new();
+        PlainCodec::new(usize::MAX)
+            .encode(payload.clone(), &mut whole)
+            .expect("encode");
+        let (bytes, handed_back) = encoded_apart(&mut PlainCodec::new(usize::MAX), payload.clone());
+        assert_eq!(bytes, whole.to_vec(), "plain framing, {len}-byte payload");
+        assert_eq!(handed_back, apart, "plain framing, {len}-byte payload");
+
+        let (bytes, handed_back) = encoded_apart(&mut RawCodec, payload.clone());
+        assert_eq!(bytes, payload.to_vec(), "raw, {len}-byte payload");
+        assert_eq!(handed_back, apart, "raw, {len}-byte payload");
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::ReadBuf;
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Framing};
