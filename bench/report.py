@@ -340,7 +340,9 @@ figures are in [raw.jsonl](raw.jsonl).
 "courier ÷ this": above 1 means courier served more requests per second; for p50, below 1
 means courier answered faster. "server CPU µs/req" is the server process's CPU time (all its
 threads, from /proc) over the middle of the measured window, divided by the requests
-answered in it. "load generator busy" is requests/s × the load generator's
+answered in it; for the C loop and ZeroMQ with large messages, whose servers exit after
+the last request, it is their CPU time over the whole run (from the kernel's accounting of
+the finished process) over every request. "load generator busy" is requests/s × the load generator's
 CPU per request: at 90 % or more (⚠) the load generator, not the server, set that figure,
 and a ratio between two such rows compares load generators.
 
