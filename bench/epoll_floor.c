@@ -4,9 +4,12 @@
  * its tail in particular is the machine's, whatever server sits on top.
  *
  *   epoll_floor server PORT                         echo every byte back, any connections
- *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO]
+ *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO] [DEPTH]
  *                                                   1 s warm-up, then SECONDS measured;
  *                                                   prints {"rps":..., "p50_us":..., ...}
+ *
+ * DEPTH (default 1) is the requests each connection keeps in flight: as replies come in,
+ * as many new requests go out, in one write.
  *
  * PROTO is what the client speaks, so that one C load generator drives every server:
  *   raw      SIZE bytes out, SIZE bytes back (the default; the C server above)
@@ -26,6 +29,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -125,18 +129,43 @@ static int courier_hello(int fd) {
     return recv(fd, body, rest, MSG_WAITALL) != (ssize_t)rest;
 }
 
-static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name) {
+/* Writes the `k` requests that follow slot `head` of connection `fd`'s ring of `depth`
+ * (one vectored write, two slices where the ring wraps). */
+static int send_ring(int fd, const struct proto *p, const char *ring, int depth, int head, int k) {
+    int first = k < depth - head ? k : depth - head;
+    struct iovec v[2] = {{(void *)(ring + (size_t)head * p->len), (size_t)first * p->len},
+                         {(void *)ring, (size_t)(k - first) * p->len}};
+    ssize_t want = (ssize_t)k * p->len;
+    return writev(fd, v, k > first ? 2 : 1) != want;
+}
+
+static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name, int depth) {
     int one = 1;
     int ep = epoll_create1(0);
     int *fds = malloc(sizeof(int) * conns);
-    double *sent = malloc(sizeof(double) * conns);
-    size_t *got = calloc(conns, sizeof(size_t));
     struct proto p;
     if (make_proto(name, size, &p)) return 2;
+    /* Every connection keeps `depth` requests in flight: a ring of them, request j with
+     * id j + 1 in courier framing. Replies come back in order, so the oldest `k` in
+     * flight are the next `k` in the ring, and resending those reuses only ids already
+     * answered. */
+    char *ring = malloc(p.len * depth);
+    for (int j = 0; j < depth; j++) {
+        memcpy(ring + (size_t)j * p.len, p.msg, p.len);
+        if (!strcmp(name, "courier")) {
+            uint32_t id = j + 1;
+            char *m = ring + (size_t)j * p.len;
+            m[5] = id >> 24; m[6] = id >> 16; m[7] = id >> 8; m[8] = id;
+        }
+    }
+    double *sent = malloc(sizeof(double) * conns * depth);
+    int *head = calloc(conns, sizeof(int));
+    size_t *got = calloc(conns, sizeof(size_t));
     long errors = 0;
+    /* One latency kept in every `depth` replies: enough samples, and bounded memory. */
     long cap = (long)(seconds * 2e6) + 1000;
     double *lat = malloc(sizeof(double) * cap);
-    long count = 0;
+    long count = 0, done = 0, answered = 0;
     for (int i = 0; i < conns; i++) {
         fds[i] = socket(AF_INET, SOCK_STREAM, 0);
         for (int tries = 0; connect(fds[i], (struct sockaddr *)addr, sizeof *addr); tries++) {
@@ -154,8 +183,9 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
     }
     double start = now_us(), from = start + 1e6, until = from + seconds * 1e6;
     for (int i = 0; i < conns; i++) {
-        sent[i] = now_us();
-        if (write(fds[i], p.msg, p.len) != (ssize_t)p.len) { perror("epoll_floor: write"); return 1; }
+        double t = now_us();
+        for (int j = 0; j < depth; j++) sent[i * depth + j] = t;
+        if (send_ring(fds[i], &p, ring, depth, 0, depth)) { perror("epoll_floor: write"); return 1; }
     }
     struct epoll_event events[64];
     static char buf[65536];
@@ -165,33 +195,48 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
             int i = events[j].data.u32;
             ssize_t n = read(fds[i], buf, sizeof buf);
             if (n <= 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
-            /* At one message in flight a reply begins where a read begins. */
-            if (got[i] == 0 && p.check && (size_t)n > p.check_at && buf[p.check_at] != p.check) errors++;
-            got[i] += n;
-            while (got[i] >= p.reply_len) {
-                got[i] -= p.reply_len;
-                double t = now_us();
-                if (sent[i] >= from && t <= until && count < cap) lat[count++] = t - sent[i];
-                sent[i] = t;
-                if (write(fds[i], p.msg, p.len) != (ssize_t)p.len) { perror("epoll_floor: write"); return 1; }
+            int k = 0;
+            double t = now_us();
+            for (size_t pos = 0; pos < (size_t)n;) {
+                /* got[i] bytes of the current reply came before; check its marker byte
+                 * if this read holds it, and take what this read has of the reply. */
+                size_t at = pos + p.check_at - got[i];
+                if (p.check && p.check_at >= got[i] && at < (size_t)n && buf[at] != p.check) errors++;
+                size_t take = p.reply_len - got[i] < (size_t)n - pos ? p.reply_len - got[i] : (size_t)n - pos;
+                got[i] += take;
+                pos += take;
+                if (got[i] < p.reply_len) break;
+                got[i] = 0;
+                double *s = &sent[i * depth + (head[i] + k) % depth];
+                if (*s >= from && t <= until) {
+                    done++;
+                    if (answered++ % depth == 0 && count < cap) lat[count++] = t - *s;
+                }
+                k++;
             }
+            if (k == 0) continue;
+            if (send_ring(fds[i], &p, ring, depth, head[i], k)) { perror("epoll_floor: write"); return 1; }
+            for (int q = 0; q < k; q++) sent[i * depth + (head[i] + q) % depth] = t;
+            head[i] = (head[i] + k) % depth;
         }
     }
     if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
     qsort(lat, count, sizeof(double), cmp);
     printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
-           count / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
+           done / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
            lat[count * 999 / 1000], lat[count - 1], errors);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc < 3 || (!strcmp(argv[1], "client") && argc < 6)) {
-        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis]\n");
+        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis] [DEPTH]\n");
         return 2;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     if (!strcmp(argv[1], "server")) return serve(&addr);
-    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), argc > 6 ? argv[6] : "raw");
+    int depth = argc > 7 ? atoi(argv[7]) : 1;
+    if (depth < 1 || depth > 1024) { fprintf(stderr, "epoll_floor: DEPTH must be 1 to 1024\n"); return 2; }
+    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), argc > 6 ? argv[6] : "raw", depth);
 }

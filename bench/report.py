@@ -176,6 +176,8 @@ def goals_second_round(rows):
 
     for shape in ("50 conn P16", "50 conn P64"):
         check(f"{shape}: ≥ 1.5 × Redis", ratio("redis", shape), lambda r: r >= 1.5)
+        check(f"{shape}, one C load generator for both: ≥ 1.5 × Redis", ratio("redis", f"{shape} C load"),
+              lambda r: r >= 1.5)
     check("one-way streaming: ≥ 2.0 × ZeroMQ PUSH/PULL", ratio("zeromq", "one-way"), lambda r: r >= 2.0)
     check("50 connections, C load generator: ≥ 0.9 × the C epoll echo server",
           ratio("floor", "50 conn C load"), lambda r: r >= 0.9)
@@ -192,6 +194,29 @@ def goals_second_round(rows):
     check("1 connection, default settings: p50 ≤ 1.2 × the polling C floor",
           ratio("floor busy-poll", "1 conn", "p50"), lambda r: r <= 1.2)
     return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
+
+
+def pipelining(rows):
+    """Pipelined shapes under one C load generator: what the servers themselves reach, and
+    the server CPU per request that 1.5 × Redis would take, beside what courier and the C
+    echo server (no framing, no work per message: the kernel's cost) spend."""
+    lines = [
+        "| shape | courier req/s | Redis req/s | C echo req/s | courier ÷ Redis | "
+        "server CPU µs/req: courier | Redis | C echo | 1.5 × Redis would need |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for depth in ("P16", "P64"):
+        shape = f"50 conn {depth} C load"
+        c, r, f = (find(rows, system, shape) for system in ("courier", "redis", "floor"))
+        if not (c and r and c.get("rps") and r.get("rps")):
+            continue
+        need = 1e6 / (1.5 * r["rps"])
+        lines.append(
+            f"| {shape} | {c['rps']:,.0f} | {r['rps']:,.0f} | {f['rps'] if f else 0:,.0f} | "
+            f"{c['rps'] / r['rps']:.2f}× | {fmt(c.get('server_cpu_us'), 2)} | {fmt(r.get('server_cpu_us'), 2)} | "
+            f"{fmt(f.get('server_cpu_us') if f else None, 2)} | {need:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def server_cpu(rows):
@@ -357,6 +382,17 @@ and a ratio between two such rows compares load generators.
 ## Against the second round's goals
 
 {goals_second_round(rows)}
+
+## Pipelining, one load generator for every server
+
+The P16 and P64 rows above are each server with its own load generator, and both load
+generators run near their CPU's limit. Here one C epoll client drives every server, 50
+connections with 16 or 64 requests in flight on each, and the servers' CPUs are the limit.
+"1.5 × Redis would need" is the server CPU per request at which one CPU serves 1.5 × Redis's
+requests/s; the C echo server (bytes echoed back, no framing, no work per message) shows
+what the kernel alone costs per request at that depth.
+
+{pipelining(rows)}
 
 ## Server CPU per request
 
