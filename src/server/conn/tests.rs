@@ -1,6 +1,7 @@
 //! The outbox: large payloads written apart from the buffer arrive in order, whole, through
 //! partial and refused writes.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -250,4 +251,122 @@ fn the_bytes_written_are_those_of_encoding_every_reply_in_turn() {
     }
     flush(&mut outbox, 100_000);
     assert_eq!(Bytes::from(outbox.writer.written), expected.freeze());
+}
+
+/// A socket that delivers `batches` one after another, each as far as the reader's room
+/// allows, with nothing to read (Pending) between batches; records the room each read
+/// offered that got bytes.
+struct Batches {
+    batches: VecDeque<Vec<u8>>,
+    offset: usize,
+    /// Room offered by each read that returned bytes, per batch.
+    rooms: Vec<Vec<usize>>,
+    between: bool,
+}
+
+impl tokio::io::AsyncRead for Batches {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.between {
+            // The batch was read whole: the next one comes later.
+            this.between = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let Some(batch) = this.batches.front() else {
+            return Poll::Ready(Ok(()));
+        };
+        if this.offset == 0 {
+            this.rooms.push(Vec::new());
+        }
+        let n = (batch.len() - this.offset).min(buf.remaining());
+        buf.put_slice(&batch[this.offset..this.offset + n]);
+        this.rooms
+            .last_mut()
+            .expect("pushed above")
+            .push(buf.capacity());
+        this.offset += n;
+        if this.offset == batch.len() {
+            this.batches.pop_front();
+            this.offset = 0;
+            this.between = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A batch of `count` REQUEST frames with `size`-byte payloads, as a pipelining client
+/// sends them.
+fn batch(count: usize, size: usize) -> Vec<u8> {
+    let mut bytes = BytesMut::new();
+    for id in 1..=count as u32 {
+        Codec::new(MAX_PAYLOAD_LIMIT)
+            .encode(Frame::new(Kind::Request, id, vec![7u8; size]), &mut bytes)
+            .expect("encode");
+    }
+    bytes.to_vec()
+}
+
+#[tokio::test]
+async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_again() {
+    // Ten batches of 64 pipelined 64-byte requests (4.7 KB each), then ten single ones.
+    let batches: VecDeque<Vec<u8>> = (0..10)
+        .map(|_| batch(64, 64))
+        .chain((0..10).map(|_| batch(1, 64)))
+        .collect();
+    let reader = Batches {
+        batches,
+        offset: 0,
+        rooms: Vec::new(),
+        between: false,
+    };
+    let config = crate::config::Config::default();
+    let mut conn = super::Conn::new(
+        reader,
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        Stingy::new(1 << 30, true),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        &config,
+        false,
+    );
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut frames = 0;
+    for _ in 0..10_000 {
+        match conn.poll_io(&mut cx, true, true, false) {
+            Poll::Ready(super::Io::Read(Some(Ok(_)))) => {
+                frames += 1;
+                // The driver takes every whole frame already buffered, then notes it.
+                let mut codec = Codec::new(MAX_PAYLOAD_LIMIT);
+                while codec
+                    .decode(conn.reader.read_buffer_mut())
+                    .expect("decode")
+                    .is_some()
+                {
+                    frames += 1;
+                }
+                conn.received();
+            }
+            Poll::Ready(super::Io::Read(None)) => break,
+            Poll::Ready(_) => panic!("only reads are expected"),
+            Poll::Pending => {}
+        }
+    }
+    assert_eq!(frames, 10 * 64 + 10, "every frame read");
+    let rooms = &conn.reader.get_ref().rooms;
+    let reads: Vec<usize> = rooms.iter().map(Vec::len).collect();
+    // The first batch grows from 1 KiB; from the second on, each takes one or two reads.
+    assert!(
+        reads[1..10].iter().all(|&n| n <= 2),
+        "reads per pipelined batch: {reads:?}"
+    );
+    // Back to small messages: within a few of them the room offered is 1 KiB again.
+    let last = rooms.last().expect("read")[0];
+    assert!(
+        last <= 2 * 1024,
+        "room for a lone small request: {last} bytes ({rooms:?})"
+    );
 }
