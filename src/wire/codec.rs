@@ -3,10 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{
-    EncodeApart, ErrorCode, Frame, Kind, HEADER_LEN, LENGTH_OVERHEAD, MAX_PAYLOAD_LIMIT,
-    WRITE_APART,
-};
+use super::{EncodeApart, ErrorCode, Frame, Kind, HEADER_LEN, LENGTH_OVERHEAD, MAX_PAYLOAD_LIMIT};
 
 /// Errors from decoding or encoding frames.
 ///
@@ -185,12 +182,7 @@ impl Encoder<Frame> for Codec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        if frame.payload.len() > MAX_PAYLOAD_LIMIT {
-            return Err(CodecError::FrameTooLarge {
-                len: frame.payload.len() as u64,
-                max: MAX_PAYLOAD_LIMIT,
-            });
-        }
+        describable(&frame.payload)?;
         dst.reserve(frame.encoded_len());
         put_header(dst, frame.kind, frame.id, frame.payload.len());
         dst.put_slice(&frame.payload);
@@ -199,23 +191,26 @@ impl Encoder<Frame> for Codec {
 }
 
 impl EncodeApart<Frame> for Codec {
-    fn encode_apart(
-        &mut self,
-        frame: Frame,
-        dst: &mut BytesMut,
-    ) -> Result<Option<Bytes>, CodecError> {
-        if frame.payload.len() < WRITE_APART {
-            return self.encode(frame, dst).map(|()| None);
-        }
-        if frame.payload.len() > MAX_PAYLOAD_LIMIT {
-            return Err(CodecError::FrameTooLarge {
-                len: frame.payload.len() as u64,
-                max: MAX_PAYLOAD_LIMIT,
-            });
-        }
-        put_header(dst, frame.kind, frame.id, frame.payload.len());
-        Ok(Some(frame.payload))
+    fn payload_len(frame: &Frame) -> usize {
+        frame.payload.len()
     }
+
+    fn encode_framing(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<Bytes, CodecError> {
+        describable(&frame.payload)?;
+        put_header(dst, frame.kind, frame.id, frame.payload.len());
+        Ok(frame.payload)
+    }
+}
+
+/// Refuses a payload the length field cannot describe.
+fn describable(payload: &[u8]) -> Result<(), CodecError> {
+    if payload.len() > MAX_PAYLOAD_LIMIT {
+        return Err(CodecError::FrameTooLarge {
+            len: payload.len() as u64,
+            max: MAX_PAYLOAD_LIMIT,
+        });
+    }
+    Ok(())
 }
 
 /// Appends the 9-byte header of a frame whose payload is `payload_len` bytes; the payload

@@ -46,12 +46,28 @@ pub use plain::{PlainCodec, RawCodec};
 /// after `dst`'s bytes as a slice of its own, in one vectored write. The server's echo
 /// reply to a 1 MiB request was a 1 MiB copy into the write buffer.
 pub trait EncodeApart<T>: Encoder<T, Error = CodecError> {
-    /// Encodes `item`'s framing into `dst`; returns the payload still to be written after
-    /// it, or `None` if `dst` now holds the whole message.
+    /// The length of `item`'s payload.
+    fn payload_len(item: &T) -> usize;
+
+    /// Encodes only `item`'s framing into `dst` and returns its payload, to be written
+    /// right after.
     ///
     /// # Errors
     /// As [`Encoder::encode`]: a payload the length field cannot describe.
-    fn encode_apart(&mut self, item: T, dst: &mut BytesMut) -> Result<Option<Bytes>, CodecError>;
+    fn encode_framing(&mut self, item: T, dst: &mut BytesMut) -> Result<Bytes, CodecError>;
+
+    /// Encodes a small `item` whole into `dst` (`None`), or a large one's framing only,
+    /// returning its payload.
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`].
+    fn encode_apart(&mut self, item: T, dst: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        if Self::payload_len(&item) < WRITE_APART {
+            self.encode(item, dst).map(|()| None)
+        } else {
+            self.encode_framing(item, dst).map(Some)
+        }
+    }
 }
 
 /// Payloads from this size up are written as slices of their own ([`EncodeApart`]):

@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::codec::at_eof;
-use super::{CodecError, EncodeApart, WRITE_APART};
+use super::{CodecError, EncodeApart};
 
 /// Plain framing: a 4-byte big-endian length, then that many payload bytes; nothing else.
 /// It is the default format of tokio-util's `LengthDelimitedCodec`, but like [`Codec`](super::Codec) it
@@ -76,16 +76,13 @@ impl Encoder<Bytes> for PlainCodec {
 }
 
 impl EncodeApart<Bytes> for PlainCodec {
-    fn encode_apart(
-        &mut self,
-        payload: Bytes,
-        dst: &mut BytesMut,
-    ) -> Result<Option<Bytes>, CodecError> {
-        if payload.len() < WRITE_APART {
-            return self.encode(payload, dst).map(|()| None);
-        }
+    fn payload_len(payload: &Bytes) -> usize {
+        payload.len()
+    }
+
+    fn encode_framing(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<Bytes, CodecError> {
         dst.put_u32(plain_length(&payload)?);
-        Ok(Some(payload))
+        Ok(payload)
     }
 }
 
@@ -122,14 +119,12 @@ impl Encoder<Bytes> for RawCodec {
 }
 
 impl EncodeApart<Bytes> for RawCodec {
-    fn encode_apart(
-        &mut self,
-        payload: Bytes,
-        dst: &mut BytesMut,
-    ) -> Result<Option<Bytes>, CodecError> {
-        if payload.len() < WRITE_APART {
-            return self.encode(payload, dst).map(|()| None);
-        }
-        Ok(Some(payload))
+    fn payload_len(payload: &Bytes) -> usize {
+        payload.len()
+    }
+
+    /// No framing: the payload is the whole message.
+    fn encode_framing(&mut self, payload: Bytes, _: &mut BytesMut) -> Result<Bytes, CodecError> {
+        Ok(payload)
     }
 }
