@@ -133,11 +133,15 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
         match self.encoder.encode_apart(item, &mut self.buffer) {
             Ok(None) => {}
             Ok(Some(payload)) => {
-                // The framing just buffered, and anything before it, goes first.
-                let ahead = self.buffer.split().freeze();
+                // The framing just buffered, and anything before it, goes first (raw
+                // framing has none: nothing may be buffered).
                 let apart = self.apart.get_or_insert_with(Box::default);
-                apart.len += ahead.len() + payload.len();
-                apart.chunks.push_back(ahead);
+                if !self.buffer.is_empty() {
+                    let ahead = self.buffer.split().freeze();
+                    apart.len += ahead.len();
+                    apart.chunks.push_back(ahead);
+                }
+                apart.len += payload.len();
                 apart.chunks.push_back(payload);
             }
             Err(err) => error!(cause = %err, "cannot encode a message"),

@@ -12,7 +12,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::Outbox;
-use crate::wire::{Codec, Frame, Kind, MAX_PAYLOAD_LIMIT, WRITE_APART};
+use crate::wire::{Codec, Frame, Kind, RawCodec, MAX_PAYLOAD_LIMIT, WRITE_APART};
 
 /// A socket that takes at most `max` bytes per write and refuses every other write
 /// (waking at once), optionally without vectored writes (as a TLS stream may be).
@@ -111,7 +111,7 @@ fn replies(sizes: &[usize]) -> Vec<Frame> {
 }
 
 /// Writes everything queued, polling until done (at most `bound` polls).
-fn flush(outbox: &mut Outbox<Stingy, Codec>, bound: usize) {
+fn flush<E>(outbox: &mut Outbox<Stingy, E>, bound: usize) {
     let mut cx = Context::from_waker(noop_waker_ref());
     for _ in 0..bound {
         if let Poll::Ready(result) = outbox.poll_flush(&mut cx) {
@@ -210,6 +210,22 @@ fn a_large_payload_is_not_copied_and_goes_out_in_one_write_with_its_header() {
     flush(&mut outbox, 4);
     assert_eq!(outbox.writer.writes, 1, "one vectored write");
     assert_eq!(decode_all(&outbox.writer.written), frames);
+}
+
+#[test]
+fn raw_payloads_large_and_small_go_out_as_they_are_in_order() {
+    let payloads: Vec<Bytes> = [1 << 20, 10, WRITE_APART, 0, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| Bytes::from(vec![i as u8 + 1; len]))
+        .collect();
+    let mut outbox = Outbox::new(Stingy::new(1000, true), RawCodec, usize::MAX);
+    for payload in payloads.clone() {
+        outbox.push(payload);
+    }
+    flush(&mut outbox, 100_000);
+    assert!(outbox.apart.is_none());
+    assert_eq!(outbox.writer.written, payloads.concat());
 }
 
 #[test]
