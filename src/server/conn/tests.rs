@@ -352,7 +352,7 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut frames = 0;
     for _ in 0..10_000 {
-        match conn.poll_io(&mut cx, true, true, false) {
+        match conn.poll_io(&mut cx, &config, true, true, false) {
             Poll::Ready(super::Io::Read(Some(Ok(_)))) => {
                 frames += 1;
                 // The driver takes every whole frame already buffered, then notes it.
