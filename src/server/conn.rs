@@ -237,6 +237,9 @@ pub(crate) struct Conn<R, D, W, E> {
     /// Until [`Conn::handshake_done`]: the handshake deadline runs, and it is where
     /// `sleep` was first set (nothing moves that timer before the handshake ends).
     handshaking: bool,
+    /// Whether `sleep` is set for the idle deadline (which it may trail: see
+    /// `poll_deadline`).
+    sleep_is_idle: bool,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -271,6 +274,7 @@ where
             burst_grew: false,
             last_activity: now,
             handshaking: handshake,
+            sleep_is_idle: !handshake,
             sleep: Box::pin(sleep_until(first_deadline)),
         }
     }
@@ -380,14 +384,19 @@ where
             (probe && self.out.pending() == 0).then(|| (self.last_activity + PROBE_EVERY, None))
         };
         if let Some((at, which)) = deadline {
-            // The timer is moved only earlier. A deadline that moved later (the idle
-            // deadline does with every request) is left where it was, and when the
-            // timer fires early the deadline is checked and the timer set again: at most
-            // one early wake-up per timeout instead of a timer reset per request, which
-            // took about 170 of the server's 5,700 instructions per request at 50
-            // connections (callgrind of `courier serve` under `courier bench -c 50`).
-            if at < self.sleep.deadline() {
+            // The idle deadline moves later with every request, and resetting the timer
+            // each time took about 170 of the server's 5,700 instructions per request at
+            // 50 connections (callgrind of `courier serve` under `courier bench -c 50`).
+            // So a timer already set for the idle deadline is left where it was when
+            // that deadline moves later; when it fires early, the deadline is checked and
+            // the timer set again: at most one early wake-up per idle timeout. Any other
+            // move (earlier, or to another deadline) resets it at once, so that an idle
+            // connection is never woken by a deadline that no longer applies.
+            let for_idle = matches!(which, Some(Deadline::Idle));
+            let deadline = self.sleep.deadline();
+            if at < deadline || (at > deadline && !(for_idle && self.sleep_is_idle)) {
                 self.sleep.as_mut().reset(at);
+                self.sleep_is_idle = for_idle;
             }
             if self.sleep.as_mut().poll(cx).is_ready() {
                 // The timer fired at its deadline, which is now or earlier.

@@ -1,5 +1,5 @@
-//! The outbox: large payloads written apart from the buffer arrive in order, whole, through
-//! partial and refused writes.
+//! The outbox (large payloads written apart from the buffer arrive in order, whole, through
+//! partial and refused writes), the read bursts and the deadline timer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -385,4 +385,65 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
         last <= 2 * 1024,
         "room for a lone small request: {last} bytes ({rooms:?})"
     );
+}
+
+/// A peer that sends nothing.
+struct Silent;
+
+impl tokio::io::AsyncRead for Silent {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
+    use std::time::Duration;
+    use tokio::time::{advance, Instant};
+
+    let config = crate::config::Config::default();
+    let start = Instant::now();
+    let mut conn = super::Conn::new(
+        Silent,
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        tokio::io::sink(),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        &config,
+        true,
+    );
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut poll =
+        |conn: &mut super::Conn<_, _, _, _>| conn.poll_io(&mut cx, &config, true, true, false);
+    assert!(poll(&mut conn).is_pending());
+    assert_eq!(conn.sleep.deadline(), start + config.handshake_timeout);
+
+    // The handshake ends: the timer moves to the idle deadline at once, so that an idle
+    // connection is not woken when the handshake deadline would have passed.
+    advance(Duration::from_secs(1)).await;
+    conn.handshake_done();
+    conn.received();
+    assert!(poll(&mut conn).is_pending());
+    let first_idle = start + Duration::from_secs(1) + config.idle_timeout;
+    assert_eq!(conn.sleep.deadline(), first_idle);
+
+    // A request a second later moves the idle deadline, not the timer.
+    advance(Duration::from_secs(1)).await;
+    conn.received();
+    assert!(poll(&mut conn).is_pending());
+    assert_eq!(conn.sleep.deadline(), first_idle);
+
+    // When the timer fires, the deadline has not passed: no deadline, the timer is set
+    // again for the real one, and that one ends the connection.
+    advance(first_idle - Instant::now()).await;
+    assert!(poll(&mut conn).is_pending());
+    assert_eq!(conn.sleep.deadline(), first_idle + Duration::from_secs(1));
+    advance(Duration::from_secs(1)).await;
+    assert!(matches!(
+        poll(&mut conn),
+        Poll::Ready(super::Io::Deadline(super::Deadline::Idle))
+    ));
 }
