@@ -298,10 +298,10 @@ where
     }
 
     /// Waits for the next I/O event: a message read (only when `can_read`), the write
-    /// buffer drained (only when not `can_read`: while reading, a drained buffer is
-    /// noted here and the wait goes on), or a deadline. The idle deadline runs only while `idle` (nothing in
-    /// flight). A pause in reading that the server chose does not count against the frame
-    /// deadline. With `probe`, and nothing left to write, [`Io::Probe`] comes every
+    /// buffer drained (only when not `can_read`: while reading, a drained buffer is noted
+    /// here and the wait goes on), or a deadline, whose lengths `config` gives. The idle
+    /// deadline runs only while `idle` (nothing in flight). A pause in reading that the
+    /// server chose does not count against the frame deadline. With `probe`, and nothing left to write, [`Io::Probe`] comes every
     /// [`PROBE_EVERY`] of quiet.
     pub(crate) fn poll_io(
         &mut self,
@@ -399,14 +399,15 @@ where
                 self.sleep_is_idle = for_idle;
             }
             if self.sleep.as_mut().poll(cx).is_ready() {
-                // The timer fired at its deadline, which is now or earlier.
-                if at <= self.sleep.deadline() {
-                    return Poll::Ready(which.map_or(Io::Probe, Io::Deadline));
+                // The timer fired at its deadline, which is now or earlier. Before `at`,
+                // it trailed an idle deadline that has moved on since: set it again.
+                if at > self.sleep.deadline() {
+                    self.sleep.as_mut().reset(at);
+                    if self.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
-                self.sleep.as_mut().reset(at);
-                if self.sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(which.map_or(Io::Probe, Io::Deadline));
-                }
+                return Poll::Ready(which.map_or(Io::Probe, Io::Deadline));
             }
         }
         Poll::Pending
