@@ -276,8 +276,10 @@ where
     }
 }
 
-/// A connection loop's wait for its stop signal ([`Shared::stop_signal`]): the token it
-/// waits on, and the waker the wait last registered with it.
+/// What a connection loop waits on besides its I/O: the shutdown token while it serves,
+/// then, once it drains, the end of the drain timeout (`Shared::abort`). Holds the token
+/// waited on and the waker the wait last registered with it; the wait itself is pinned
+/// beside it in [`Driver::run`].
 struct StopWait<'t> {
     token: &'t CancellationToken,
     waker: Option<Waker>,
@@ -355,7 +357,7 @@ where
         // One wait for the stop signal for the connection's life, not one per turn: a
         // wait made afresh each turn registered with the token's waiter list under its
         // lock, and unregistered when the turn ended.
-        let mut stop = pin!(self.shared.stop_signal(token, false));
+        let mut stop = pin!(token.cancelled());
         // `token` itself is not used past this point: the loop holds one reference to
         // whichever token it waits on, in `stop_wait` (8 bytes per idle connection).
         let mut stop_wait = StopWait { token, waker: None };
@@ -366,14 +368,15 @@ where
                 return End::Now(Ok(Close::slow_reader(pending, &self.shared.config)));
             }
             let abort = &self.shared.abort;
-            let draining = std::ptr::eq(stop_wait.token, abort) || stop_wait.token.is_cancelled();
-            if draining && !std::ptr::eq(stop_wait.token, abort) {
+            let mut draining = std::ptr::eq(stop_wait.token, abort);
+            if !draining && stop_wait.token.is_cancelled() {
                 // From now on the wait is for the end of the drain timeout.
-                stop.set(self.shared.stop_signal(stop_wait.token, true));
+                stop.set(abort.cancelled());
                 stop_wait = StopWait {
                     token: abort,
                     waker: None,
                 };
+                draining = true;
             }
             if draining {
                 if let Some(goaway) = self.session.drain() {

@@ -399,21 +399,6 @@ pub(crate) struct Shared<H> {
 }
 
 impl<H> Shared<H> {
-    /// What a connection loop waits on besides its I/O: the shutdown signal while it
-    /// serves, then, once it drains, the end of the drain timeout. One future for both,
-    /// so that the idle connection's state holds one.
-    pub(crate) fn stop_signal<'a>(
-        &'a self,
-        token: &'a CancellationToken,
-        draining: bool,
-    ) -> tokio_util::sync::WaitForCancellationFuture<'a> {
-        if draining {
-            self.abort.cancelled()
-        } else {
-            token.cancelled()
-        }
-    }
-
     /// The close of a connection still open when the drain timeout passed.
     pub(crate) fn aborted(&self) -> Close {
         Close::new(
