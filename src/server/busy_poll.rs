@@ -57,8 +57,8 @@ pub(crate) fn start(window: Duration, stats: &Arc<Stats>, stop: &CancellationTok
 /// Polls for `window` after the counters move, but only while they keep moving closer
 /// together than `window`: a gap longer than that says the next request will not come
 /// within a window either, so polling would cost a CPU for nothing, and the task sleeps
-/// until the counters move again. The first short gap after such a sleep turns polling
-/// back on.
+/// until the counters move twice within a window ([`Stats::burst`]): the first short gap
+/// after such a sleep turns polling back on, and the moves before it wake nobody.
 ///
 /// Polling also stops, for [`REST`], when the kernel keeps preempting the polling thread
 /// ([`Contention`]): another thread wants that CPU (the client on the same machine, say),
@@ -86,12 +86,11 @@ async fn spin(
                 }
                 continue;
             }
-            let seen = pace.seen;
             tokio::select! {
-                () = stats.changed(seen) => {}
+                () = stats.burst(window, pace.seen, pace.moved_at) => {}
                 () = stop.cancelled() => return,
             }
-            pace.moved(stats.activity(), clock());
+            pace.burst(stats.activity(), clock());
             cpu.restart(clock());
             continue;
         }
@@ -181,6 +180,14 @@ impl Pace {
 
     fn moved(&mut self, activity: u64, now: Instant) {
         self.close_together = now.saturating_duration_since(self.moved_at) <= self.window;
+        self.seen = activity;
+        self.moved_at = now;
+    }
+
+    /// The counters moved twice within a window ([`Stats::burst`]), the last time just
+    /// before `now`, to `activity`.
+    fn burst(&mut self, activity: u64, now: Instant) {
+        self.close_together = true;
         self.seen = activity;
         self.moved_at = now;
     }
