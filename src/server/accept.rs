@@ -170,7 +170,7 @@ impl<H: Handler> Admit<'_, H> {
     /// Serves the connection on a task of its own, holding `permit` until it ends.
     fn spawn<S>(&self, stream: S, peer: Peer, permit: OwnedSemaphorePermit)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // The connection's future is the task itself, with no async block around it: a
         // wrapper would keep its own copies of the stream, the permit and the handles for

@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
@@ -227,24 +227,16 @@ pub(crate) fn drive<'a, S, H, P>(
     mut session: P,
 ) -> impl Future<Output = io::Result<Close>> + 'a
 where
-    S: AsyncRead + AsyncWrite + 'a,
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
     H: Handler,
     P: Protocol + 'a,
 {
     let config = &shared.config;
-    let (read_half, write_half) = tokio::io::split(stream);
     let codec = P::codec(config);
-    let mut conn = Conn::new(
-        read_half,
-        codec.clone(),
-        write_half,
-        codec,
-        config,
-        P::HANDSHAKE,
-    );
+    let mut conn = Conn::new(stream, codec.clone(), codec, config, P::HANDSHAKE);
     if let Some(first) = session.greeting(config) {
         let mut turn = Turn::new(&shared.stats);
-        turn.tally.bytes_out += conn.out.push(first) as u64;
+        turn.tally.bytes_out += conn.out.push(first, config.max_pending_output) as u64;
     }
     let mut driver = Driver {
         shared,
@@ -334,7 +326,7 @@ enum Event<T> {
 /// One connection being served: its I/O, its session and the calls it runs.
 struct Driver<'a, S, H, P: Protocol, F: Future<Output = Finished>, M> {
     shared: &'a Shared<H>,
-    conn: Conn<ReadHalf<S>, P::Codec, WriteHalf<S>, P::Codec>,
+    conn: Conn<S, P::Codec, P::Codec>,
     /// What the framing means; no I/O in it.
     session: P,
     calls: P::Calls<F>,
@@ -345,7 +337,7 @@ struct Driver<'a, S, H, P: Protocol, F: Future<Output = Finished>, M> {
 
 impl<'a, S, H, P, F, M> Driver<'a, S, H, P, F, M>
 where
-    S: AsyncRead + AsyncWrite,
+    S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
     P: Protocol,
     F: Future<Output = Finished>,
@@ -381,7 +373,11 @@ where
             if draining {
                 if let Some(goaway) = self.session.drain() {
                     let mut turn = Turn::new(&self.shared.stats);
-                    turn.tally.bytes_out += self.conn.out.push(goaway) as u64;
+                    turn.tally.bytes_out += self
+                        .conn
+                        .out
+                        .push(goaway, self.shared.config.max_pending_output)
+                        as u64;
                 }
             }
             let settled = self.session.settled();
@@ -448,7 +444,9 @@ where
             Io::WriteFailed(err) => Err(err),
             Io::Probe => {
                 if let Some(probe) = self.session.probe() {
-                    self.conn.out.push(probe);
+                    self.conn
+                        .out
+                        .push(probe, self.shared.config.max_pending_output);
                 }
                 Ok(None)
             }
@@ -538,10 +536,7 @@ where
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
                 break;
             }
-            let mut decoder = self.conn.reader.decoder().clone();
-            next = decoder
-                .decode(self.conn.reader.read_buffer_mut())
-                .transpose();
+            next = self.conn.reader.decode().transpose();
         }
         self.conn.received();
         Ok(None)
@@ -553,7 +548,11 @@ where
         match step {
             Step::Next => None,
             Step::Send(out) => {
-                turn.tally.bytes_out += self.conn.out.push(out) as u64;
+                turn.tally.bytes_out += self
+                    .conn
+                    .out
+                    .push(out, self.shared.config.max_pending_output)
+                    as u64;
                 None
             }
             Step::Dispatch(request) => {
@@ -567,7 +566,11 @@ where
             }
             Step::Close { last, close } => {
                 if let Some(last) = last {
-                    turn.tally.bytes_out += self.conn.out.push(last) as u64;
+                    turn.tally.bytes_out += self
+                        .conn
+                        .out
+                        .push(last, self.shared.config.max_pending_output)
+                        as u64;
                 }
                 Some(close)
             }

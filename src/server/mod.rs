@@ -157,8 +157,10 @@ impl<H: Handler> Server<H> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        // Pinned in a box: the connection loop reads and writes the stream in place, which
+        // needs an `Unpin` one, and this accepts any.
         serve_connection(
-            stream,
+            Box::pin(stream),
             self.shared.clone(),
             shutdown,
             None,
@@ -258,7 +260,7 @@ fn serve_connection<S, H>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = CloseReason>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
     async move {

@@ -162,14 +162,10 @@ fn small_and_large_replies_arrive_whole_and_in_order_through_partial_writes() {
         (65_536, false),
     ] {
         let frames = replies(&SIZES);
-        let mut outbox = Outbox::new(
-            Stingy::new(max, vectored),
-            Codec::new(MAX_PAYLOAD_LIMIT),
-            usize::MAX,
-        );
+        let mut outbox = Outbox::new(Stingy::new(max, vectored), Codec::new(MAX_PAYLOAD_LIMIT));
         let mut queued = 0;
         for frame in frames.clone() {
-            queued += outbox.push(frame);
+            queued += outbox.push(frame, usize::MAX);
         }
         let total: usize = frames.iter().map(Frame::encoded_len).sum();
         assert_eq!(queued, total, "push counts every byte it queues");
@@ -181,7 +177,7 @@ fn small_and_large_replies_arrive_whole_and_in_order_through_partial_writes() {
             "a drained outbox keeps nothing apart"
         );
         assert_eq!(
-            decode_all(&outbox.writer.written),
+            decode_all(&outbox.stream.written),
             frames,
             "max {max}, vectored {vectored}"
         );
@@ -191,13 +187,9 @@ fn small_and_large_replies_arrive_whole_and_in_order_through_partial_writes() {
 #[test]
 fn a_large_payload_is_not_copied_and_goes_out_in_one_write_with_its_header() {
     let frames = replies(&[64, 1 << 20]);
-    let mut outbox = Outbox::new(
-        Stingy::new(1 << 30, true),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        usize::MAX,
-    );
-    outbox.push(frames[0].clone());
-    outbox.push(frames[1].clone());
+    let mut outbox = Outbox::new(Stingy::new(1 << 30, true), Codec::new(MAX_PAYLOAD_LIMIT));
+    outbox.push(frames[0].clone(), usize::MAX);
+    outbox.push(frames[1].clone(), usize::MAX);
     // The buffer holds the small reply and the large one's header; its payload waits apart.
     assert_eq!(
         outbox.buffer.len() + outbox.apart.as_ref().map_or(0, |a| a.len),
@@ -208,8 +200,8 @@ fn a_large_payload_is_not_copied_and_goes_out_in_one_write_with_its_header() {
         "the 1 MiB payload was copied into the buffer"
     );
     flush(&mut outbox, 4);
-    assert_eq!(outbox.writer.writes, 1, "one vectored write");
-    assert_eq!(decode_all(&outbox.writer.written), frames);
+    assert_eq!(outbox.stream.writes, 1, "one vectored write");
+    assert_eq!(decode_all(&outbox.stream.written), frames);
 }
 
 #[test]
@@ -219,28 +211,24 @@ fn raw_payloads_large_and_small_go_out_as_they_are_in_order() {
         .enumerate()
         .map(|(i, &len)| Bytes::from(vec![i as u8 + 1; len]))
         .collect();
-    let mut outbox = Outbox::new(Stingy::new(1000, true), RawCodec, usize::MAX);
+    let mut outbox = Outbox::new(Stingy::new(1000, true), RawCodec);
     for payload in payloads.clone() {
-        outbox.push(payload);
+        outbox.push(payload, usize::MAX);
     }
     flush(&mut outbox, 100_000);
     assert!(outbox.apart.is_none());
-    assert_eq!(outbox.writer.written, payloads.concat());
+    assert_eq!(outbox.stream.written, payloads.concat());
 }
 
 #[test]
 fn bytes_waiting_apart_count_against_the_output_limit() {
     let frames = replies(&[1 << 20, 64]);
-    let mut outbox = Outbox::new(
-        Stingy::new(1, true),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        64 * 1024,
-    );
+    let mut outbox = Outbox::new(Stingy::new(1, true), Codec::new(MAX_PAYLOAD_LIMIT));
     assert!(
-        outbox.push(frames[0].clone()) > 0,
+        outbox.push(frames[0].clone(), 64 * 1024) > 0,
         "one message over the limit gets through"
     );
-    assert_eq!(outbox.push(frames[1].clone()), 0);
+    assert_eq!(outbox.push(frames[1].clone(), 64 * 1024), 0);
     assert!(
         outbox.overflowed,
         "1 MiB waiting apart is over a 64 KiB limit"
@@ -257,16 +245,46 @@ fn the_bytes_written_are_those_of_encoding_every_reply_in_turn() {
             .encode(frame, &mut expected)
             .expect("encode");
     }
-    let mut outbox = Outbox::new(
-        Stingy::new(333, true),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        usize::MAX,
-    );
+    let mut outbox = Outbox::new(Stingy::new(333, true), Codec::new(MAX_PAYLOAD_LIMIT));
     for frame in frames {
-        outbox.push(frame);
+        outbox.push(frame, usize::MAX);
     }
     flush(&mut outbox, 100_000);
-    assert_eq!(Bytes::from(outbox.writer.written), expected.freeze());
+    assert_eq!(Bytes::from(outbox.stream.written), expected.freeze());
+}
+
+/// A stream of a reading side and a writing side of the tests' own.
+struct Duplex<R, W> {
+    reader: R,
+    writer: W,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin, W: Unpin> tokio::io::AsyncRead for Duplex<R, W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Duplex<R, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
 }
 
 /// A socket that delivers `batches` one after another, each as far as the reader's room
@@ -342,9 +360,11 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
     };
     let config = crate::config::Config::default();
     let mut conn = super::Conn::new(
-        reader,
+        Duplex {
+            reader,
+            writer: Stingy::new(1 << 30, true),
+        },
         Codec::new(MAX_PAYLOAD_LIMIT),
-        Stingy::new(1 << 30, true),
         Codec::new(MAX_PAYLOAD_LIMIT),
         &config,
         false,
@@ -372,7 +392,7 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
         }
     }
     assert_eq!(frames, 10 * 64 + 10, "every frame read");
-    let rooms = &conn.reader.get_ref().rooms;
+    let rooms = &conn.out.stream.reader.rooms;
     let reads: Vec<usize> = rooms.iter().map(Vec::len).collect();
     // The first batch grows from 1 KiB; from the second on, each takes one or two reads.
     assert!(
@@ -408,16 +428,18 @@ async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
     let config = crate::config::Config::default();
     let start = Instant::now();
     let mut conn = super::Conn::new(
-        Silent,
+        Duplex {
+            reader: Silent,
+            writer: tokio::io::sink(),
+        },
         Codec::new(MAX_PAYLOAD_LIMIT),
-        tokio::io::sink(),
         Codec::new(MAX_PAYLOAD_LIMIT),
         &config,
         true,
     );
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut poll =
-        |conn: &mut super::Conn<_, _, _, _>| conn.poll_io(&mut cx, &config, true, true, false);
+        |conn: &mut super::Conn<_, _, _>| conn.poll_io(&mut cx, &config, true, true, false);
     assert!(poll(&mut conn).is_pending());
     assert_eq!(conn.sleep.deadline(), start + config.handshake_timeout);
 
