@@ -406,6 +406,11 @@ impl Stats {
     /// The counters are relaxed, so a count made just as a task starts waiting may not be
     /// seen; a burst is then noticed one request late, which costs that request a little
     /// latency and nothing else.
+    ///
+    /// Gaps are measured on Tokio's clock. The server's pollers pass a `since` from the
+    /// wall clock, which is the same clock unless a test pauses Tokio's; there this filter
+    /// may wake a poller too often or too rarely, which decides only whether it polls for
+    /// a window.
     pub(crate) async fn burst(&self, window: Duration, seen: u64, since: Instant) {
         let bursts = &self.bursts;
         let notified = bursts.moved.notified();
@@ -440,7 +445,8 @@ struct Bursts {
     watchers: AtomicUsize,
     /// The window they wait with, in nanoseconds.
     window: AtomicU64,
-    /// When the activity last moved while a task waited: nanoseconds since `epoch`.
+    /// When the activity last moved while a task waited, or, when none has since a task
+    /// began to wait, the move that task saw last: nanoseconds since `epoch`.
     last_move: AtomicU64,
     epoch: Instant,
     moved: Notify,

@@ -18,11 +18,12 @@
 //! the back of the line.
 //!
 //! It adapts: the tasks poll only while requests keep arriving closer together than the
-//! window. After a gap longer than the window they sleep until the counters move, and
-//! they poll again from the first short gap on; once the counters have not moved for a
-//! window, they sleep too. So a client that sends a request every millisecond costs no
-//! polling at all (it would be woken anyway), an idle server uses no CPU, and only a busy
-//! connection keeps a CPU polling, for at most one window past its last request. It
+//! window. After a gap longer than the window they sleep until the counters move twice
+//! within a window, and poll again from that first short gap on (the moves before it wake
+//! nobody); once the counters have not moved for a window, they sleep too. So a client
+//! that sends a request every millisecond costs no polling and no poller wake-up, an idle
+//! server uses no CPU, and only a busy connection keeps a CPU polling, for at most one
+//! window past its last request. It
 //! polls only while at most [`MAX_POLLED_CONNECTIONS`] connections are open: with many,
 //! the server's requests come close together though no one client's do. And it gives
 //! way: on Linux, a polling thread that the kernel keeps preempting (another thread wants
@@ -478,7 +479,7 @@ mod tests {
         settle().await;
         assert_eq!(stats.watchers(), 1, "asleep after a quiet window");
 
-        // A request after a long gap wakes it, but it goes back to sleep at once.
+        // A request after a long gap does not wake it.
         tokio::time::advance(Duration::from_millis(1)).await;
         count_one(&stats);
         settle().await;
