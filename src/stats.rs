@@ -536,9 +536,7 @@ impl Timing {
             .position(|bound| seconds <= *bound)
             .unwrap_or(DURATION_BUCKETS.len());
         self.buckets[bucket] += 1;
-        self.sum_nanos = self
-            .sum_nanos
-            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        self.sum_nanos = self.sum_nanos.saturating_add(nanos(took));
     }
 
     /// Counts `count` answers the handler gave inline (`Handler::ready`), before the

@@ -105,9 +105,9 @@ struct Apart {
 const MAX_SLICES: usize = 64;
 
 impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
-    fn new(writer: W, encoder: E) -> Self {
+    fn new(stream: W, encoder: E) -> Self {
         Outbox {
-            stream: writer,
+            stream,
             buffer: BytesMut::new(),
             apart: None,
             encoder,

@@ -253,40 +253,6 @@ fn the_bytes_written_are_those_of_encoding_every_reply_in_turn() {
     assert_eq!(Bytes::from(outbox.stream.written), expected.freeze());
 }
 
-/// A stream of a reading side and a writing side of the tests' own.
-struct Duplex<R, W> {
-    reader: R,
-    writer: W,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin, W: Unpin> tokio::io::AsyncRead for Duplex<R, W> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Duplex<R, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
-    }
-}
-
 /// A socket that delivers `batches` one after another, each as far as the reader's room
 /// allows, with nothing to read (Pending) between batches; records the room each read
 /// offered that got bytes.
@@ -360,10 +326,7 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
     };
     let config = crate::config::Config::default();
     let mut conn = super::Conn::new(
-        Duplex {
-            reader,
-            writer: Stingy::new(1 << 30, true),
-        },
+        tokio::io::join(reader, Stingy::new(1 << 30, true)),
         Codec::new(MAX_PAYLOAD_LIMIT),
         Codec::new(MAX_PAYLOAD_LIMIT),
         &config,
@@ -392,7 +355,7 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
         }
     }
     assert_eq!(frames, 10 * 64 + 10, "every frame read");
-    let rooms = &conn.out.stream.reader.rooms;
+    let rooms = &conn.out.stream.reader().rooms;
     let reads: Vec<usize> = rooms.iter().map(Vec::len).collect();
     // The first batch grows from 1 KiB; from the second on, each takes one or two reads.
     assert!(
@@ -428,10 +391,7 @@ async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
     let config = crate::config::Config::default();
     let start = Instant::now();
     let mut conn = super::Conn::new(
-        Duplex {
-            reader: Silent,
-            writer: tokio::io::sink(),
-        },
+        tokio::io::join(Silent, tokio::io::sink()),
         Codec::new(MAX_PAYLOAD_LIMIT),
         Codec::new(MAX_PAYLOAD_LIMIT),
         &config,
