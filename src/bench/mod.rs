@@ -288,11 +288,8 @@ fn spawn_jobs(
     progress: Arc<Progress>,
 ) -> Vec<JoinHandle<(Outcome, Instant)>> {
     let per_connection = config.requests.map(|n| n.div_ceil(streams.len() as u64));
-    // The open loop's clock (`pacer.rs`); Tokio's timer where it cannot be started.
-    let pacer = config
-        .rate
-        .and_then(|_| pacer::Pacer::start().ok())
-        .map(Arc::new);
+    // The open loop's clock (`pacer.rs`).
+    let pacer = config.rate.map(|_| Arc::new(pacer::Pacer::start()));
     let mut tasks = Vec::with_capacity(streams.len());
     for (index, stream) in streams.into_iter().enumerate() {
         let job = Job {
