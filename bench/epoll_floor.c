@@ -4,12 +4,21 @@
  * its tail in particular is the machine's, whatever server sits on top.
  *
  *   epoll_floor server PORT                         echo every byte back, any connections
- *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO] [DEPTH]
+ *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO] [DEPTH] [RATE]
  *                                                   1 s warm-up, then SECONDS measured;
  *                                                   prints {"rps":..., "p50_us":..., ...}
  *
  * DEPTH (default 1) is the requests each connection keeps in flight: as replies come in,
  * as many new requests go out, in one write.
+ *
+ * RATE (requests/s in all; 0 or absent for the closed loop above) makes it an open loop:
+ * request n is due at n / RATE seconds and goes out on connection n % CONNS, whether or
+ * not the replies before it came back, and its latency counts from when it was due, so a
+ * server that stalls is charged for every request it held up. DEPTH is then the most one
+ * connection may have outstanding; a connection that falls that far behind ends the run
+ * with an error rather than quietly sending less. Between requests due less than 2 ms
+ * apart the client spins (epoll_wait with no timeout) instead of sleeping, so that its own
+ * wake-up is not in the figures: it keeps its CPU busy, and none of the server's.
  *
  * PROTO is what the client speaks, so that one C load generator drives every server:
  *   raw      SIZE bytes out, SIZE bytes back (the default; the C server above)
@@ -228,9 +237,117 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
     return 0;
 }
 
+/* The open loop (RATE > 0): see the top of the file. Each connection's outstanding
+ * requests are a ring of `depth` due times; replies come back in order, so the oldest
+ * outstanding request is the one a reply answers, and request ids (courier framing) cycle
+ * through the ring's slots as in the closed loop. */
+static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name,
+                     int depth, double rate) {
+    int one = 1;
+    int ep = epoll_create1(0);
+    int *fds = malloc(sizeof(int) * conns);
+    struct proto p;
+    if (make_proto(name, size, &p)) return 2;
+    char *ring = malloc(p.len * depth);
+    for (int j = 0; j < depth; j++) {
+        memcpy(ring + (size_t)j * p.len, p.msg, p.len);
+        if (!strcmp(name, "courier")) {
+            uint32_t id = j + 1;
+            char *m = ring + (size_t)j * p.len;
+            m[5] = id >> 24; m[6] = id >> 16; m[7] = id >> 8; m[8] = id;
+        }
+    }
+    double *due = malloc(sizeof(double) * conns * depth);
+    int *oldest = calloc(conns, sizeof(int)), *outstanding = calloc(conns, sizeof(int));
+    size_t *got = calloc(conns, sizeof(size_t));
+    long errors = 0;
+    long cap = (long)(seconds * rate * 1.1) + 1000;
+    double *lat = malloc(sizeof(double) * cap);
+    long count = 0, done = 0;
+    for (int i = 0; i < conns; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        for (int tries = 0; connect(fds[i], (struct sockaddr *)addr, sizeof *addr); tries++) {
+            if (tries > 100) { perror("epoll_floor: connect"); return 1; }
+            usleep(20000);
+        }
+        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!strcmp(name, "courier") && courier_hello(fds[i])) {
+            fprintf(stderr, "epoll_floor: the courier HELLO exchange failed\n");
+            return 1;
+        }
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+        struct epoll_event e = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
+    }
+    double start = now_us(), from = start + 1e6, until = from + seconds * 1e6;
+    double gap = 1e6 / rate;
+    long next = 0;
+    struct epoll_event events[64];
+    static char buf[65536];
+    for (;;) {
+        double t = now_us();
+        /* Everything due by now leaves now, each request on its own connection. */
+        for (double d = start + next * gap; d <= t && d < until; d = start + ++next * gap) {
+            int i = (int)(next % conns);
+            if (outstanding[i] == depth) {
+                fprintf(stderr, "epoll_floor: connection %d has %d requests outstanding (DEPTH); the server fell "
+                        "too far behind for this open loop\n", i, depth);
+                return 1;
+            }
+            int slot = (oldest[i] + outstanding[i]) % depth;
+            due[(size_t)i * depth + slot] = d;
+            outstanding[i]++;
+            if (send_ring(fds[i], &p, ring, depth, slot, 1)) { perror("epoll_floor: write"); return 1; }
+        }
+        double wait = start + next * gap - t;
+        if (t >= until) {
+            /* Sending has stopped: wait for what is still outstanding, at most 1 s. */
+            long left = 0;
+            for (int i = 0; i < conns; i++) left += outstanding[i];
+            if (left == 0 || t >= until + 1e6) break;
+            wait = 1000;
+        }
+        int timeout = wait < 2000 ? 0 : (int)(wait / 1000) - 1;
+        int ready = epoll_wait(ep, events, 64, timeout);
+        t = now_us();
+        for (int j = 0; j < ready; j++) {
+            int i = events[j].data.u32;
+            ssize_t n = read(fds[i], buf, sizeof buf);
+            if (n < 0) continue;
+            if (n == 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
+            for (size_t pos = 0; pos < (size_t)n;) {
+                size_t at = pos + p.check_at - got[i];
+                if (p.check && p.check_at >= got[i] && at < (size_t)n && buf[at] != p.check) errors++;
+                size_t take = p.reply_len - got[i] < (size_t)n - pos ? p.reply_len - got[i] : (size_t)n - pos;
+                got[i] += take;
+                pos += take;
+                if (got[i] < p.reply_len) break;
+                got[i] = 0;
+                if (outstanding[i] == 0) { errors++; continue; }
+                double d = due[(size_t)i * depth + oldest[i]];
+                oldest[i] = (oldest[i] + 1) % depth;
+                outstanding[i]--;
+                if (d >= from && d < until) {
+                    done++;
+                    if (count < cap) lat[count++] = t - d;
+                }
+            }
+        }
+    }
+    long left = 0;
+    for (int i = 0; i < conns; i++) left += outstanding[i];
+    if (left) { fprintf(stderr, "epoll_floor: %ld requests had no reply 1 s after the last was sent\n", left); return 1; }
+    if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
+    qsort(lat, count, sizeof(double), cmp);
+    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
+           done / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
+           lat[count * 999 / 1000], lat[count - 1], errors);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3 || (!strcmp(argv[1], "client") && argc < 6)) {
-        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis] [DEPTH]\n");
+        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis] [DEPTH] [RATE]\n");
         return 2;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
@@ -238,5 +355,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "server")) return serve(&addr);
     int depth = argc > 7 ? atoi(argv[7]) : 1;
     if (depth < 1 || depth > 1024) { fprintf(stderr, "epoll_floor: DEPTH must be 1 to 1024\n"); return 2; }
-    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), argc > 6 ? argv[6] : "raw", depth);
+    double rate = argc > 8 ? atof(argv[8]) : 0;
+    const char *proto = argc > 6 ? argv[6] : "raw";
+    if (rate > 0) return open_loop(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), proto, depth, rate);
+    return load(&addr, strtoul(argv[3], NULL, 10), atoi(argv[4]), atof(argv[5]), proto, depth);
 }
