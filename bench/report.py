@@ -159,7 +159,11 @@ def goals(rows, busy_poll):
 
 def goals_second_round(rows):
     """The second round's targets (the shapes this run measures; large messages, 10,000
-    connections and idle memory are measured by other scripts)."""
+    connections and idle memory are measured by other scripts). Beside courier's ratio, the
+    same ratio for the C floor of that shape where this run measured one (the C epoll echo
+    server, or the C blocking loop for large messages): a goal that the floor, with no
+    runtime, no framing and no work per message, misses too is out of this machine's reach,
+    and the row says so."""
     out = []
 
     def ratio(system, shape, key="rps", courier="courier"):
@@ -168,32 +172,40 @@ def goals_second_round(rows):
             return None
         return c[key] / a[key]
 
-    def check(name, r, ok):
+    def check(name, system, shape, ok, key="rps"):
+        r = ratio(system, shape, key)
+        floor = None if system.startswith("floor") else ratio(system, shape, key, courier="floor")
+        floor_text = "–" if floor is None else f"{floor:.2f}×"
         if r is None:
-            out.append(f"| {name} | not measured in this run | |")
+            out.append(f"| {name} | not measured in this run | {floor_text} | |")
+        elif ok(r):
+            out.append(f"| {name} | {r:.2f}× | {floor_text} | met |")
+        elif floor is not None and not ok(floor):
+            out.append(f"| {name} | {r:.2f}× | {floor_text} | **not met**; out of reach here: the C floor misses it too |")
         else:
-            out.append(f"| {name} | {r:.2f}× | {'met' if ok(r) else '**not met**'} |")
+            out.append(f"| {name} | {r:.2f}× | {floor_text} | **not met** |")
 
     for shape in ("50 conn P16", "50 conn P64"):
-        check(f"{shape}: ≥ 1.5 × Redis", ratio("redis", shape), lambda r: r >= 1.5)
-        check(f"{shape}, one C load generator for both: ≥ 1.5 × Redis", ratio("redis", f"{shape} C load"),
+        check(f"{shape}: ≥ 1.5 × Redis", "redis", shape, lambda r: r >= 1.5)
+        check(f"{shape}, one C load generator for both: ≥ 1.5 × Redis", "redis", f"{shape} C load",
               lambda r: r >= 1.5)
-    check("one-way streaming: ≥ 2.0 × ZeroMQ PUSH/PULL", ratio("zeromq", "one-way"), lambda r: r >= 2.0)
-    check("50 connections, C load generator: ≥ 0.9 × the C epoll echo server",
-          ratio("floor", "50 conn C load"), lambda r: r >= 0.9)
-    check("50 connections, C load generator: ≥ 1.5 × Redis", ratio("redis", "50 conn C load"), lambda r: r >= 1.5)
-    check("request/reply, 50 connections: ≥ 4 × NATS requests/s", ratio("nats", "50 conn"), lambda r: r >= 4)
-    check("request/reply, 1 connection: p50 ≤ 0.5 × NATS", ratio("nats", "1 conn", "p50"), lambda r: r <= 0.5)
-    check("request/reply, 50 connections: ≥ 3 × tonic requests/s", ratio("tonic", "50 conn"), lambda r: r >= 3)
-    check("request/reply, 1 connection: p50 ≤ 0.5 × tonic", ratio("tonic", "1 conn", "p50"), lambda r: r <= 0.5)
+    check("one-way streaming: ≥ 2.0 × ZeroMQ PUSH/PULL", "zeromq", "one-way", lambda r: r >= 2.0)
+    check("50 connections, C load generator: ≥ 0.9 × the C epoll echo server", "floor", "50 conn C load",
+          lambda r: r >= 0.9)
+    check("50 connections, C load generator: ≥ 1.5 × Redis", "redis", "50 conn C load", lambda r: r >= 1.5)
+    check("request/reply, 50 connections: ≥ 4 × NATS requests/s", "nats", "50 conn", lambda r: r >= 4)
+    check("request/reply, 1 connection: p50 ≤ 0.5 × NATS", "nats", "1 conn", lambda r: r <= 0.5, "p50")
+    check("request/reply, 50 connections: ≥ 3 × tonic requests/s", "tonic", "50 conn", lambda r: r >= 3)
+    check("request/reply, 1 connection: p50 ≤ 0.5 × tonic", "tonic", "1 conn", lambda r: r <= 0.5, "p50")
     for shape in ("1 conn 64 KiB", "1 conn 1 MiB"):
-        check(f"large messages, {shape}: ≥ 0.8 × the C blocking loop's MB/s", ratio("floor", shape),
+        check(f"large messages, {shape}: ≥ 0.8 × the C blocking loop's MB/s", "floor", shape,
               lambda r: r >= 0.8)
-        check(f"large messages, {shape}: ≥ 1.5 × ZeroMQ REQ/REP's MB/s", ratio("zeromq", shape),
+        check(f"large messages, {shape}: ≥ 1.5 × ZeroMQ REQ/REP's MB/s", "zeromq", shape,
               lambda r: r >= 1.5)
-    check("1 connection, default settings: p50 ≤ 1.2 × the polling C floor",
-          ratio("floor busy-poll", "1 conn", "p50"), lambda r: r <= 1.2)
-    return "\n".join(["| goal | this run (medians) | |", "|---|---:|---|"] + out)
+    check("1 connection, default settings: p50 ≤ 1.2 × the polling C floor", "floor busy-poll", "1 conn",
+          lambda r: r <= 1.2, "p50")
+    return "\n".join(["| goal | courier, this run (medians) | the C floor, same shape | |",
+                      "|---|---:|---:|---|"] + out)
 
 
 def pipelining(rows):
