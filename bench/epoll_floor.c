@@ -148,25 +148,81 @@ static int send_ring(int fd, const struct proto *p, const char *ring, int depth,
     return writev(fd, v, k > first ? 2 : 1) != want;
 }
 
-static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name, int depth) {
-    int one = 1;
-    int ep = epoll_create1(0);
-    int *fds = malloc(sizeof(int) * conns);
-    struct proto p;
-    if (make_proto(name, size, &p)) return 2;
-    /* Every connection keeps `depth` requests in flight: a ring of them, request j with
-     * id j + 1 in courier framing. Replies come back in order, so the oldest `k` in
-     * flight are the next `k` in the ring, and resending those reuses only ids already
-     * answered. */
-    char *ring = malloc(p.len * depth);
+/* The ring of `depth` requests every connection sends from: request j with id j + 1 in
+ * courier framing. Replies come back in order, so the oldest `k` in flight are the next
+ * `k` in the ring, and resending those reuses only ids already answered. */
+static char *make_ring(const struct proto *p, const char *name, int depth) {
+    char *ring = malloc(p->len * depth);
     for (int j = 0; j < depth; j++) {
-        memcpy(ring + (size_t)j * p.len, p.msg, p.len);
+        memcpy(ring + (size_t)j * p->len, p->msg, p->len);
         if (!strcmp(name, "courier")) {
             uint32_t id = j + 1;
-            char *m = ring + (size_t)j * p.len;
+            char *m = ring + (size_t)j * p->len;
             m[5] = id >> 24; m[6] = id >> 16; m[7] = id >> 8; m[8] = id;
         }
     }
+    return ring;
+}
+
+/* Opens `conns` connections (the HELLO exchange first in courier framing), non-blocking
+ * and registered with `ep` under their index. Returns the sockets, or NULL after saying
+ * why. */
+static int *connect_all(struct sockaddr_in *addr, int conns, const char *name, int ep) {
+    int one = 1;
+    int *fds = malloc(sizeof(int) * conns);
+    for (int i = 0; i < conns; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        for (int tries = 0; connect(fds[i], (struct sockaddr *)addr, sizeof *addr); tries++) {
+            if (tries > 100) { perror("epoll_floor: connect"); return NULL; }
+            usleep(20000);
+        }
+        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!strcmp(name, "courier") && courier_hello(fds[i])) {
+            fprintf(stderr, "epoll_floor: the courier HELLO exchange failed\n");
+            return NULL;
+        }
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+        struct epoll_event e = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
+    }
+    return fds;
+}
+
+/* Takes the `n` bytes of `buf` read from a connection that had `*got` bytes of its
+ * current reply already: checks each reply's marker byte where this read holds it, and
+ * returns how many replies this read completed. */
+static int whole_replies(const struct proto *p, const char *buf, size_t n, size_t *got, long *errors) {
+    int k = 0;
+    for (size_t pos = 0; pos < n;) {
+        size_t at = pos + p->check_at - *got;
+        if (p->check && p->check_at >= *got && at < n && buf[at] != p->check) (*errors)++;
+        size_t take = p->reply_len - *got < n - pos ? p->reply_len - *got : n - pos;
+        *got += take;
+        pos += take;
+        if (*got < p->reply_len) break;
+        *got = 0;
+        k++;
+    }
+    return k;
+}
+
+/* Prints the run's figures as one JSON object: requests/s and latency percentiles from
+ * `count` latencies (sorted here). */
+static int report(double *lat, long count, long done, double seconds, long errors) {
+    if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
+    qsort(lat, count, sizeof(double), cmp);
+    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
+           done / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
+           lat[count * 999 / 1000], lat[count - 1], errors);
+    return 0;
+}
+
+static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name, int depth) {
+    int ep = epoll_create1(0);
+    struct proto p;
+    if (make_proto(name, size, &p)) return 2;
+    /* Every connection keeps `depth` requests in flight, from its ring. */
+    char *ring = make_ring(&p, name, depth);
     double *sent = malloc(sizeof(double) * conns * depth);
     int *head = calloc(conns, sizeof(int));
     size_t *got = calloc(conns, sizeof(size_t));
@@ -175,21 +231,8 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
     long cap = (long)(seconds * 2e6) + 1000;
     double *lat = malloc(sizeof(double) * cap);
     long count = 0, done = 0, answered = 0;
-    for (int i = 0; i < conns; i++) {
-        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-        for (int tries = 0; connect(fds[i], (struct sockaddr *)addr, sizeof *addr); tries++) {
-            if (tries > 100) { perror("epoll_floor: connect"); return 1; }
-            usleep(20000);
-        }
-        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (!strcmp(name, "courier") && courier_hello(fds[i])) {
-            fprintf(stderr, "epoll_floor: the courier HELLO exchange failed\n");
-            return 1;
-        }
-        fcntl(fds[i], F_SETFL, O_NONBLOCK);
-        struct epoll_event e = {.events = EPOLLIN, .data.u32 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
-    }
+    int *fds = connect_all(addr, conns, name, ep);
+    if (!fds) return 1;
     double start = now_us(), from = start + 1e6, until = from + seconds * 1e6;
     for (int i = 0; i < conns; i++) {
         double t = now_us();
@@ -204,24 +247,14 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
             int i = events[j].data.u32;
             ssize_t n = read(fds[i], buf, sizeof buf);
             if (n <= 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
-            int k = 0;
             double t = now_us();
-            for (size_t pos = 0; pos < (size_t)n;) {
-                /* got[i] bytes of the current reply came before; check its marker byte
-                 * if this read holds it, and take what this read has of the reply. */
-                size_t at = pos + p.check_at - got[i];
-                if (p.check && p.check_at >= got[i] && at < (size_t)n && buf[at] != p.check) errors++;
-                size_t take = p.reply_len - got[i] < (size_t)n - pos ? p.reply_len - got[i] : (size_t)n - pos;
-                got[i] += take;
-                pos += take;
-                if (got[i] < p.reply_len) break;
-                got[i] = 0;
-                double *s = &sent[i * depth + (head[i] + k) % depth];
-                if (*s >= from && t <= until) {
+            int k = whole_replies(&p, buf, (size_t)n, &got[i], &errors);
+            for (int q = 0; q < k; q++) {
+                double s = sent[i * depth + (head[i] + q) % depth];
+                if (s >= from && t <= until) {
                     done++;
-                    if (answered++ % depth == 0 && count < cap) lat[count++] = t - *s;
+                    if (answered++ % depth == 0 && count < cap) lat[count++] = t - s;
                 }
-                k++;
             }
             if (k == 0) continue;
             if (send_ring(fds[i], &p, ring, depth, head[i], k)) { perror("epoll_floor: write"); return 1; }
@@ -229,12 +262,7 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
             head[i] = (head[i] + k) % depth;
         }
     }
-    if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
-    qsort(lat, count, sizeof(double), cmp);
-    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
-           done / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
-           lat[count * 999 / 1000], lat[count - 1], errors);
-    return 0;
+    return report(lat, count, done, seconds, errors);
 }
 
 /* The open loop (RATE > 0): see the top of the file. Each connection's outstanding
@@ -243,20 +271,10 @@ static int load(struct sockaddr_in *addr, size_t size, int conns, double seconds
  * through the ring's slots as in the closed loop. */
 static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double seconds, const char *name,
                      int depth, double rate) {
-    int one = 1;
     int ep = epoll_create1(0);
-    int *fds = malloc(sizeof(int) * conns);
     struct proto p;
     if (make_proto(name, size, &p)) return 2;
-    char *ring = malloc(p.len * depth);
-    for (int j = 0; j < depth; j++) {
-        memcpy(ring + (size_t)j * p.len, p.msg, p.len);
-        if (!strcmp(name, "courier")) {
-            uint32_t id = j + 1;
-            char *m = ring + (size_t)j * p.len;
-            m[5] = id >> 24; m[6] = id >> 16; m[7] = id >> 8; m[8] = id;
-        }
-    }
+    char *ring = make_ring(&p, name, depth);
     double *due = malloc(sizeof(double) * conns * depth);
     int *oldest = calloc(conns, sizeof(int)), *outstanding = calloc(conns, sizeof(int));
     size_t *got = calloc(conns, sizeof(size_t));
@@ -264,21 +282,8 @@ static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double se
     long cap = (long)(seconds * rate * 1.1) + 1000;
     double *lat = malloc(sizeof(double) * cap);
     long count = 0, done = 0;
-    for (int i = 0; i < conns; i++) {
-        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-        for (int tries = 0; connect(fds[i], (struct sockaddr *)addr, sizeof *addr); tries++) {
-            if (tries > 100) { perror("epoll_floor: connect"); return 1; }
-            usleep(20000);
-        }
-        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (!strcmp(name, "courier") && courier_hello(fds[i])) {
-            fprintf(stderr, "epoll_floor: the courier HELLO exchange failed\n");
-            return 1;
-        }
-        fcntl(fds[i], F_SETFL, O_NONBLOCK);
-        struct epoll_event e = {.events = EPOLLIN, .data.u32 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
-    }
+    int *fds = connect_all(addr, conns, name, ep);
+    if (!fds) return 1;
     double start = now_us(), from = start + 1e6, until = from + seconds * 1e6;
     double gap = 1e6 / rate;
     long next = 0;
@@ -315,14 +320,7 @@ static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double se
             ssize_t n = read(fds[i], buf, sizeof buf);
             if (n < 0) continue;
             if (n == 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
-            for (size_t pos = 0; pos < (size_t)n;) {
-                size_t at = pos + p.check_at - got[i];
-                if (p.check && p.check_at >= got[i] && at < (size_t)n && buf[at] != p.check) errors++;
-                size_t take = p.reply_len - got[i] < (size_t)n - pos ? p.reply_len - got[i] : (size_t)n - pos;
-                got[i] += take;
-                pos += take;
-                if (got[i] < p.reply_len) break;
-                got[i] = 0;
+            for (int k = whole_replies(&p, buf, (size_t)n, &got[i], &errors); k > 0; k--) {
                 if (outstanding[i] == 0) { errors++; continue; }
                 double d = due[(size_t)i * depth + oldest[i]];
                 oldest[i] = (oldest[i] + 1) % depth;
@@ -337,12 +335,7 @@ static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double se
     long left = 0;
     for (int i = 0; i < conns; i++) left += outstanding[i];
     if (left) { fprintf(stderr, "epoll_floor: %ld requests had no reply 1 s after the last was sent\n", left); return 1; }
-    if (count == 0) { fprintf(stderr, "epoll_floor: no round trip measured\n"); return 1; }
-    qsort(lat, count, sizeof(double), cmp);
-    printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"errors\": %ld}\n",
-           done / seconds, lat[count / 2], lat[count * 9 / 10], lat[count * 99 / 100],
-           lat[count * 999 / 1000], lat[count - 1], errors);
-    return 0;
+    return report(lat, count, done, seconds, errors);
 }
 
 int main(int argc, char **argv) {
