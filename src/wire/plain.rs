@@ -54,8 +54,10 @@ impl Decoder for PlainCodec {
         let Some(len) = self.peek(src)? else {
             return Ok(None);
         };
-        src.advance(4);
-        Ok(Some(src.split_to(len).freeze()))
+        // One split, then the length prefix off the frozen frame (see the courier codec).
+        let mut payload = src.split_to(4 + len).freeze();
+        payload.advance(4);
+        Ok(Some(payload))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
