@@ -73,18 +73,6 @@ impl Schedule {
 }
 
 impl Job {
-    /// Ready when the next request is `due`: on the run's [`Pacer`](super::pacer::Pacer)
-    /// where there is one, else on Tokio's millisecond timer.
-    fn wait_until(&self, due: Instant) -> impl Future<Output = ()> + '_ {
-        let pacer = self.pacer.as_deref();
-        async move {
-            match pacer {
-                Some(pacer) => pacer.sleep_until(due).await,
-                None => tokio::time::sleep_until(due).await,
-            }
-        }
-    }
-
     /// Request/reply, closed or open loop, for courier (`ids`) or plain framing.
     pub(super) async fn drive<R, W, P>(
         &self,
@@ -126,18 +114,13 @@ impl Job {
             }
             let in_flight = requests.pending.len();
             let deadline = last_progress + timeout;
-            let waited = if schedule.interval.is_some() && !stopping {
-                let due = schedule.next_due;
-                wait_scheduled(
-                    &mut replies,
-                    self.wait_until(due),
-                    in_flight,
-                    &mut watchdog,
-                    deadline,
-                )
-                .await
-            } else {
-                wait_replies(&mut replies, &mut watchdog, deadline).await
+            // The run's clock is there in open loop only (`Job::pacer`).
+            let waited = match (self.pacer.as_deref(), stopping) {
+                (Some(pacer), false) => {
+                    let due = pacer.sleep_until(schedule.next_due);
+                    wait_scheduled(&mut replies, due, in_flight, &mut watchdog, deadline).await
+                }
+                _ => wait_replies(&mut replies, &mut watchdog, deadline).await,
             };
             let Some(read) = waited? else {
                 continue;
