@@ -29,6 +29,7 @@
  * replies that are not what the protocol says count as "errors".
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -318,8 +319,8 @@ static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double se
         for (int j = 0; j < ready; j++) {
             int i = events[j].data.u32;
             ssize_t n = read(fds[i], buf, sizeof buf);
-            if (n < 0) continue;
-            if (n == 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
+            if (n < 0 && errno == EAGAIN) continue;
+            if (n <= 0) { fprintf(stderr, "epoll_floor: server closed\n"); return 1; }
             for (int k = whole_replies(&p, buf, (size_t)n, &got[i], &errors); k > 0; k--) {
                 if (outstanding[i] == 0) { errors++; continue; }
                 double d = due[(size_t)i * depth + oldest[i]];
