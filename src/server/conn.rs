@@ -40,11 +40,15 @@ const READ_CHUNK: usize = 1024;
 /// to READ_CHUNK << MAX_BURST_SHIFT (16 KiB). With 1 KiB reads a batch of 64 pipelined
 /// 64-byte requests (4.7 KB) took four to five reads (strace of the server under
 /// `courier bench -c 50 -P 64`); making room for 16 KiB at once cost a batch of 16 (1.2
-/// KB) a large allocation for a few bytes. A burst starts where the one before it ended
-/// (see `poll_io`): with every batch starting at 1 KiB, a batch of 64 still took three
-/// reads; now one or two, which cut the server's reads per request by a third under 50
-/// connections pipelining 64 (`perf stat -e syscalls:sys_enter_recvfrom`).
+/// KB) a large allocation for a few bytes. A burst starts with room for the whole of the
+/// one before it (see `poll_io`), so that a client that keeps sending batches of one size
+/// gets one read per batch.
 const MAX_BURST_SHIFT: u8 = 4;
+
+/// Bursts in a row that would have fitted half the room before a new burst starts with
+/// half the room: one smaller batch among large ones does not cost the next large one a
+/// second read.
+const SHRINK_AFTER: u8 = 2;
 
 /// How long a closing connection waits for its peer to take the last bytes and close its
 /// side. Without it, closing a socket that still has unread input makes the kernel send a
@@ -236,10 +240,12 @@ pub(crate) struct Conn<S, D, E> {
     pub(crate) out: Outbox<S, E>,
     /// When the first byte of the frame now being received arrived.
     partial_since: Option<Instant>,
-    /// How far the read chunk has doubled within the current burst.
+    /// How far the read chunk has doubled: the room a burst's first read makes.
     burst_shift: u8,
-    /// Whether the current burst needed more than its first read.
-    burst_grew: bool,
+    /// Bursts in a row that would have fitted in half the room (see [`SHRINK_AFTER`]).
+    small_bursts: u8,
+    /// [`Reader::taken`] when the current burst started.
+    burst_start: u32,
     last_activity: Instant,
     /// Until [`Conn::handshake_done`]: the handshake deadline runs, and it is where
     /// `sleep` was first set (nothing moves that timer before the handshake ends).
@@ -270,7 +276,8 @@ where
             out: Outbox::new(stream, encoder),
             partial_since: None,
             burst_shift: 0,
-            burst_grew: false,
+            small_bursts: 0,
+            burst_start: 0,
             last_activity: now,
             handshaking: handshake,
             sleep_is_idle: !handshake,
@@ -323,18 +330,11 @@ where
                 // Bytes already waiting mean a burst is arriving: read the rest of it in
                 // few reads, not a KiB at a time.
                 if buffer.is_empty() {
-                    // A new burst starts at the size the last one reached, or half of it
-                    // when the last one fitted its first read: a client that pipelines
-                    // 64 requests (4.7 KB) gets one or two reads per batch, not four,
-                    // and one whose messages are small again is back to 1 KiB soon.
-                    if !self.burst_grew {
-                        self.burst_shift = self.burst_shift.saturating_sub(1);
-                    }
-                    self.burst_grew = false;
+                    self.start_burst();
                 } else {
                     self.burst_shift = (self.burst_shift + 1).min(MAX_BURST_SHIFT);
-                    self.burst_grew = true;
                 }
+                let buffer = self.reader.read_buffer_mut();
                 buffer.reserve(READ_CHUNK << self.burst_shift);
             }
             if let Poll::Ready(item) = self.reader.poll_next(cx, &mut self.out.stream) {
@@ -358,6 +358,34 @@ where
             }
         }
         self.poll_deadline(cx, config, idle, probe)
+    }
+
+    /// Sizes the first read of a burst that starts now from the burst before it: room for
+    /// all of it in one read (a client pipelining batches of 16 64-byte requests sends
+    /// 1.2 KB at a time, which 1 KiB reads took in two), and half as much once
+    /// [`SHRINK_AFTER`] bursts in a row would have fitted in half. When every batch
+    /// started at half the room of the last, batches of 16 took one read and two reads
+    /// by turns: 1.5 reads per batch, 814,302 reads for 542,864 writes
+    /// (`perf stat -e 'syscalls:sys_enter_*'` on the server under bench/epoll_floor.c's
+    /// client, 50 connections, 16 in flight each).
+    fn start_burst(&mut self) {
+        let taken = self.reader.taken;
+        let last = taken.wrapping_sub(self.burst_start) as usize;
+        self.burst_start = taken;
+        let mut fits = 0;
+        while fits < MAX_BURST_SHIFT && READ_CHUNK << fits < last {
+            fits += 1;
+        }
+        if fits >= self.burst_shift {
+            self.burst_shift = fits;
+            self.small_bursts = 0;
+        } else {
+            self.small_bursts += 1;
+            if self.small_bursts >= SHRINK_AFTER {
+                self.burst_shift -= 1;
+                self.small_bursts = 0;
+            }
+        }
     }
 
     /// Waits for the deadline that applies now: the handshake's, the frame's (while a
@@ -467,6 +495,9 @@ pub(crate) struct Reader<D> {
     readable: bool,
     /// Decoding or reading failed: the stream has ended.
     errored: bool,
+    /// Bytes read so far, wrapping: the connection sizes its reads from the difference
+    /// between two readings.
+    taken: u32,
 }
 
 impl<D: Decoder<Error = CodecError>> Reader<D> {
@@ -477,6 +508,7 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
             eof: false,
             readable: false,
             errored: false,
+            taken: 0,
         }
     }
 
@@ -538,7 +570,11 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
                     }
                     self.eof = true;
                 }
-                Ok(_) => self.eof = false,
+                Ok(n) => {
+                    // Truncation is fine: only differences of less than 4 GiB are used.
+                    self.taken = self.taken.wrapping_add(n as u32);
+                    self.eof = false;
+                }
                 Err(err) => {
                     self.errored = true;
                     return Poll::Ready(Some(Err(err.into())));

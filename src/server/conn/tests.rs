@@ -311,13 +311,10 @@ fn batch(count: usize, size: usize) -> Vec<u8> {
     bytes.to_vec()
 }
 
-#[tokio::test]
-async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_again() {
-    // Ten batches of 64 pipelined 64-byte requests (4.7 KB each), then ten single ones.
-    let batches: VecDeque<Vec<u8>> = (0..10)
-        .map(|_| batch(64, 64))
-        .chain((0..10).map(|_| batch(1, 64)))
-        .collect();
+/// Feeds `batches` to a connection through [`Batches`], taking every frame as the driver
+/// does; returns the room offered by each read that got bytes, per batch.
+fn rooms_for(batches: VecDeque<Vec<u8>>) -> Vec<Vec<usize>> {
+    let count: usize = batches.iter().map(|batch| decode_all(batch).len()).sum();
     let reader = Batches {
         batches,
         offset: 0,
@@ -354,12 +351,23 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
             Poll::Pending => {}
         }
     }
-    assert_eq!(frames, 10 * 64 + 10, "every frame read");
-    let rooms = &conn.out.stream.reader().rooms;
+    assert_eq!(frames, count, "every frame read");
+    conn.out.stream.reader().rooms.clone()
+}
+
+#[tokio::test]
+async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_again() {
+    // Ten batches of 64 pipelined 64-byte requests (4.7 KB each), then ten single ones.
+    let rooms = rooms_for(
+        (0..10)
+            .map(|_| batch(64, 64))
+            .chain((0..10).map(|_| batch(1, 64)))
+            .collect(),
+    );
     let reads: Vec<usize> = rooms.iter().map(Vec::len).collect();
-    // The first batch grows from 1 KiB; from the second on, each takes one or two reads.
+    // The first batch grows from 1 KiB; from the second on, each takes one read.
     assert!(
-        reads[1..10].iter().all(|&n| n <= 2),
+        reads[1..10].iter().all(|&n| n == 1),
         "reads per pipelined batch: {reads:?}"
     );
     // Back to small messages: within a few of them the room offered is 1 KiB again.
@@ -367,6 +375,28 @@ async fn pipelined_batches_take_few_reads_and_small_messages_get_small_buffers_a
     assert!(
         last <= 2 * 1024,
         "room for a lone small request: {last} bytes ({rooms:?})"
+    );
+}
+
+#[tokio::test]
+async fn batches_a_little_over_one_chunk_take_one_read_each() {
+    // Batches of 16 pipelined 64-byte requests (1,168 bytes), with a smaller batch of 4
+    // now and then, as a client sends new requests as replies come in.
+    let rooms = rooms_for(
+        (0..30)
+            .map(|n| {
+                if n % 5 == 4 {
+                    batch(4, 64)
+                } else {
+                    batch(16, 64)
+                }
+            })
+            .collect(),
+    );
+    let reads: Vec<usize> = rooms.iter().map(Vec::len).collect();
+    assert!(
+        reads[1..].iter().all(|&n| n == 1),
+        "reads per batch: {reads:?}"
     );
 }
 
