@@ -91,6 +91,28 @@ pub trait Handler: Send + Sync + 'static {
         let _ = request;
         None
     }
+
+    /// [`Handler::ready`], given the request itself: what the server calls. An answer
+    /// made of the request's payload (an echo) can then take the payload rather than
+    /// share it; sharing counts a reference to the read buffer, up and down again, two
+    /// atomic operations per request, about 4 % of the echo server's CPU at 50
+    /// connections pipelining 16 (`perf record` of `courier serve`). The default asks
+    /// [`Handler::ready`]; implement one of the two.
+    fn ready_owned(&self, request: Request) -> Ready {
+        match self.ready(&request) {
+            Some(result) => Ready::Now(result),
+            None => Ready::Call(request),
+        }
+    }
+}
+
+/// What [`Handler::ready_owned`] decided about a request.
+#[derive(Debug)]
+pub enum Ready {
+    /// The answer, given at once.
+    Now(Result<Bytes, HandlerError>),
+    /// The request back: it needs [`Handler::call`].
+    Call(Request),
 }
 
 impl<F, Fut> Handler for F
@@ -184,6 +206,13 @@ impl Handler for Builtin {
     fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
         Some(Ok(self.answer(request)))
     }
+
+    fn ready_owned(&self, request: Request) -> Ready {
+        Ready::Now(Ok(match self {
+            Builtin::Echo => request.payload,
+            Builtin::Fixed(reply) => reply.clone(),
+        }))
+    }
 }
 
 impl Builtin {
@@ -239,6 +268,66 @@ pub(crate) fn call<H: Handler>(
             oneway,
             result: result.unwrap_or_else(|_| Err(HandlerError::new("the handler panicked"))),
             took: started.elapsed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u32, payload: &'static str) -> Request {
+        Request {
+            id,
+            payload: Bytes::from(payload),
+            oneway: false,
+            idempotent: false,
+            timeout: None,
+            peer_identity: None,
+            peer: Peer::Pipe { pid: None },
+        }
+    }
+
+    /// Answers payloads that start with "now" at once; the rest need a call.
+    struct OnlyReady;
+
+    impl Handler for OnlyReady {
+        async fn call(&self, _: Request) -> Result<Bytes, HandlerError> {
+            Err(HandlerError::new("not called here"))
+        }
+
+        fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
+            request
+                .payload
+                .starts_with(b"now")
+                .then(|| Ok(Bytes::from_static(b"answered")))
+        }
+    }
+
+    #[test]
+    fn ready_owned_answers_what_ready_answers_and_hands_back_the_rest() {
+        match OnlyReady.ready_owned(request(1, "now please")) {
+            Ready::Now(Ok(reply)) => assert_eq!(reply, "answered"),
+            other => panic!("expected the inline answer, got {other:?}"),
+        }
+        match OnlyReady.ready_owned(request(2, "later")) {
+            Ready::Call(back) => {
+                assert_eq!((back.id, &back.payload[..]), (2, &b"later"[..]));
+            }
+            other => panic!("expected the request back, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_builtins_answer_owned_requests_as_they_answer_borrowed_ones() {
+        let fixed = Builtin::Fixed(Bytes::from_static(b"fixed"));
+        for (handler, expected) in [(Builtin::Echo, "ping"), (fixed, "fixed")] {
+            let borrowed = handler.ready(&request(3, "ping"));
+            assert!(matches!(borrowed, Some(Ok(ref reply)) if reply == expected));
+            match handler.ready_owned(request(3, "ping")) {
+                Ready::Now(Ok(reply)) => assert_eq!(reply, expected),
+                other => panic!("{handler:?}: expected {expected:?}, got {other:?}"),
+            }
         }
     }
 }

@@ -18,7 +18,6 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,7 +29,7 @@ use super::close::Close;
 use super::conn::{Conn, Io};
 use super::Shared;
 use crate::config::Config;
-use crate::handler::{call, Finished, Handler, HandlerError, Request};
+use crate::handler::{call, Finished, Handler, Ready, Request};
 use crate::stats::{CloseReason, Stats, Turn};
 use crate::wire::{CodecError, EncodeApart, ErrorCode};
 
@@ -59,7 +58,8 @@ pub(crate) trait Protocol {
     fn greeting(&mut self, config: &Config) -> Option<Self::Out>;
 
     /// Handles one decoded message. `ready` is the handler's inline answer
-    /// (`Handler::ready`), already `None` where the framing's order forbids one now.
+    /// (`Handler::ready_owned`), already [`Ready::Call`] where the framing's order forbids
+    /// one now.
     fn on_input<R>(
         &mut self,
         input: <Self::Codec as Decoder>::Item,
@@ -67,7 +67,7 @@ pub(crate) trait Protocol {
         ready: R,
     ) -> Step<Self::Out>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>;
+        R: FnOnce(Request) -> Ready;
 
     /// Handles the end of a handler call.
     fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Self::Out>;
@@ -506,8 +506,12 @@ where
                     };
                     let inline = &mut *inline;
                     self.session.on_input(input, &mut ctx, |request| {
-                        let answer = may_pass.then(|| shared.handler.ready(request)).flatten();
-                        *inline += u64::from(answer.is_some() && !request.oneway);
+                        if !may_pass {
+                            return Ready::Call(request);
+                        }
+                        let oneway = request.oneway;
+                        let answer = shared.handler.ready_owned(request);
+                        *inline += u64::from(matches!(answer, Ready::Now(_)) && !oneway);
                         answer
                     })
                 }

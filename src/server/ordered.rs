@@ -17,7 +17,7 @@ use tracing::debug;
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, InOrder, Protocol, Step};
 use crate::config::{Config, Framing};
-use crate::handler::{Finished, HandlerError, Peer, Request};
+use crate::handler::{Finished, Peer, Ready, Request};
 use crate::stats::CloseReason;
 use crate::wire::{CodecError, EncodeApart, ErrorCode, PlainCodec, RawCodec};
 
@@ -129,7 +129,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
 
     fn on_input<R>(&mut self, payload: Bytes, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Bytes>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+        R: FnOnce(Request) -> Ready,
     {
         if self.phase != Phase::Open || self.enough() {
             // Not read: the connection stopped reading before it.
@@ -154,17 +154,18 @@ impl<C: Chunks> Protocol for Ordered<C> {
             peer_identity: self.identity.clone(),
             peer: self.peer,
         };
-        match ready(&request) {
-            Some(result) => {
+        let id = request.id;
+        match ready(request) {
+            Ready::Now(result) => {
                 let finished = Finished {
-                    id: request.id,
+                    id,
                     oneway: false,
                     result,
                     took: std::time::Duration::ZERO,
                 };
                 self.on_finished(finished, ctx)
             }
-            None => Step::Dispatch(request),
+            Ready::Call(request) => Step::Dispatch(request),
         }
     }
 
@@ -224,6 +225,7 @@ impl<C: Chunks> Protocol for Ordered<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::HandlerError;
     use crate::stats::{Stats, Turn};
 
     /// Feeds one message to `session` and returns its step.
@@ -240,8 +242,9 @@ mod tests {
             turn: &mut turn,
             stats,
         };
-        session.on_input(Bytes::from(payload), &mut ctx, |_| {
-            ready.map(|reply| Ok(Bytes::from(reply)))
+        session.on_input(Bytes::from(payload), &mut ctx, |request| match ready {
+            Some(reply) => Ready::Now(Ok(Bytes::from(reply))),
+            None => Ready::Call(request),
         })
     }
 

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, Protocol, Step, Unordered};
 use crate::config::Config;
-use crate::handler::{Finished, HandlerError, Peer, Request};
+use crate::handler::{Finished, Peer, Ready, Request};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
     Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HELLO_AUTH_TOKEN,
@@ -147,7 +147,7 @@ impl Session {
     /// A frame after the handshake.
     fn on_open<R>(&mut self, frame: Frame, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Frame>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+        R: FnOnce(Request) -> Ready,
     {
         match frame.kind {
             Kind::Request | Kind::Oneway => {
@@ -209,7 +209,7 @@ impl Session {
         ready: R,
     ) -> Step<Frame>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+        R: FnOnce(Request) -> Ready,
     {
         let oneway = frame.kind == Kind::Oneway;
         let tally = &mut ctx.turn.tally;
@@ -249,23 +249,27 @@ impl Session {
             peer_identity: self.identity.clone(),
             peer: self.peer,
         };
-        if let Some(result) = ready(&request) {
-            let id = request.id;
-            let took = std::time::Duration::ZERO;
-            return self.finish(
-                Finished {
-                    id,
-                    oneway,
-                    result,
-                    took,
-                },
-                tally,
-            );
+        let id = request.id;
+        match ready(request) {
+            Ready::Now(result) => {
+                let took = std::time::Duration::ZERO;
+                self.finish(
+                    Finished {
+                        id,
+                        oneway,
+                        result,
+                        took,
+                    },
+                    tally,
+                )
+            }
+            Ready::Call(request) => {
+                if let (false, Phase::Open(ids)) = (oneway, &mut self.phase) {
+                    ids.insert(id);
+                }
+                Step::Dispatch(request)
+            }
         }
-        if let (false, Phase::Open(ids)) = (oneway, &mut self.phase) {
-            ids.insert(request.id);
-        }
-        Step::Dispatch(request)
     }
 
     /// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an
@@ -370,7 +374,7 @@ impl Protocol for Session {
 
     fn on_input<R>(&mut self, frame: Frame, ctx: &mut Ctx<'_, '_>, ready: R) -> Step<Frame>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+        R: FnOnce(Request) -> Ready,
     {
         match self.phase {
             Phase::AwaitHello => self.on_hello(&frame, ctx.config),

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::AuthToken;
+use crate::handler::HandlerError;
 use crate::stats::{Stats, Turn};
 use crate::wire::parse_goaway;
 
@@ -16,8 +17,8 @@ struct Harness {
 }
 
 /// A handler that never answers inline: every request is dispatched.
-fn call_me(_: &Request) -> Option<Result<Bytes, HandlerError>> {
-    None
+fn call_me(request: Request) -> Ready {
+    Ready::Call(request)
 }
 
 impl Harness {
@@ -43,7 +44,7 @@ impl Harness {
 
     fn feed_with<R>(&mut self, frame: Frame, ready: R) -> Step<Frame>
     where
-        R: FnOnce(&Request) -> Option<Result<Bytes, HandlerError>>,
+        R: FnOnce(Request) -> Ready,
     {
         self.batch(|session, ctx| session.on_input(frame, ctx, ready))
     }
@@ -274,7 +275,7 @@ fn a_request_is_dispatched_with_its_id_payload_and_the_peers_identity() {
 #[test]
 fn a_ready_answer_is_sent_at_once_and_its_id_is_free_again() {
     let mut harness = Harness::open(1 << 20);
-    let echo = |request: &Request| Some(Ok(request.payload.clone()));
+    let echo = |request: Request| Ready::Now(Ok(request.payload));
     let reply = sent(harness.feed_with(Frame::request(5, "now"), echo));
     assert_eq!(reply, Frame::reply(5, "now"));
     // Answered, so not in flight: the same id is a new request, not a duplicate.
