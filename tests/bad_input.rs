@@ -181,6 +181,12 @@ impl Case {
                     "one log line per close for {reason}; log:\n{}",
                     self.logs.text()
                 );
+                // Which client it was, at the default level too, where the connection's
+                // span is off.
+                assert!(
+                    lines.iter().all(|line| line.contains("peer=127.0.0.1:")),
+                    "a close line without its peer: {lines:?}"
+                );
             }
         }
         self.serves_a_normal_client().await;

@@ -719,13 +719,18 @@ fn an_exec_command_whose_caller_has_gone_is_killed_and_logged() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    while !server.log_text().contains("its caller has gone") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            server.log_text()
-        );
+    let line = loop {
+        let log = server.log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("its caller has gone"))
+        {
+            break line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    };
+    // The line names the client the command ran for.
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -85,8 +85,9 @@ pub(super) fn busy(what: &str) -> HandlerError {
     }
 }
 
-/// The ERROR for a command killed after `timeout`.
-fn timed_out(timeout: Duration) -> HandlerError {
+/// Logs that `command`, run for `peer`, was killed after `timeout`; returns its ERROR.
+fn timed_out(command: &str, peer: Peer, timeout: Duration) -> HandlerError {
+    warn!(command, %peer, timeout = %humantime::format_duration(timeout), "exec command timed out (exec_timeout) and was killed");
     HandlerError::new(format!(
         "command timed out after {} (exec_timeout) and was killed",
         humantime::format_duration(timeout)
@@ -123,13 +124,13 @@ pub(super) fn stderr_tail(stderr: &[u8]) -> String {
 }
 
 /// Describes how a command ended, with the end of what it said on stderr, and logs it.
-fn failure(command: &str, status: ExitStatus, stderr: &[u8]) -> HandlerError {
+fn failure(command: &str, peer: Peer, status: ExitStatus, stderr: &[u8]) -> HandlerError {
     let tail = stderr_tail(stderr);
     let how = match status.code() {
         Some(code) => format!("command exited with status {code}"),
         None => format!("command ended abnormally ({status})"),
     };
-    warn!(command, %status, stderr = %tail, "exec command failed");
+    warn!(command, %peer, %status, stderr = %tail, "exec command failed");
     if tail.is_empty() {
         HandlerError::new(how)
     } else {
@@ -159,6 +160,7 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> std::io::
 /// killing.
 struct CallerGone<'a> {
     command: &'a str,
+    peer: Peer,
     armed: bool,
 }
 
@@ -167,6 +169,7 @@ impl Drop for CallerGone<'_> {
         if self.armed {
             warn!(
                 command = self.command,
+                peer = %self.peer,
                 "exec command killed with its process group: its caller has gone (the connection ended before the reply)"
             );
         }
@@ -252,6 +255,7 @@ impl Exec {
         let mut guard = GroupGuard::arm(&child);
         let mut gone = CallerGone {
             command: &self.command,
+            peer: request.peer,
             armed: true,
         };
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -276,10 +280,8 @@ impl Exec {
         };
         let finished = tokio::time::timeout(self.timeout, work).await;
         gone.armed = false;
-        let (out, err, status) = finished.map_err(|_| {
-                warn!(command = %self.command, timeout = %humantime::format_duration(self.timeout), "exec command timed out (exec_timeout) and was killed");
-                timed_out(self.timeout)
-            })?;
+        let (out, err, status) =
+            finished.map_err(|_| timed_out(&self.command, request.peer, self.timeout))?;
         let out =
             out.map_err(|err| HandlerError::new(format!("reading the command's output: {err}")))?;
         let status =
@@ -295,7 +297,12 @@ impl Exec {
             });
         }
         if !status.success() {
-            return Err(failure(&self.command, status, &err.unwrap_or_default()));
+            return Err(failure(
+                &self.command,
+                request.peer,
+                status,
+                &err.unwrap_or_default(),
+            ));
         }
         Ok(Bytes::from(out))
     }

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, Instrument};
+use tracing::{debug, debug_span, error, info, Instrument};
 
 use super::{serve_connection, Shared};
 use crate::config::{Config, Framing};
@@ -184,8 +184,13 @@ impl<H: Handler> Admit<'_, H> {
             peer,
             Some(permit),
         );
+        // The span that names the peer in every line of the connection is a debug span:
+        // entering an enabled span at each poll of the task cost 7.6 % of the server's
+        // instructions per request (4,333 -> 4,002 without it, bench/instructions). At
+        // the default level it is disabled and costs nothing; the lines logged at info and
+        // above about a connection carry `peer` themselves.
         self.tracker
-            .spawn(served.instrument(info_span!("conn", %peer)));
+            .spawn(served.instrument(debug_span!("conn", %peer)));
     }
 
     /// As [`Admit::spawn`], after a TLS handshake bounded by `handshake_timeout`.
@@ -209,7 +214,7 @@ impl<H: Handler> Admit<'_, H> {
                     Ok((stream, identity)) => {
                         match &identity {
                             Some(subject) => {
-                                info!(client = %subject, "TLS client certificate verified")
+                                info!(client = %subject, %peer, "TLS client certificate verified")
                             }
                             None => debug!("TLS handshake done"),
                         }
@@ -218,12 +223,12 @@ impl<H: Handler> Admit<'_, H> {
                     Err((reason, detail)) => {
                         // Counted as a connection that opened and closed, as a served one.
                         shared.stats.opened();
-                        info!(%reason, %detail, "connection closed");
+                        info!(%peer, %reason, %detail, "connection closed");
                         shared.stats.closed(reason);
                     }
                 }
             }
-            .instrument(info_span!("conn", %peer)),
+            .instrument(debug_span!("conn", %peer)),
         );
     }
 }

@@ -281,15 +281,15 @@ where
         };
         let reason = match served {
             Ok(close) if close.reason.is_clean() => {
-                debug!(reason = %close.reason, "connection closed");
+                debug!(%peer, reason = %close.reason, "connection closed");
                 close.reason
             }
             Ok(close) => {
-                info!(reason = %close.reason, detail = %close.detail, "connection closed");
+                info!(%peer, reason = %close.reason, detail = %close.detail, "connection closed");
                 close.reason
             }
             Err(err) => {
-                info!(reason = %CloseReason::IoError, cause = %err, "connection closed");
+                info!(%peer, reason = %CloseReason::IoError, cause = %err, "connection closed");
                 CloseReason::IoError
             }
         };

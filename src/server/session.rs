@@ -181,7 +181,7 @@ impl Session {
             }
             Kind::Error => {
                 let body = ErrorBody::parse(&frame.payload);
-                warn!(?body, "peer sent ERROR; closing");
+                warn!(peer = %self.peer, ?body, "peer sent ERROR; closing");
                 self.phase = Phase::Closed;
                 Step::Close {
                     last: None,
@@ -293,7 +293,7 @@ impl Session {
         } = finished;
         if oneway {
             if let Err(err) = result {
-                warn!(id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
             }
             return Step::Next;
         }
@@ -310,6 +310,7 @@ impl Session {
         let frame = match result {
             Ok(payload) if payload.len() > peer_max_frame as usize => {
                 warn!(
+                    peer = %self.peer,
                     id,
                     len = payload.len(),
                     peer_max_frame,
