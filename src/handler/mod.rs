@@ -189,10 +189,10 @@ pub enum Builtin {
 }
 
 impl Builtin {
-    /// The reply to `request`, which never needs waiting for.
-    fn answer(&self, request: &Request) -> Bytes {
+    /// The reply to a request carrying `payload`, which never needs waiting for.
+    fn answer(&self, payload: Bytes) -> Bytes {
         match self {
-            Builtin::Echo => request.payload.clone(),
+            Builtin::Echo => payload,
             Builtin::Fixed(reply) => reply.clone(),
         }
     }
@@ -200,18 +200,15 @@ impl Builtin {
 
 impl Handler for Builtin {
     fn call(&self, request: Request) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
-        std::future::ready(Ok(self.answer(&request)))
+        std::future::ready(Ok(self.answer(request.payload)))
     }
 
     fn ready(&self, request: &Request) -> Option<Result<Bytes, HandlerError>> {
-        Some(Ok(self.answer(request)))
+        Some(Ok(self.answer(request.payload.clone())))
     }
 
     fn ready_owned(&self, request: Request) -> Ready {
-        Ready::Now(Ok(match self {
-            Builtin::Echo => request.payload,
-            Builtin::Fixed(reply) => reply.clone(),
-        }))
+        Ready::Now(Ok(self.answer(request.payload)))
     }
 }
 
