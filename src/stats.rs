@@ -525,7 +525,14 @@ pub(crate) struct Timing {
     sum_nanos: u64,
     /// Handler calls started less those finished (or dropped with their connection).
     pub(crate) in_flight: i64,
+    /// Bit n is set once `buckets[n]` counted something: the buckets to add. A turn
+    /// usually counts in one bucket, and scanning all 18 twice (any? which?) cost some 90
+    /// of the server's instructions per request at 50 connections (callgrind).
+    touched: u32,
 }
+
+// Every bucket has its bit in `Timing::touched`.
+const _: () = assert!(DURATION_BUCKETS.len() < u32::BITS as usize);
 
 impl Timing {
     /// Counts an answer that took `took` from its request's arrival.
@@ -536,6 +543,7 @@ impl Timing {
             .position(|bound| seconds <= *bound)
             .unwrap_or(DURATION_BUCKETS.len());
         self.buckets[bucket] += 1;
+        self.touched |= 1 << bucket;
         self.sum_nanos = self.sum_nanos.saturating_add(nanos(took));
     }
 
@@ -543,7 +551,10 @@ impl Timing {
     /// next message was read: in the lowest bucket, as taking no measurable time. The
     /// clock is not read for them, so the fastest path costs nothing more.
     pub(crate) fn record_inline(&mut self, count: u64) {
-        self.buckets[0] += count;
+        if count > 0 {
+            self.buckets[0] += count;
+            self.touched |= 1;
+        }
     }
 }
 
@@ -561,13 +572,14 @@ impl Timings {
         if timing.in_flight != 0 {
             self.in_flight.fetch_add(timing.in_flight, Relaxed);
         }
-        if timing.buckets.iter().all(|count| *count == 0) {
+        if timing.touched == 0 {
             return;
         }
-        for (total, count) in self.buckets.iter().zip(timing.buckets) {
-            if count > 0 {
-                total.fetch_add(count, Relaxed);
-            }
+        let mut touched = timing.touched;
+        while touched != 0 {
+            let bucket = touched.trailing_zeros() as usize;
+            self.buckets[bucket].fetch_add(timing.buckets[bucket], Relaxed);
+            touched &= touched - 1;
         }
         // Inline answers add no time: most turns have none to add.
         if timing.sum_nanos > 0 {
