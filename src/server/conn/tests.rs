@@ -459,3 +459,34 @@ async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
         Poll::Ready(super::Io::Deadline(super::Deadline::Idle))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_in_a_later_poll_moves_the_last_activity_one_in_the_same_poll_does_not() {
+    use std::time::Duration;
+    use tokio::time::{advance, Instant};
+
+    let config = crate::config::Config::default();
+    let mut conn = super::Conn::new(
+        tokio::io::join(Silent, tokio::io::sink()),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        &config,
+        false,
+    );
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let received_at = Instant::now();
+    conn.received();
+    // Still the same poll of the task: the read's moment stands for the write's.
+    advance(Duration::from_millis(5)).await;
+    conn.flushed();
+    assert_eq!(conn.last_activity, received_at);
+
+    // The loop goes to sleep; a write that drains after it wakes reads the clock.
+    assert!(conn
+        .poll_io(&mut cx, &config, true, true, false)
+        .is_pending());
+    advance(Duration::from_secs(1)).await;
+    conn.flushed();
+    assert_eq!(conn.last_activity, Instant::now());
+    assert!(conn.last_activity > received_at + Duration::from_secs(1));
+}
