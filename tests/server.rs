@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use courier::client::{Client, ClientError};
 use courier::config::Config;
-use courier::handler::{Builtin, HandlerError, Request};
+use courier::handler::{Builtin, Handler, HandlerError, OnewayRef, Request};
 use courier::wire::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -480,6 +480,86 @@ async fn oneway_messages_reach_the_handler_and_get_no_reply() {
     })
     .await
     .expect("all ten ONEWAY messages handled");
+    server.shutdown().await;
+}
+
+/// Records every message it gets and how: lent (`Handler::oneway_borrowed`) or owned
+/// (`Handler::call`). Payloads starting with "own" it declines to borrow.
+#[derive(Default, Clone)]
+struct Lending {
+    seen: Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+}
+
+impl Lending {
+    fn note(&self, payload: &[u8], how: &'static str) {
+        let text = String::from_utf8_lossy(payload).into_owned();
+        self.seen.lock().unwrap().push((text, how));
+    }
+}
+
+impl Handler for Lending {
+    async fn call(&self, request: Request) -> Result<Bytes, HandlerError> {
+        self.note(&request.payload, "owned");
+        Ok(request.payload)
+    }
+
+    fn oneway_borrowed(&self, message: OnewayRef<'_>) -> Option<Result<(), HandlerError>> {
+        if message.payload.starts_with(b"own") {
+            return None;
+        }
+        self.note(message.payload, "lent");
+        Some(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn oneway_messages_are_lent_to_a_handler_that_takes_them_and_counted_either_way() {
+    let handler = Lending::default();
+    let server = start_server(test_config(), handler.clone()).await;
+    let mut peer = RawPeer::handshake(server.addr).await;
+    let names: Vec<String> = (0..8)
+        .map(|n| format!("m{n}"))
+        .chain(["own".to_string()])
+        .chain((8..16).map(|n| format!("m{n}")))
+        .collect();
+    let mut frames: Vec<Frame> = names
+        .iter()
+        .map(|name| Frame::oneway(7, name.clone().into_bytes()))
+        .collect();
+    frames.push(Frame::request(1, &b"after"[..]));
+    frames.push(Frame::new(Kind::Stats, 2, Bytes::new()));
+    // One write: the frames arrive together, as a streaming client's do.
+    peer.send_raw(&encode_all(frames)).await;
+    let mut stats = None;
+    for _ in 0..2 {
+        let frame = peer.recv().await.unwrap();
+        match (frame.kind, frame.id) {
+            (Kind::Reply, 1) => assert_eq!(frame.payload, "after"),
+            (Kind::Reply, 2) => stats = Some(String::from_utf8(frame.payload.to_vec()).unwrap()),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    // The STATS answer counts every ONEWAY message received before it, by either way.
+    let stats = stats.expect("the STATS reply");
+    assert!(stats.contains("\"oneway\":17"), "{stats}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while handler.seen.lock().unwrap().len() < 18 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every message handled");
+    let seen = handler.seen.lock().unwrap().clone();
+    // Each ONEWAY message exactly once, whichever way it came.
+    for name in &names {
+        let ways: Vec<_> = seen.iter().filter(|(text, _)| text == name).collect();
+        assert_eq!(ways.len(), 1, "{name}: {seen:?}");
+    }
+    // The one it declined came owned; ONEWAY frames behind another frame of the same read
+    // were lent.
+    assert!(seen.contains(&("own".into(), "owned")), "{seen:?}");
+    let lent = seen.iter().filter(|(_, how)| *how == "lent").count();
+    assert!(lent >= 8, "only {lent} of 16 lent: {seen:?}");
     server.shutdown().await;
 }
 

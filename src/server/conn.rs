@@ -554,6 +554,10 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
         &mut self.buffer
     }
 
+    pub(crate) fn decoder(&self) -> &D {
+        &self.decoder
+    }
+
     pub(crate) fn decoder_mut(&mut self) -> &mut D {
         &mut self.decoder
     }

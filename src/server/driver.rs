@@ -18,6 +18,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
+use bytes::Buf;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -68,6 +69,21 @@ pub(crate) trait Protocol {
     ) -> Step<Self::Out>
     where
         R: FnOnce(Request) -> Ready;
+
+    /// Handles the ONEWAY messages at the front of `src` that `handler` takes where they
+    /// lie ([`Handler::oneway_borrowed`]), counting them in `ctx`; returns the bytes they
+    /// took, for the driver to drop from its read buffer. Whatever is left, from the first
+    /// message it does not take, goes to the decoder. The default takes nothing.
+    fn lend<H: Handler>(
+        &mut self,
+        src: &[u8],
+        codec: &Self::Codec,
+        handler: &H,
+        ctx: &mut Ctx<'_, '_>,
+    ) -> usize {
+        let _ = (src, codec, handler, ctx);
+        0
+    }
 
     /// Handles the end of a handler call.
     fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Self::Out>;
@@ -539,6 +555,21 @@ where
             }
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
                 break;
+            }
+            let mut ctx = Ctx {
+                config: &shared.config,
+                turn,
+                stats: &shared.stats,
+            };
+            let reader = &mut self.conn.reader;
+            let lent = self.session.lend(
+                reader.read_buffer(),
+                reader.decoder(),
+                &shared.handler,
+                &mut ctx,
+            );
+            if lent > 0 {
+                reader.read_buffer_mut().advance(lent);
             }
             next = self.conn.reader.decode().transpose();
         }

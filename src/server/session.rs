@@ -17,11 +17,11 @@ use tracing::{debug, warn};
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, Protocol, Step, Unordered};
 use crate::config::Config;
-use crate::handler::{Finished, Peer, Ready, Request};
+use crate::handler::{Finished, Handler, OnewayRef, Peer, Ready, Request};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
-    Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HELLO_AUTH_TOKEN,
-    HELLO_REQUEST_OPTIONS, MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
+    Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HEADER_LEN,
+    HELLO_AUTH_TOKEN, HELLO_REQUEST_OPTIONS, MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Where a courier connection is in its life.
@@ -384,6 +384,46 @@ impl Protocol for Session {
             // either (GOAWAY promised as much).
             Phase::PeerDone | Phase::Draining | Phase::Closed => Step::Next,
         }
+    }
+
+    /// ONEWAY frames, whole, after the handshake, while the handler takes them. A frame
+    /// the codec would refuse is left to it, which reports it in turn.
+    fn lend<H: Handler>(
+        &mut self,
+        src: &[u8],
+        codec: &Codec,
+        handler: &H,
+        ctx: &mut Ctx<'_, '_>,
+    ) -> usize {
+        if !matches!(self.phase, Phase::Open(_)) {
+            return 0;
+        }
+        let mut taken = 0;
+        // The kind byte first: every other frame costs one comparison here.
+        while src.get(taken + 4) == Some(&(Kind::Oneway as u8)) {
+            let Ok(Some((_, id, len))) = codec.peek(&src[taken..]) else {
+                break;
+            };
+            let payload = &src[taken + HEADER_LEN..taken + HEADER_LEN + len];
+            let message = OnewayRef {
+                id,
+                payload,
+                peer_identity: self.identity.as_deref(),
+                peer: &self.peer,
+            };
+            let Some(result) = handler.oneway_borrowed(message) else {
+                break;
+            };
+            debug!(id, kind = %Kind::Oneway, len, payload = %LogHex(payload), "received");
+            if let Err(err) = result {
+                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+            }
+            let tally = &mut ctx.turn.tally;
+            tally.oneway += 1;
+            tally.bytes_in += (HEADER_LEN + len) as u64;
+            taken += HEADER_LEN + len;
+        }
+        taken
     }
 
     fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Frame> {
