@@ -31,7 +31,7 @@ use super::conn::{Conn, Io};
 use super::Shared;
 use crate::config::Config;
 use crate::handler::{call, Finished, Handler, Ready, Request};
-use crate::stats::{CloseReason, Stats, Turn};
+use crate::stats::{CloseReason, Stats, Tally, Turn};
 use crate::wire::{CodecError, EncodeApart, ErrorCode};
 
 /// The part of a connection that depends on its framing: what its messages mean and what
@@ -71,17 +71,19 @@ pub(crate) trait Protocol {
         R: FnOnce(Request) -> Ready;
 
     /// Handles the ONEWAY messages at the front of `src` that `handler` takes where they
-    /// lie ([`Handler::oneway_borrowed`]), counting them in `ctx`; returns the bytes they
-    /// took, for the driver to drop from its read buffer. Whatever is left, from the first
-    /// message it does not take, goes to the decoder. The default takes nothing.
+    /// lie ([`Handler::oneway_borrowed`]), counting them in `tally`; returns the bytes
+    /// they took, for the driver to drop from its read buffer. Whatever is left, from the
+    /// first message it does not take, goes to the decoder. The default takes nothing.
+    /// It is asked after every message of a batch, so the answer for anything else must
+    /// be quick.
     fn lend<H: Handler>(
         &mut self,
         src: &[u8],
         codec: &Self::Codec,
         handler: &H,
-        ctx: &mut Ctx<'_, '_>,
+        tally: &mut Tally,
     ) -> usize {
-        let _ = (src, codec, handler, ctx);
+        let _ = (src, codec, handler, tally);
         0
     }
 
@@ -556,17 +558,12 @@ where
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
                 break;
             }
-            let mut ctx = Ctx {
-                config: &shared.config,
-                turn,
-                stats: &shared.stats,
-            };
             let reader = &mut self.conn.reader;
             let lent = self.session.lend(
                 reader.read_buffer(),
                 reader.decoder(),
                 &shared.handler,
-                &mut ctx,
+                &mut turn.tally,
             );
             if lent > 0 {
                 reader.read_buffer_mut().advance(lent);

@@ -272,6 +272,41 @@ impl Session {
         }
     }
 
+    /// [`Protocol::lend`]'s loop, once the first frame is a ONEWAY one and the connection
+    /// is open.
+    fn lend_oneway<H: Handler>(
+        &mut self,
+        src: &[u8],
+        codec: &Codec,
+        handler: &H,
+        tally: &mut Tally,
+    ) -> usize {
+        let mut taken = 0;
+        while src.get(taken + 4) == Some(&(Kind::Oneway as u8)) {
+            let Ok(Some((_, id, len))) = codec.peek(&src[taken..]) else {
+                break;
+            };
+            let payload = &src[taken + HEADER_LEN..taken + HEADER_LEN + len];
+            let message = OnewayRef {
+                id,
+                payload,
+                peer_identity: self.identity.as_deref(),
+                peer: &self.peer,
+            };
+            let Some(result) = handler.oneway_borrowed(message) else {
+                break;
+            };
+            debug!(id, kind = %Kind::Oneway, len, payload = %LogHex(payload), "received");
+            if let Err(err) = result {
+                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+            }
+            tally.oneway += 1;
+            tally.bytes_in += (HEADER_LEN + len) as u64;
+            taken += HEADER_LEN + len;
+        }
+        taken
+    }
+
     /// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an
     /// answer to it would be taken for one about the whole connection).
     fn id_zero(&mut self, kind: Kind) -> Step<Frame> {
@@ -388,42 +423,19 @@ impl Protocol for Session {
 
     /// ONEWAY frames, whole, after the handshake, while the handler takes them. A frame
     /// the codec would refuse is left to it, which reports it in turn.
+    #[inline]
     fn lend<H: Handler>(
         &mut self,
         src: &[u8],
         codec: &Codec,
         handler: &H,
-        ctx: &mut Ctx<'_, '_>,
+        tally: &mut Tally,
     ) -> usize {
-        if !matches!(self.phase, Phase::Open(_)) {
+        // The kind byte first: any other frame costs this comparison and no more.
+        if src.get(4) != Some(&(Kind::Oneway as u8)) || !matches!(self.phase, Phase::Open(_)) {
             return 0;
         }
-        let mut taken = 0;
-        // The kind byte first: every other frame costs one comparison here.
-        while src.get(taken + 4) == Some(&(Kind::Oneway as u8)) {
-            let Ok(Some((_, id, len))) = codec.peek(&src[taken..]) else {
-                break;
-            };
-            let payload = &src[taken + HEADER_LEN..taken + HEADER_LEN + len];
-            let message = OnewayRef {
-                id,
-                payload,
-                peer_identity: self.identity.as_deref(),
-                peer: &self.peer,
-            };
-            let Some(result) = handler.oneway_borrowed(message) else {
-                break;
-            };
-            debug!(id, kind = %Kind::Oneway, len, payload = %LogHex(payload), "received");
-            if let Err(err) = result {
-                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
-            }
-            let tally = &mut ctx.turn.tally;
-            tally.oneway += 1;
-            tally.bytes_in += (HEADER_LEN + len) as u64;
-            taken += HEADER_LEN + len;
-        }
-        taken
+        self.lend_oneway(src, codec, handler, tally)
     }
 
     fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Frame> {
