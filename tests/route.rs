@@ -1307,3 +1307,20 @@ async fn tls_toward_clients_and_mutual_tls_toward_a_backend() {
     drop((router, backend));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_server_that_joins_stops_being_ready_when_it_drains() {
+    // Nothing listens at port 1: the server keeps dialling until it is stopped.
+    let config = courier::config::Config {
+        join: Some("127.0.0.1:1".into()),
+        ..test_config()
+    };
+    let server = courier::server::Server::new(config, courier::handler::Builtin::Echo);
+    let readiness = server.readiness();
+    assert!(!readiness.is_draining());
+    tokio::time::timeout(Duration::from_secs(30), server.join(async {}))
+        .await
+        .expect("the join ends once stopped");
+    // /readyz and STOPPING=1 follow this.
+    assert!(readiness.is_draining());
+}

@@ -1,7 +1,7 @@
 //! Running `courier serve` (and `courier route`, a server whose handler is the router)
 //! as a service: the `--metrics` endpoint beside the server, and systemd's notify
 //! protocol: `READY=1` once the listener is bound (with `Type=notify`, systemd starts
-//! what depends on courier only then), `STOPPING=1` when the drain begins, and
+//! what depends on courier only then), `STOPPING=1` once the drain has begun, and
 //! `WATCHDOG=1` at half the unit's `WatchdogSec=` while the runtime runs.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) the notifications are nothing at all.
@@ -70,11 +70,18 @@ pub(crate) async fn run<H: Handler>(
         ))
     });
     let watchdog = watchdog();
-    let stop = async move {
-        stop.await;
-        // Before the accept loop ends, so before the drain's first GOAWAY.
-        notify(State::Stopping);
-    };
+    // STOPPING=1 once the drain has begun, so that /readyz already answers 503 when the
+    // service manager hears it. Sent from the stop signal itself, it went out before
+    // the server started to drain, and a check of /readyz just after it could still be
+    // told 200 (tests/service.rs saw that).
+    let readiness = server.readiness();
+    let stopping = tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            readiness.draining().await;
+            notify(State::Stopping);
+        }
+    });
     // The listener is bound: connections made from now on wait in its backlog. (A server
     // that joins a router has no listener: it is ready as soon as it starts dialling.)
     notify(State::Ready);
@@ -82,6 +89,13 @@ pub(crate) async fn run<H: Handler>(
         Some(Bound::Stream(listener)) => server.run(listener, stop).await,
         Some(Bound::Udp(socket)) => server.run_udp(socket, stop).await,
         None => server.join(stop).await,
+    }
+    // A drain with nothing to wait for can end before that task ran; a server that never
+    // drained (it could not start) says nothing.
+    if readiness.is_draining() {
+        let _ = stopping.await;
+    } else {
+        stopping.abort();
     }
     metrics_stop.cancel();
     if let Some(task) = metrics_task {

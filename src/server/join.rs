@@ -37,7 +37,9 @@ impl<H: Handler> Server<H> {
             warn!("join: no router address configured");
             return;
         };
-        let token = CancellationToken::new();
+        // The server's own drain token: cancelling it also ends its readiness (/readyz,
+        // STOPPING=1), as for a server that listens.
+        let token = self.drain;
         let serving = dial_and_serve(&shared, &addr, &token);
         tokio::pin!(serving);
         tokio::select! {
