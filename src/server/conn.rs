@@ -324,24 +324,6 @@ where
         idle: bool,
         probe: bool,
     ) -> Poll<Io<D::Item>> {
-        let poll = self.poll_events(cx, config, can_read, idle, probe);
-        if poll.is_pending() {
-            // The task may go to sleep now, and whatever wakes it comes later. (The loop
-            // only sleeps when this is pending.)
-            self.reader.took_this_poll = false;
-        }
-        poll
-    }
-
-    /// [`Conn::poll_io`]'s body.
-    fn poll_events(
-        &mut self,
-        cx: &mut Context<'_>,
-        config: &Config,
-        can_read: bool,
-        idle: bool,
-        probe: bool,
-    ) -> Poll<Io<D::Item>> {
         if self.out.pending() >= FLUSH_EARLY {
             if let Poll::Ready(io) = self.poll_flush_quietly(cx, can_read) {
                 return Poll::Ready(io);
@@ -382,6 +364,9 @@ where
                 return Poll::Ready(io);
             }
         }
+        // Nothing read or written is left to report: the loop may go to sleep after this
+        // (it only sleeps when this call is pending), and whatever wakes it comes later.
+        self.reader.took_this_poll = false;
         self.poll_deadline(cx, config, idle, probe)
     }
 
@@ -524,8 +509,8 @@ pub(crate) struct Reader<D> {
     /// between two readings.
     taken: u32,
     /// Messages were taken during this poll of the connection's task, and
-    /// `Conn::last_activity` was read from the clock then (cleared when
-    /// [`Conn::poll_io`] returns `Pending`): a write that drains in the same poll needs
+    /// `Conn::last_activity` was read from the clock then (cleared before
+    /// [`Conn::poll_io`] can return `Pending`): a write that drains in the same poll needs
     /// no clock of its own ([`Conn::flushed`]). It sits in a byte the reader's layout
     /// leaves spare: as a field of [`Conn`] it made every idle connection 128 bytes larger,
     /// as the connection's task crossed a 128-byte step (`bench/idle_memory 10000`:
