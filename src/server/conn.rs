@@ -302,8 +302,8 @@ where
     /// Notes that everything queued was written. When a message was received earlier in
     /// the same poll of the task (an answer given inline), that moment stands for this
     /// one: they are apart by the handling of one batch, and the idle deadline counts in
-    /// seconds. Reading the clock for both was two of the server's three clock reads per
-    /// request at 50 connections, 19 ns each here (`bench/instructions`'s shape).
+    /// seconds. Reading the clock for both cost every request at 50 connections one clock
+    /// read more (`bench/instructions`'s shape), 19 ns each here.
     pub(crate) fn flushed(&mut self) {
         if !self.reader.took_this_poll {
             self.last_activity = Instant::now();
