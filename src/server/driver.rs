@@ -568,7 +568,7 @@ where
             if lent > 0 {
                 reader.read_buffer_mut().advance(lent);
             }
-            next = self.conn.reader.decode().transpose();
+            next = reader.decode().transpose();
         }
         self.conn.received();
         Ok(None)

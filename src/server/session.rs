@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::close::{Close, LogHex};
 use super::driver::{Ctx, Protocol, Step, Unordered};
 use crate::config::Config;
-use crate::handler::{Finished, Handler, OnewayRef, Peer, Ready, Request};
+use crate::handler::{Finished, Handler, HandlerError, OnewayRef, Peer, Ready, Request};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
     Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HEADER_LEN,
@@ -298,13 +298,19 @@ impl Session {
             };
             debug!(id, kind = %Kind::Oneway, len, payload = %LogHex(payload), "received");
             if let Err(err) = result {
-                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+                self.oneway_failed(id, &err);
             }
             tally.oneway += 1;
             tally.bytes_in += (HEADER_LEN + len) as u64;
             taken += HEADER_LEN + len;
         }
         taken
+    }
+
+    /// Logs a ONEWAY handler's failure: nobody else will hear of it. One line for both
+    /// ways a ONEWAY message reaches the handler (lent or owned).
+    fn oneway_failed(&self, id: u32, err: &HandlerError) {
+        warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
     }
 
     /// Refuses a REQUEST or STATS with id 0, which is reserved for the connection (an
@@ -328,7 +334,7 @@ impl Session {
         } = finished;
         if oneway {
             if let Err(err) = result {
-                warn!(peer = %self.peer, id, code = %err.code, message = %err.message, "ONEWAY handler failed");
+                self.oneway_failed(id, &err);
             }
             return Step::Next;
         }
