@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use courier::client::{Client, ClientError};
 use courier::config::Config;
-use courier::handler::{Builtin, Handler, HandlerError, OnewayRef, Request};
+use courier::handler::{Builtin, Handler, HandlerError, Request, RequestRef};
 use courier::wire::{Codec, ErrorBody, ErrorCode, Frame, Hello, Kind};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -483,11 +483,25 @@ async fn oneway_messages_reach_the_handler_and_get_no_reply() {
     server.shutdown().await;
 }
 
-/// Records every message it gets and how: lent (`Handler::oneway_borrowed`) or owned
-/// (`Handler::call`). Payloads starting with "own" it declines to borrow.
+/// Records every message it gets and how: lent (`Handler::oneway_borrowed`,
+/// `Handler::reply_borrowed`) or owned (`Handler::call`). Payloads starting with "own" it
+/// declines to borrow, and owned ones with "own-slow" it answers after 300 ms. It echoes,
+/// except that it fails "fail" with code 1001 and answers "big" with 2,000 bytes.
 #[derive(Default, Clone)]
 struct Lending {
     seen: Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+}
+
+static BIG: [u8; 2000] = [b'x'; 2000];
+
+impl Lending {
+    fn answer<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], HandlerError> {
+        match payload {
+            b"fail" => Err(HandlerError::with_code(1001, "told to fail")),
+            b"big" => Ok(&BIG),
+            _ => Ok(payload),
+        }
+    }
 }
 
 impl Lending {
@@ -500,16 +514,110 @@ impl Lending {
 impl Handler for Lending {
     async fn call(&self, request: Request) -> Result<Bytes, HandlerError> {
         self.note(&request.payload, "owned");
-        Ok(request.payload)
+        if request.payload.starts_with(b"own-slow") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.answer(&request.payload).map(Bytes::copy_from_slice)
     }
 
-    fn oneway_borrowed(&self, message: OnewayRef<'_>) -> Option<Result<(), HandlerError>> {
+    fn oneway_borrowed(&self, message: RequestRef<'_>) -> Option<Result<(), HandlerError>> {
         if message.payload.starts_with(b"own") {
             return None;
         }
         self.note(message.payload, "lent");
         Some(Ok(()))
     }
+
+    fn reply_borrowed<'a>(
+        &'a self,
+        request: RequestRef<'a>,
+    ) -> Option<Result<&'a [u8], HandlerError>> {
+        if request.payload.starts_with(b"own") {
+            return None;
+        }
+        self.note(request.payload, "lent");
+        Some(self.answer(request.payload))
+    }
+}
+
+#[tokio::test]
+async fn requests_are_lent_to_a_handler_that_takes_them_and_answered_as_owned_ones_are() {
+    let handler = Lending::default();
+    let server = start_server(test_config(), handler.clone()).await;
+    // A client that takes payloads of at most 1,000 bytes.
+    let mut peer = RawPeer::connect(server.addr).await;
+    let hello = peer.recv().await.unwrap();
+    assert_eq!(hello.kind, Kind::Hello);
+    let mut received = hello.encoded_len();
+    peer.send(Frame::hello(&Hello::new(1000))).await;
+    let mut frames = vec![Frame::request(1, &b"own-slow"[..])];
+    frames.extend((2..=9).map(|id| Frame::request(id, format!("r{id}").into_bytes())));
+    frames.extend([
+        // Id 1 is still in flight.
+        Frame::request(1, &b"again"[..]),
+        Frame::request(10, &b"own"[..]),
+        Frame::request(11, &b"fail"[..]),
+        Frame::request(12, &b"big"[..]),
+        Frame::new(Kind::Stats, 13, Bytes::new()),
+    ]);
+    // One write: the frames arrive together, as a pipelining client's do.
+    peer.send_raw(&encode_all(frames)).await;
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..14 {
+        let frame = peer.recv().await.unwrap();
+        received += frame.encoded_len();
+        let answer = match frame.kind {
+            Kind::Reply if frame.id == 13 => "stats".to_string(),
+            Kind::Reply => String::from_utf8(frame.payload.to_vec()).unwrap(),
+            Kind::Error => format!("error {:?}", ErrorBody::parse(&frame.payload).unwrap().code),
+            other => panic!("unexpected {other:?}"),
+        };
+        answers
+            .entry(frame.id)
+            .or_insert_with(Vec::new)
+            .push(answer);
+        if frame.id == 13 {
+            // Every request before it counted, however it came (the duplicate is a
+            // protocol error, not a request).
+            let stats = String::from_utf8(frame.payload.to_vec()).unwrap();
+            assert!(stats.contains("\"requests\":12"), "{stats}");
+        }
+    }
+    // Once all is answered: the REPLYs and ERRORs counted as owned ones are.
+    peer.send(Frame::new(Kind::Stats, 14, Bytes::new())).await;
+    let stats = peer.recv().await.unwrap();
+    let stats = String::from_utf8(stats.payload.to_vec()).unwrap();
+    for expected in [
+        "\"requests\":12",
+        "\"replies\":10",
+        "\"errors\":3",
+        "\"protocol_errors\":1",
+    ] {
+        assert!(stats.contains(expected), "{expected} in {stats}");
+    }
+    for id in 2..=9 {
+        assert_eq!(answers[&id], [format!("r{id}")]);
+    }
+    assert_eq!(
+        answers[&1],
+        ["error DuplicateId".to_string(), "own-slow".to_string()]
+    );
+    assert_eq!(answers[&10], ["own"]);
+    assert_eq!(answers[&11], ["error Other(1001)"]);
+    assert_eq!(answers[&12], ["error FrameTooLarge"]);
+    let seen = handler.seen.lock().unwrap().clone();
+    // Each request handled once, the duplicate never; the declined ones came owned.
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert!(seen.contains(&("own".into(), "owned")), "{seen:?}");
+    assert!(seen.contains(&("own-slow".into(), "owned")), "{seen:?}");
+    let lent = seen.iter().filter(|(_, how)| *how == "lent").count();
+    assert!(lent >= 5, "only {lent} of 10 lent: {seen:?}");
+    // Every byte written before the last STATS counted, lent answers' too.
+    assert!(
+        stats.contains(&format!("\"bytes_out\":{received},")),
+        "{received} bytes received: {stats}"
+    );
+    server.shutdown().await;
 }
 
 #[tokio::test]

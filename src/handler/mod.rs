@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::FutureExt;
 
-use crate::wire::ErrorCode;
+use crate::wire::{ErrorCode, WRITE_APART};
 
 #[cfg(feature = "exec")]
 mod children;
@@ -118,18 +118,42 @@ pub trait Handler: Send + Sync + 'static {
     /// that follow another frame of the same read; any message may also come the usual
     /// way, so a handler that implements this handles ONEWAY requests in `call` or
     /// `ready` as well.
-    fn oneway_borrowed(&self, message: OnewayRef<'_>) -> Option<Result<(), HandlerError>> {
+    fn oneway_borrowed(&self, message: RequestRef<'_>) -> Option<Result<(), HandlerError>> {
         let _ = message;
+        None
+    }
+
+    /// Answers a REQUEST at once from its payload where it lies in the connection's read
+    /// buffer, borrowed, not owned: `Some` with the reply's bytes (borrowed from the
+    /// request or from the handler; the server copies them into the connection's
+    /// output) or the failure to send as an ERROR, or `None` (the default) to have the
+    /// request go the usual way, to [`Handler::ready_owned`] or [`Handler::call`].
+    ///
+    /// For answers that need no waiting and are made of bytes already at hand (an echo,
+    /// a fixed reply, a lookup in memory). An owned payload shares the read buffer:
+    /// counting that share up and down, and the [`Request`] and reply built around it,
+    /// are what this skips. The server offers only whole REQUEST frames (not
+    /// REQUEST_EXT) with payloads under [`WRITE_APART`] bytes that follow another frame
+    /// of the same read; any request may also come the usual way, so a handler that
+    /// implements this answers the same in `call` or `ready`. A large reply is better
+    /// given owned: it is then written from where it lies, not copied.
+    fn reply_borrowed<'a>(
+        &'a self,
+        request: RequestRef<'a>,
+    ) -> Option<Result<&'a [u8], HandlerError>> {
+        let _ = request;
         None
     }
 }
 
-/// A ONEWAY message lent to [`Handler::oneway_borrowed`]: what a [`Request`] says, with
-/// the payload borrowed from the connection's read buffer.
+/// A REQUEST or ONEWAY message lent to [`Handler::reply_borrowed`] or
+/// [`Handler::oneway_borrowed`]: what a [`Request`] says, with the payload borrowed from
+/// the connection's read buffer.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
-pub struct OnewayRef<'a> {
-    /// The id the client gave it (any value; ONEWAY ids are not checked).
+pub struct RequestRef<'a> {
+    /// The id the client gave it (unique among its requests in flight; any value for a
+    /// ONEWAY message, whose ids are not checked).
     pub id: u32,
     /// The payload, valid for the call.
     pub payload: &'a [u8],
@@ -245,8 +269,21 @@ impl Handler for Builtin {
     }
 
     /// A ONEWAY message's answer goes nowhere: nothing to do.
-    fn oneway_borrowed(&self, _: OnewayRef<'_>) -> Option<Result<(), HandlerError>> {
+    fn oneway_borrowed(&self, _: RequestRef<'_>) -> Option<Result<(), HandlerError>> {
         Some(Ok(()))
+    }
+
+    /// Only a reply under [`WRITE_APART`]: a larger fixed reply is written from where it
+    /// lies, not copied, when given owned.
+    fn reply_borrowed<'a>(
+        &'a self,
+        request: RequestRef<'a>,
+    ) -> Option<Result<&'a [u8], HandlerError>> {
+        match self {
+            Builtin::Echo => Some(Ok(request.payload)),
+            Builtin::Fixed(reply) if reply.len() < WRITE_APART => Some(Ok(reply)),
+            Builtin::Fixed(_) => None,
+        }
     }
 }
 
@@ -369,7 +406,7 @@ mod tests {
     #[test]
     fn only_handlers_that_say_so_take_oneway_messages_lent() {
         let peer = Peer::Unknown;
-        let message = OnewayRef {
+        let message = RequestRef {
             id: 4,
             payload: b"note",
             peer_identity: None,
@@ -382,5 +419,31 @@ mod tests {
         for handler in [Builtin::Echo, fixed] {
             assert!(matches!(handler.oneway_borrowed(message), Some(Ok(()))));
         }
+    }
+
+    #[test]
+    fn the_builtins_answer_lent_requests_as_owned_ones_and_leave_large_replies_owned() {
+        let peer = Peer::Unknown;
+        let message = RequestRef {
+            id: 5,
+            payload: b"ping",
+            peer_identity: None,
+            peer: &peer,
+        };
+        assert!(OnlyReady.reply_borrowed(message).is_none());
+        let fixed = Builtin::Fixed(Bytes::from_static(b"fixed"));
+        for (handler, expected) in [(Builtin::Echo, &b"ping"[..]), (fixed, &b"fixed"[..])] {
+            match handler.reply_borrowed(message) {
+                Some(Ok(reply)) => assert_eq!(reply, expected),
+                other => panic!("{handler:?}: expected {expected:?}, got {other:?}"),
+            }
+        }
+        // A reply this large goes out from where it lies when given owned, not copied.
+        let large = Builtin::Fixed(Bytes::from(vec![1u8; WRITE_APART]));
+        assert!(large.reply_borrowed(message).is_none());
+        let just_under = Builtin::Fixed(Bytes::from(vec![1u8; WRITE_APART - 1]));
+        assert!(
+            matches!(just_under.reply_borrowed(message), Some(Ok(reply)) if reply.len() == WRITE_APART - 1)
+        );
     }
 }

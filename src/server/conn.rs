@@ -153,6 +153,14 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
         self.pending() - before
     }
 
+    /// The buffer, for answers encoded straight into it, and how long it may grow before
+    /// more than `limit` bytes wait ([`Outbox::push`]'s check); `None` once they do.
+    pub(crate) fn room(&mut self, limit: usize) -> Option<(&mut BytesMut, usize)> {
+        let apart = self.apart.as_ref().map_or(0, |apart| apart.len);
+        let room = limit.checked_sub(apart)?;
+        Some((&mut self.buffer, room))
+    }
+
     /// Bytes waiting to be written.
     pub(crate) fn pending(&self) -> usize {
         self.apart.as_ref().map_or(0, |apart| apart.len) + self.buffer.len()

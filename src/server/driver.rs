@@ -18,7 +18,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -70,20 +70,20 @@ pub(crate) trait Protocol {
     where
         R: FnOnce(Request) -> Ready;
 
-    /// Handles the ONEWAY messages at the front of `src` that `handler` takes where they
-    /// lie ([`Handler::oneway_borrowed`]), counting them in `tally`; returns the bytes
-    /// they took, for the driver to drop from its read buffer. Whatever is left, from the
-    /// first message it does not take, goes to the decoder. The default takes nothing.
-    /// It is asked after every message of a batch, so the answer for anything else must
-    /// be quick.
+    /// Handles the messages at the front of `src` that `handler` takes where they lie
+    /// ([`Handler::oneway_borrowed`], [`Handler::reply_borrowed`]), writing their answers
+    /// into `lent.out` and counting them; returns the bytes they took, for the driver to
+    /// drop from its read buffer. Whatever is left, from the first message it does not
+    /// take, goes to the decoder. The default takes nothing. It is asked after every
+    /// message of a batch, so the answer for anything else must be quick.
     fn lend<H: Handler>(
         &mut self,
         src: &[u8],
         codec: &Self::Codec,
         handler: &H,
-        tally: &mut Tally,
+        lent: &mut Lent<'_>,
     ) -> usize {
-        let _ = (src, codec, handler, tally);
+        let _ = (src, codec, handler, lent);
         0
     }
 
@@ -145,6 +145,24 @@ pub(crate) struct Ctx<'a, 't> {
     pub(crate) turn: &'a mut Turn<'t>,
     /// The server's counters.
     pub(crate) stats: &'t Stats,
+}
+
+/// What [`Protocol::lend`] may change: the turn's counters and the connection's output.
+pub(crate) struct Lent<'a> {
+    /// Counts of this turn.
+    pub(crate) tally: &'a mut Tally,
+    /// Answers the handler gave inline, as [`Driver::on_read`] counts them.
+    pub(crate) inline: &'a mut u64,
+    /// The connection's output buffer, written after everything queued before: encoded
+    /// answers go here.
+    pub(crate) out: &'a mut BytesMut,
+    /// An answer is written into `out` only while it holds at most this many bytes
+    /// (max_pending_output less what waits apart: [`Outbox::push`]'s check). Past it the
+    /// peer is not reading, and the next message goes the usual way, which finds the
+    /// limit passed.
+    ///
+    /// [`Outbox::push`]: super::conn::Outbox::push
+    pub(crate) room: usize,
 }
 
 /// Handler calls still running on one connection.
@@ -559,14 +577,22 @@ where
                 break;
             }
             let reader = &mut self.conn.reader;
-            let lent = self.session.lend(
-                reader.read_buffer(),
-                reader.decoder(),
-                &shared.handler,
-                &mut turn.tally,
-            );
-            if lent > 0 {
-                reader.read_buffer_mut().advance(lent);
+            if let Some((out, room)) = self.conn.out.room(shared.config.max_pending_output) {
+                let mut lent = Lent {
+                    tally: &mut turn.tally,
+                    inline: &mut *inline,
+                    out,
+                    room,
+                };
+                let taken = self.session.lend(
+                    reader.read_buffer(),
+                    reader.decoder(),
+                    &shared.handler,
+                    &mut lent,
+                );
+                if taken > 0 {
+                    reader.read_buffer_mut().advance(taken);
+                }
             }
             next = reader.decode().transpose();
         }

@@ -15,13 +15,14 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::close::{Close, LogHex};
-use super::driver::{Ctx, Protocol, Step, Unordered};
+use super::driver::{Ctx, Lent, Protocol, Step, Unordered};
 use crate::config::Config;
-use crate::handler::{Finished, Handler, HandlerError, OnewayRef, Peer, Ready, Request};
+use crate::handler::{Finished, Handler, HandlerError, Peer, Ready, Request, RequestRef};
 use crate::stats::{CloseReason, Snapshot, Tally};
 use crate::wire::{
-    Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions, HEADER_LEN,
-    HELLO_AUTH_TOKEN, HELLO_REQUEST_OPTIONS, MAX_HELLO_PAYLOAD, MIN_MAX_FRAME, PROTOCOL_VERSION,
+    put_header, Codec, ErrorBody, ErrorCode, Frame, Hello, HelloError, Kind, RequestOptions,
+    HEADER_LEN, HELLO_AUTH_TOKEN, HELLO_REQUEST_OPTIONS, MAX_HELLO_PAYLOAD, MIN_MAX_FRAME,
+    PROTOCOL_VERSION, WRITE_APART,
 };
 
 /// Where a courier connection is in its life.
@@ -219,7 +220,7 @@ impl Session {
             if frame.id == 0 {
                 return self.id_zero(frame.kind);
             }
-            if matches!(&self.phase, Phase::Open(ids) if ids.contains(&frame.id)) {
+            if self.in_flight(frame.id) {
                 debug!(id = frame.id, "duplicate request id");
                 tally.protocol_errors += 1;
                 tally.error(ErrorCode::DuplicateId.as_u16());
@@ -272,39 +273,83 @@ impl Session {
         }
     }
 
-    /// [`Protocol::lend`]'s loop, once the first frame is a ONEWAY one and the connection
-    /// is open.
-    fn lend_oneway<H: Handler>(
+    /// [`Protocol::lend`]'s loop, once the first frame is a REQUEST or ONEWAY one and the
+    /// connection is open.
+    fn lend_frames<H: Handler>(
         &mut self,
         src: &[u8],
         codec: &Codec,
         handler: &H,
-        tally: &mut Tally,
+        lent: &mut Lent<'_>,
     ) -> usize {
         let mut taken = 0;
-        while src.get(taken + 4) == Some(&(Kind::Oneway as u8)) {
-            let Ok(Some((_, id, len))) = codec.peek(&src[taken..]) else {
-                break;
-            };
+        while let Ok(Some((kind, id, len))) = codec.peek(&src[taken..]) {
             let payload = &src[taken + HEADER_LEN..taken + HEADER_LEN + len];
-            let message = OnewayRef {
+            let message = RequestRef {
                 id,
                 payload,
                 peer_identity: self.identity.as_deref(),
                 peer: &self.peer,
             };
-            let Some(result) = handler.oneway_borrowed(message) else {
-                break;
-            };
-            debug!(id, kind = %Kind::Oneway, len, payload = %LogHex(payload), "received");
-            if let Err(err) = result {
-                self.oneway_failed(id, &err);
+            match kind {
+                Kind::Oneway => {
+                    let Some(result) = handler.oneway_borrowed(message) else {
+                        break;
+                    };
+                    debug!(id, %kind, len, payload = %LogHex(payload), "received");
+                    if let Err(err) = result {
+                        self.oneway_failed(id, &err);
+                    }
+                    lent.tally.oneway += 1;
+                }
+                // The usual way refuses id 0 and an id in flight, and writes a large
+                // payload apart; a full output finds its limit there.
+                Kind::Request
+                    if id != 0
+                        && len < WRITE_APART
+                        && lent.out.len() <= lent.room
+                        && !self.in_flight(id) =>
+                {
+                    let Some(result) = handler.reply_borrowed(message) else {
+                        break;
+                    };
+                    debug!(id, %kind, len, payload = %LogHex(payload), "received");
+                    self.last_id = id;
+                    lent.tally.requests += 1;
+                    *lent.inline += 1;
+                    self.answer_lent(id, result, lent);
+                }
+                _ => break,
             }
-            tally.oneway += 1;
-            tally.bytes_in += (HEADER_LEN + len) as u64;
+            lent.tally.bytes_in += (HEADER_LEN + len) as u64;
             taken += HEADER_LEN + len;
         }
         taken
+    }
+
+    /// Writes the answer to a lent REQUEST into the output: its REPLY, or an ERROR as
+    /// [`Session::finish`] makes one.
+    fn answer_lent(&self, id: u32, result: Result<&[u8], HandlerError>, lent: &mut Lent<'_>) {
+        let before = lent.out.len();
+        match result {
+            Ok(reply) if reply.len() <= self.peer_max_frame as usize => {
+                self.replied(id, reply, lent.tally);
+                put_header(lent.out, Kind::Reply, id, reply.len());
+                lent.out.extend_from_slice(reply);
+            }
+            result => {
+                let frame = self.unsent(id, result.map(<[u8]>::len), lent.tally);
+                put_header(lent.out, frame.kind, frame.id, frame.payload.len());
+                lent.out.extend_from_slice(&frame.payload);
+            }
+        }
+        lent.tally.bytes_out += (lent.out.len() - before) as u64;
+    }
+
+    /// Whether a request with this id is being handled (a set that is empty, as it is
+    /// while every answer comes inline, is not even hashed into).
+    fn in_flight(&self, id: u32) -> bool {
+        matches!(&self.phase, Phase::Open(ids) if !ids.is_empty() && ids.contains(&id))
     }
 
     /// Logs a ONEWAY handler's failure: nobody else will hear of it. One line for both
@@ -347,35 +392,48 @@ impl Session {
                 ids.remove(&id);
             }
         }
-        let peer_max_frame = self.peer_max_frame;
         let frame = match result {
-            Ok(payload) if payload.len() > peer_max_frame as usize => {
+            Ok(payload) if payload.len() <= self.peer_max_frame as usize => {
+                self.replied(id, &payload, tally);
+                Frame::reply(id, payload)
+            }
+            result => self.unsent(id, result.map(|payload| payload.len()), tally),
+        };
+        Step::Send(frame)
+    }
+
+    /// Logs and counts a REPLY that goes out: `payload` fits the client's max_frame.
+    fn replied(&self, id: u32, payload: &[u8], tally: &mut Tally) {
+        debug!(id, len = payload.len(), payload = %LogHex(payload), "reply");
+        tally.replies += 1;
+    }
+
+    /// The ERROR sent for a request whose reply does not go out: the handler failed, or
+    /// its reply, of `Ok(length)`, is larger than the client's max_frame. Logged and
+    /// counted.
+    fn unsent(&self, id: u32, result: Result<usize, HandlerError>, tally: &mut Tally) -> Frame {
+        let peer_max_frame = self.peer_max_frame;
+        match result {
+            Ok(len) => {
                 warn!(
                     peer = %self.peer,
                     id,
-                    len = payload.len(),
+                    len,
                     peer_max_frame,
                     "reply larger than the client accepts"
                 );
                 tally.error(ErrorCode::FrameTooLarge.as_u16());
                 let text = format!(
-                    "frame too large: the reply is {} bytes, the client's max_frame is {peer_max_frame} bytes",
-                    payload.len()
+                    "frame too large: the reply is {len} bytes, the client's max_frame is {peer_max_frame} bytes"
                 );
                 self.error(id, ErrorCode::FrameTooLarge, &text)
-            }
-            Ok(payload) => {
-                debug!(id, len = payload.len(), payload = %LogHex(&payload), "reply");
-                tally.replies += 1;
-                Frame::reply(id, payload)
             }
             Err(err) => {
                 debug!(id, code = %err.code, message = %err.message, "handler failed");
                 tally.error(err.code.as_u16());
                 self.error(id, err.code, &err.message)
             }
-        };
-        Step::Send(frame)
+        }
     }
 }
 
@@ -427,21 +485,24 @@ impl Protocol for Session {
         }
     }
 
-    /// ONEWAY frames, whole, after the handshake, while the handler takes them. A frame
-    /// the codec would refuse is left to it, which reports it in turn.
+    /// REQUEST and ONEWAY frames, whole, after the handshake, while the handler takes
+    /// them. A frame the codec would refuse is left to it, which reports it in turn.
     #[inline]
     fn lend<H: Handler>(
         &mut self,
         src: &[u8],
         codec: &Codec,
         handler: &H,
-        tally: &mut Tally,
+        lent: &mut Lent<'_>,
     ) -> usize {
-        // The kind byte first: any other frame costs this comparison and no more.
-        if src.get(4) != Some(&(Kind::Oneway as u8)) || !matches!(self.phase, Phase::Open(_)) {
+        // The kind byte first: any other frame costs these comparisons and no more.
+        let kind = src.get(4).copied();
+        if (kind != Some(Kind::Request as u8) && kind != Some(Kind::Oneway as u8))
+            || !matches!(self.phase, Phase::Open(_))
+        {
             return 0;
         }
-        self.lend_oneway(src, codec, handler, tally)
+        self.lend_frames(src, codec, handler, lent)
     }
 
     fn on_finished(&mut self, finished: Finished, ctx: &mut Ctx<'_, '_>) -> Step<Frame> {

@@ -1,7 +1,7 @@
 //! The courier session fed frames directly, with no socket: each test checks the steps
 //! that come out.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::config::AuthToken;
@@ -562,4 +562,90 @@ fn a_request_ext_shorter_than_its_options_closes_with_malformed_body() {
         body.message
     );
     assert_eq!(reason, CloseReason::Protocol);
+}
+
+/// `frames` encoded one after another, as a read brings them.
+fn wire(frames: impl IntoIterator<Item = Frame>) -> BytesMut {
+    let mut codec = Codec::new(1 << 20);
+    let mut bytes = BytesMut::new();
+    for frame in frames {
+        tokio_util::codec::Encoder::encode(&mut codec, frame, &mut bytes).unwrap();
+    }
+    bytes
+}
+
+impl Harness {
+    /// Lends `src` to the session with `room` bytes of output allowed: what it took,
+    /// what it wrote and how many answers it counted as inline.
+    fn lend(&mut self, src: &[u8], room: usize) -> (usize, BytesMut, u64) {
+        let codec = Codec::new(1 << 20);
+        let mut out = BytesMut::new();
+        let mut inline = 0;
+        let taken = self.batch(|session, ctx| {
+            let mut lent = Lent {
+                tally: &mut ctx.turn.tally,
+                inline: &mut inline,
+                out: &mut out,
+                room,
+            };
+            session.lend(src, &codec, &crate::handler::Builtin::Echo, &mut lent)
+        });
+        (taken, out, inline)
+    }
+}
+
+#[test]
+fn lent_requests_are_answered_into_the_output_until_it_holds_more_than_its_room() {
+    let mut harness = Harness::open(1 << 20);
+    let src = wire((1..=10).map(|id| Frame::request(id, vec![id as u8; 100])));
+    // 109 bytes a frame: the third answer starts at 218 <= 250; the fourth would start
+    // at 327.
+    let (taken, out, inline) = harness.lend(&src, 250);
+    assert_eq!((taken, out.len(), inline), (3 * 109, 3 * 109, 3));
+    // The answers are the REPLYs an owned request gets.
+    assert_eq!(
+        &out[..],
+        &wire((1..=3).map(|id| Frame::reply(id, vec![id as u8; 100])))[..]
+    );
+    let stats = harness.stats.snapshot();
+    assert_eq!((stats.requests, stats.replies), (3, 3));
+    assert_eq!((stats.bytes_in, stats.bytes_out), (3 * 109, 3 * 109));
+    // With room for all: all ten.
+    let (taken, _, inline) = harness.lend(&src[taken..], 10_000);
+    assert_eq!((taken, inline), (7 * 109, 7));
+}
+
+#[test]
+fn lending_stops_at_what_the_usual_way_must_see() {
+    let request = || Frame::request(7, "x");
+    let before_hello = wire([request()]);
+    assert_eq!(
+        Harness::new(Config::default())
+            .lend(&before_hello, 10_000)
+            .0,
+        0
+    );
+    let mut harness = Harness::open(1 << 20);
+    let options = RequestOptions::default().encode(b"x");
+    let stoppers = [
+        // Refused: id 0 is the connection's.
+        Frame::request(0, "x"),
+        // Options to read.
+        Frame::new(Kind::RequestExt, 8, options),
+        Frame::new(Kind::Ping, 9, "x"),
+        // Written apart, not copied.
+        Frame::request(10, vec![0u8; WRITE_APART]),
+    ];
+    for stopper in stoppers {
+        let kind = stopper.kind;
+        let src = wire([request(), stopper, request()]);
+        assert_eq!(harness.lend(&src, 10_000).0, 10, "{kind}");
+    }
+    // A frame not whole yet is left for the decoder to wait for.
+    let src = wire([request(), request()]);
+    assert_eq!(harness.lend(&src[..15], 10_000).0, 10);
+    // An id in flight gets its ERROR 10 the usual way.
+    let _ = dispatched(harness.feed(Frame::request(11, "slow")));
+    let src = wire([request(), Frame::request(11, "again")]);
+    assert_eq!(harness.lend(&src, 10_000).0, 10);
 }
