@@ -69,7 +69,6 @@ pub(crate) async fn run<H: Handler>(
             metrics_stop.clone(),
         ))
     });
-    let watchdog = watchdog();
     // STOPPING=1 once the drain has begun, so that /readyz already answers 503 when the
     // service manager hears it. Sent from the stop signal itself, it went out before
     // the server started to drain, and a check of /readyz just after it could still be
@@ -85,6 +84,10 @@ pub(crate) async fn run<H: Handler>(
     // The listener is bound: connections made from now on wait in its backlog. (A server
     // that joins a router has no listener: it is ready as soon as it starts dialling.)
     notify(State::Ready);
+    // After READY=1, which is then what the service manager hears first: the pings'
+    // first tick comes at once, and on another worker thread it went out before READY=1
+    // (tests/service.rs saw that under the load of the whole suite).
+    let watchdog = watchdog();
     match listener {
         Some(Bound::Stream(listener)) => server.run(listener, stop).await,
         Some(Bound::Udp(socket)) => server.run_udp(socket, stop).await,
