@@ -612,6 +612,16 @@ async fn requests_are_lent_to_a_handler_that_takes_them_and_answered_as_owned_on
     assert!(seen.contains(&("own-slow".into(), "owned")), "{seen:?}");
     let lent = seen.iter().filter(|(_, how)| *how == "lent").count();
     assert!(lent >= 5, "only {lent} of 10 lent: {seen:?}");
+    // A request alone in its read is lent too: a client that does not pipeline sends
+    // nothing else.
+    peer.send(Frame::request(20, &b"solo"[..])).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(
+        (reply.kind, reply.id, &reply.payload[..]),
+        (Kind::Reply, 20, &b"solo"[..])
+    );
+    let last = handler.seen.lock().unwrap().last().cloned();
+    assert_eq!(last, Some(("solo".into(), "lent")));
     // Every byte written before the last STATS counted, lent answers' too.
     assert!(
         stats.contains(&format!("\"bytes_out\":{received},")),
@@ -663,8 +673,8 @@ async fn oneway_messages_are_lent_to_a_handler_that_takes_them_and_counted_eithe
         let ways: Vec<_> = seen.iter().filter(|(text, _)| text == name).collect();
         assert_eq!(ways.len(), 1, "{name}: {seen:?}");
     }
-    // The one it declined came owned; ONEWAY frames behind another frame of the same read
-    // were lent.
+    // The one it declined came owned; the others were lent (all of them, unless the
+    // write arrived in pieces).
     assert!(seen.contains(&("own".into(), "owned")), "{seen:?}");
     let lent = seen.iter().filter(|(_, how)| *how == "lent").count();
     assert!(lent >= 8, "only {lent} of 16 lent: {seen:?}");

@@ -114,10 +114,10 @@ pub trait Handler: Send + Sync + 'static {
     /// out what they keep). An owned payload shares the read buffer, and counting that
     /// share up and down is two atomic operations per message, 18 % of the server's CPU
     /// when one connection streams 64-byte ONEWAY messages (`perf record` of `courier
-    /// serve` under `courier bench --oneway`). The server offers only whole ONEWAY frames
-    /// that follow another frame of the same read; any message may also come the usual
-    /// way, so a handler that implements this handles ONEWAY requests in `call` or
-    /// `ready` as well.
+    /// serve` under `courier bench --oneway`). The server offers ONEWAY frames as they
+    /// arrive on a courier connection; some still come the usual way (those left when
+    /// the client's stream ends, those a UDP endpoint receives), so a handler that
+    /// implements this handles ONEWAY requests in `call` or `ready` as well.
     fn oneway_borrowed(&self, message: RequestRef<'_>) -> Option<Result<(), HandlerError>> {
         let _ = message;
         None
@@ -132,11 +132,13 @@ pub trait Handler: Send + Sync + 'static {
     /// For answers that need no waiting and are made of bytes already at hand (an echo,
     /// a fixed reply, a lookup in memory). An owned payload shares the read buffer:
     /// counting that share up and down, and the [`Request`] and reply built around it,
-    /// are what this skips. The server offers only whole REQUEST frames (not
-    /// REQUEST_EXT) with payloads under [`WRITE_APART`] bytes that follow another frame
-    /// of the same read; any request may also come the usual way, so a handler that
-    /// implements this answers the same in `call` or `ready`. A large reply is better
-    /// given owned: it is then written from where it lies, not copied.
+    /// are what this skips. The server offers REQUEST frames (not REQUEST_EXT) with
+    /// payloads under [`WRITE_APART`] bytes as they arrive on a courier connection; some
+    /// still come the usual way (a request whose id is in flight, the rest of a batch
+    /// once the connection's output is full, those left when the client's stream ends,
+    /// those a UDP endpoint receives), so a handler that implements this answers the
+    /// same in `call` or `ready`. A large reply is better given owned: it is then written
+    /// from where it lies, not copied.
     fn reply_borrowed<'a>(
         &'a self,
         request: RequestRef<'a>,

@@ -22,7 +22,7 @@ use tracing::{debug, error};
 
 use super::close::Deadline;
 use crate::config::Config;
-use crate::wire::{CodecError, EncodeApart};
+use crate::wire::{Codec, CodecError, EncodeApart, PlainCodec, RawCodec};
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.
@@ -55,9 +55,39 @@ const SHRINK_AFTER: u8 = 2;
 /// reset, which can destroy replies the peer has not read yet.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// A decoder that can tell whether a whole frame waits without taking it, so that the
+/// driver can take it where it lies when the handler answers it so
+/// ([`Protocol::lend`](super::driver::Protocol::lend)): even the first frame of a read,
+/// which is every request when clients do not pipeline.
+pub(crate) trait Whole: Decoder<Error = CodecError> {
+    /// `Some(true)` when `src` starts with a whole frame, or with bytes the decoder
+    /// refuses (it says so when asked); `Some(false)` while more must be read; `None`
+    /// (the default) where [`Reader`] decodes the frame itself, as for framings whose
+    /// messages are never lent.
+    fn whole(&self, src: &[u8]) -> Option<bool> {
+        let _ = src;
+        None
+    }
+}
+
+impl Whole for Codec {
+    fn whole(&self, src: &[u8]) -> Option<bool> {
+        Some(!matches!(self.peek(src), Ok(None)))
+    }
+}
+
+impl Whole for PlainCodec {}
+
+impl Whole for RawCodec {}
+
 /// What the poller reports.
 pub(crate) enum Io<T> {
-    /// The decoder produced a message, an error, or the end of the stream.
+    /// A whole frame waits in the read buffer (and maybe more): the driver's to take,
+    /// where it lies or through [`Reader::decode`], until the decoder finds no whole one.
+    Arrived,
+    /// A message the reader decoded itself (where the decoder cannot tell [`Whole`]
+    /// frames, and past the end of the stream), a decoding or reading error, or `None`:
+    /// the end of the stream.
     Read(Option<Result<T, CodecError>>),
     /// Everything queued has been written (reported only while reading is paused: see
     /// [`Conn::poll_io`]).
@@ -267,7 +297,7 @@ pub(crate) struct Conn<S, D, E> {
 impl<S, D, E> Conn<S, D, E>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    D: Decoder<Error = CodecError>,
+    D: Whole,
 {
     /// Sets up a connection. With `handshake` the handshake deadline runs until
     /// [`Conn::handshake_done`].
@@ -352,8 +382,8 @@ where
                 let buffer = self.reader.read_buffer_mut();
                 buffer.reserve(READ_CHUNK << self.burst_shift);
             }
-            if let Poll::Ready(item) = self.reader.poll_next(cx, &mut self.out.stream) {
-                return Poll::Ready(Io::Read(item));
+            if let Poll::Ready(io) = self.reader.poll_next(cx, &mut self.out.stream) {
+                return Poll::Ready(io);
             }
             let buffer = self.reader.read_buffer_mut();
             if buffer.is_empty() {
@@ -526,7 +556,7 @@ pub(crate) struct Reader<D> {
     took_this_poll: bool,
 }
 
-impl<D: Decoder<Error = CodecError>> Reader<D> {
+impl<D: Whole> Reader<D> {
     fn new(decoder: D) -> Self {
         Reader {
             buffer: BytesMut::new(),
@@ -555,38 +585,54 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
         &mut self.decoder
     }
 
-    /// The next whole frame already in the buffer, if any, without reading.
+    /// The next whole frame already in the buffer, if any, without reading. Once it finds
+    /// none, the next [`Reader::poll_next`] reads (or, past the end of the stream, reports
+    /// what is left).
     pub(crate) fn decode(&mut self) -> Result<Option<D::Item>, CodecError> {
-        self.decoder.decode(&mut self.buffer)
+        let decoded = self.decoder.decode(&mut self.buffer);
+        // Past the end of the stream, bytes left are checked by `decode_eof` in turn.
+        if let (Ok(None), false) = (&decoded, self.eof) {
+            self.readable = false;
+        }
+        decoded
     }
 
-    /// The next frame, reading from `stream` as needed: `None` once the stream has ended
-    /// (cleanly, or after the error returned before).
+    /// The next frame, reading from `stream` as needed: [`Io::Arrived`] once a whole one
+    /// waits, where the decoder can tell ([`Whole`]), else the frame decoded; once the
+    /// stream has ended, the frames left and then `Io::Read(None)` (cleanly, or after
+    /// the error returned before).
     fn poll_next<S: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         stream: &mut S,
-    ) -> Poll<Option<Result<D::Item, CodecError>>> {
+    ) -> Poll<Io<D::Item>> {
         loop {
             if self.errored {
-                return Poll::Ready(None);
+                return Poll::Ready(Io::Read(None));
+            }
+            if self.readable && !self.eof {
+                match self.decoder.whole(&self.buffer) {
+                    Some(true) => return Poll::Ready(Io::Arrived),
+                    Some(false) => self.readable = false,
+                    None => match self.decoder.decode(&mut self.buffer) {
+                        Ok(Some(frame)) => return Poll::Ready(Io::Read(Some(Ok(frame)))),
+                        Ok(None) => self.readable = false,
+                        Err(err) => {
+                            self.errored = true;
+                            return Poll::Ready(Io::Read(Some(Err(err))));
+                        }
+                    },
+                }
             }
             if self.readable {
-                let decoded = if self.eof {
-                    self.decoder.decode_eof(&mut self.buffer)
-                } else {
-                    self.decoder.decode(&mut self.buffer)
-                };
-                match decoded {
-                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                    Ok(None) => self.readable = false,
+                // The stream has ended: what is left must be whole frames.
+                match self.decoder.decode_eof(&mut self.buffer) {
+                    Ok(Some(frame)) => return Poll::Ready(Io::Read(Some(Ok(frame)))),
+                    Ok(None) => return Poll::Ready(Io::Read(None)),
                     Err(err) => {
                         self.errored = true;
-                        return Poll::Ready(Some(Err(err)));
+                        return Poll::Ready(Io::Read(Some(Err(err))));
                     }
-                }
-                if self.eof {
-                    return Poll::Ready(None);
                 }
             }
             self.buffer.reserve(1);
@@ -597,7 +643,7 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
             )) {
                 Ok(0) => {
                     if self.eof {
-                        return Poll::Ready(None);
+                        return Poll::Ready(Io::Read(None));
                     }
                     self.eof = true;
                 }
@@ -608,7 +654,7 @@ impl<D: Decoder<Error = CodecError>> Reader<D> {
                 }
                 Err(err) => {
                     self.errored = true;
-                    return Poll::Ready(Some(Err(err.into())));
+                    return Poll::Ready(Io::Read(Some(Err(err.into()))));
                 }
             }
             self.readable = true;

@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
 use super::close::Close;
-use super::conn::{Conn, Io};
+use super::conn::{Conn, Io, Whole};
 use super::Shared;
 use crate::config::Config;
 use crate::handler::{call, Finished, Handler, Ready, Request};
@@ -38,7 +38,7 @@ use crate::wire::{CodecError, EncodeApart, ErrorCode};
 /// to answer. Implementations do no I/O; the driver applies what they return.
 pub(crate) trait Protocol {
     /// Decodes what the peer sends and encodes what goes back.
-    type Codec: Decoder<Error = CodecError> + EncodeApart<Self::Out> + Clone;
+    type Codec: Whole + EncodeApart<Self::Out> + Clone;
     /// A message the connection sends.
     type Out;
     /// Where the handler calls still running wait: in completion order or request order.
@@ -498,16 +498,18 @@ where
                 let mut turn = Turn::new(&self.shared.stats);
                 Ok(self.apply(Step::Close { last, close }, &mut turn))
             }
-            Io::Read(Some(item)) => self.on_read(item),
+            Io::Arrived => self.on_read(None),
+            Io::Read(Some(item)) => self.on_read(Some(item)),
         }
     }
 
-    /// Handles this message and every further one already in the read buffer, so that a
-    /// pipelined batch costs one turn of the loop, not one per message; counts the
-    /// batch's inline answers and the handler calls it started in the turn's tally.
+    /// Handles `first` (a message or error the reader returned, if any) and every further
+    /// message already in the read buffer, so that a pipelined batch costs one turn of
+    /// the loop, not one per message; counts the batch's inline answers and the handler
+    /// calls it started in the turn's tally.
     fn on_read(
         &mut self,
-        first: Result<<P::Codec as Decoder>::Item, CodecError>,
+        first: Option<Result<<P::Codec as Decoder>::Item, CodecError>>,
     ) -> io::Result<Option<Close>> {
         let shared = self.shared;
         let mut turn = Turn::new(&shared.stats);
@@ -521,16 +523,25 @@ where
         result
     }
 
-    /// [`Driver::on_read`]'s loop.
+    /// [`Driver::on_read`]'s loop: the session takes what it can where it lies
+    /// ([`Protocol::lend`]), the decoder the next message, until none is whole.
     fn read_batch(
         &mut self,
-        first: Result<<P::Codec as Decoder>::Item, CodecError>,
+        first: Option<Result<<P::Codec as Decoder>::Item, CodecError>>,
         turn: &mut Turn<'a>,
         inline: &mut u64,
     ) -> io::Result<Option<Close>> {
         let shared = self.shared;
-        let mut next = Some(first);
-        while let Some(item) = next {
+        let mut next = first;
+        let mut took = false;
+        loop {
+            let Some(item) = next
+                .take()
+                .or_else(|| self.next_input(turn, inline, &mut took))
+            else {
+                break;
+            };
+            took = true;
             let step = match item {
                 Ok(input) => {
                     turn.tally.bytes_in += P::wire_len(&input) as u64;
@@ -576,28 +587,43 @@ where
             if self.session.settled().is_some() || self.calls.len() >= shared.config.max_in_flight {
                 break;
             }
-            let reader = &mut self.conn.reader;
-            if let Some((out, room)) = self.conn.out.room(shared.config.max_pending_output) {
-                let mut lent = Lent {
-                    tally: &mut turn.tally,
-                    inline: &mut *inline,
-                    out,
-                    room,
-                };
-                let taken = self.session.lend(
-                    reader.read_buffer(),
-                    reader.decoder(),
-                    &shared.handler,
-                    &mut lent,
-                );
-                if taken > 0 {
-                    reader.read_buffer_mut().advance(taken);
-                }
-            }
-            next = reader.decode().transpose();
         }
-        self.conn.received();
+        if took {
+            self.conn.received();
+        }
         Ok(None)
+    }
+
+    /// The next message of a batch, if a whole one waits in the read buffer: the session
+    /// first takes what it answers where it lies ([`Protocol::lend`], noted in `took`),
+    /// then the decoder the message after those.
+    fn next_input(
+        &mut self,
+        turn: &mut Turn<'a>,
+        inline: &mut u64,
+        took: &mut bool,
+    ) -> Option<Result<<P::Codec as Decoder>::Item, CodecError>> {
+        let shared = self.shared;
+        let reader = &mut self.conn.reader;
+        if let Some((out, room)) = self.conn.out.room(shared.config.max_pending_output) {
+            let mut lent = Lent {
+                tally: &mut turn.tally,
+                inline,
+                out,
+                room,
+            };
+            let taken = self.session.lend(
+                reader.read_buffer(),
+                reader.decoder(),
+                &shared.handler,
+                &mut lent,
+            );
+            if taken > 0 {
+                reader.read_buffer_mut().advance(taken);
+                *took = true;
+            }
+        }
+        reader.decode().transpose()
     }
 
     /// Does what the session asked, counting what it queues in `turn`; returns the close

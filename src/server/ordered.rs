@@ -15,6 +15,7 @@ use tokio_util::codec::Decoder;
 use tracing::debug;
 
 use super::close::{Close, LogHex};
+use super::conn::Whole;
 use super::driver::{Ctx, InOrder, Protocol, Step};
 use crate::config::{Config, Framing};
 use crate::handler::{Finished, Peer, Ready, Request};
@@ -23,7 +24,7 @@ use crate::wire::{CodecError, EncodeApart, ErrorCode, PlainCodec, RawCodec};
 
 /// A codec for messages without ids: plain or raw framing.
 pub(crate) trait Chunks:
-    Decoder<Item = Bytes, Error = CodecError> + EncodeApart<Bytes> + Clone
+    Decoder<Item = Bytes, Error = CodecError> + Whole + EncodeApart<Bytes> + Clone
 {
     /// The framing this codec speaks.
     const FRAMING: Framing;
