@@ -50,6 +50,8 @@ const MAX_BURST_SHIFT: u8 = 4;
 /// second read.
 const SHRINK_AFTER: u8 = 2;
 
+mod spare;
+
 /// How long a closing connection waits for its peer to take the last bytes and close its
 /// side. Without it, closing a socket that still has unread input makes the kernel send a
 /// reset, which can destroy replies the peer has not read yet.
@@ -380,6 +382,11 @@ where
                     self.burst_shift = (self.burst_shift + 1).min(MAX_BURST_SHIFT);
                 }
                 let buffer = self.reader.read_buffer_mut();
+                if buffer.capacity() == 0 {
+                    if let Some(spare) = spare::take() {
+                        *buffer = spare;
+                    }
+                }
                 buffer.reserve(READ_CHUNK << self.burst_shift);
             }
             if let Poll::Ready(io) = self.reader.poll_next(cx, &mut self.out.stream) {
@@ -388,7 +395,7 @@ where
             let buffer = self.reader.read_buffer_mut();
             if buffer.is_empty() {
                 // Nothing to keep until the next read: an idle connection holds no buffer.
-                *buffer = BytesMut::new();
+                spare::put(std::mem::take(buffer));
             } else if self.partial_since.is_none() {
                 // The decoder has taken every whole frame; bytes left in the buffer are
                 // the start of one, and from now on that frame is on the clock.

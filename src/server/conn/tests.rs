@@ -484,3 +484,82 @@ async fn a_flush_in_a_later_poll_moves_the_last_activity_one_in_the_same_poll_do
     assert_eq!(conn.last_activity, Instant::now());
     assert!(conn.last_activity > received_at + Duration::from_secs(1));
 }
+
+/// A connection reading `batches` through [`Batches`], with nowhere for answers to go.
+fn reading(
+    batches: Vec<Vec<u8>>,
+) -> super::Conn<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, Codec, Codec> {
+    let config = crate::config::Config::default();
+    let reader = Batches {
+        batches: batches.into(),
+        offset: 0,
+        rooms: Vec::new(),
+        between: false,
+    };
+    super::Conn::new(
+        tokio::io::join(reader, tokio::io::sink()),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        &config,
+        false,
+    )
+}
+
+#[tokio::test]
+async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
+    let config = crate::config::Config::default();
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert!(
+        super::spare::take().is_none(),
+        "a new thread keeps no buffer"
+    );
+
+    // A connection reads one request, the driver takes it, and nothing more has come:
+    // the connection holds no buffer, and the thread keeps the one it read into.
+    let mut first = reading(vec![batch(1, 64)]);
+    assert!(matches!(
+        first.poll_io(&mut cx, &config, true, true, false),
+        Poll::Ready(super::Io::Arrived)
+    ));
+    assert!(first.reader.decode().expect("decode").is_some());
+    first.received();
+    assert!(first
+        .poll_io(&mut cx, &config, true, true, false)
+        .is_pending());
+    assert_eq!(
+        first.reader.read_buffer().capacity(),
+        0,
+        "the idle connection's buffer"
+    );
+    let kept = super::spare::take().expect("the drained buffer is kept");
+    assert!(kept.is_empty() && kept.capacity() > 0);
+
+    // The next connection to read on this thread reads into the buffer kept, rather than
+    // a new one. The buffer kept is the back half of one whose front half lives on here,
+    // so no new buffer can be given its place in memory.
+    let mut front = BytesMut::with_capacity(2048);
+    let spare = front.split_off(1024);
+    let at = spare.as_ptr();
+    super::spare::put(spare);
+    let mut second = reading(vec![batch(1, 64)]);
+    assert!(matches!(
+        second.poll_io(&mut cx, &config, true, true, false),
+        Poll::Ready(super::Io::Arrived)
+    ));
+    assert_eq!(second.reader.read_buffer().as_ptr(), at);
+    assert!(super::spare::take().is_none(), "taken by the read");
+    drop(front);
+}
+
+#[test]
+fn the_thread_keeps_no_buffer_without_room_or_over_the_limit() {
+    super::spare::put(BytesMut::new());
+    assert!(super::spare::take().is_none(), "no room");
+    super::spare::put(BytesMut::with_capacity(super::spare::MAX + 1));
+    assert!(super::spare::take().is_none(), "over the limit");
+    super::spare::put(BytesMut::with_capacity(super::spare::MAX));
+    assert_eq!(
+        super::spare::take().map(|b| b.capacity()),
+        Some(super::spare::MAX)
+    );
+}
