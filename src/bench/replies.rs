@@ -51,6 +51,10 @@ impl ReplyParser for PlainCodec {
 pub(super) struct ReplyBuffer<R, P> {
     reader: R,
     buf: BytesMut,
+    /// Bytes at the front of `buf` already checked: dropped before the next read, not
+    /// after each reply (`BytesMut::advance` per reply was 4 % of the load generator's
+    /// instructions at pipeline 16).
+    checked: usize,
     parser: P,
 }
 
@@ -60,12 +64,14 @@ impl<R: AsyncRead + Unpin, P: ReplyParser> ReplyBuffer<R, P> {
         ReplyBuffer {
             reader,
             buf: BytesMut::with_capacity(64 * 1024),
+            checked: 0,
             parser,
         }
     }
 
     /// Reads what has arrived; 0 at the end of the stream. Cancel safe, as `read_buf` is.
     pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {
+        self.buf.advance(std::mem::take(&mut self.checked));
         if self.buf.capacity() - self.buf.len() < 4096 {
             // Takes back the space of consumed replies when it can, instead of growing.
             self.buf.reserve(64 * 1024);
@@ -75,27 +81,24 @@ impl<R: AsyncRead + Unpin, P: ReplyParser> ReplyBuffer<R, P> {
 
     /// The reply at the front of the buffer, if all of it has arrived.
     pub(super) fn parse(&self) -> Result<Option<Parsed>, CodecError> {
-        self.parser.parse(&self.buf)
+        self.parser.parse(&self.buf[self.checked..])
     }
 
-    /// The bytes at `range` of the buffer: a parsed reply's payload.
+    /// The bytes at `range` of the reply [`ReplyBuffer::parse`] found: its payload.
     pub(super) fn bytes(&self, range: Range<usize>) -> &[u8] {
-        &self.buf[range]
+        &self.buf[self.checked..][range]
     }
 
-    /// Drops the front `len` bytes: the reply just checked.
+    /// Passes the front `len` bytes: the reply just checked.
     pub(super) fn consume(&mut self, len: usize) {
-        self.buf.advance(len);
+        self.checked += len;
     }
 
     /// The error for a stream that ended while replies were awaited.
     pub(super) fn at_eof(&self) -> CodecError {
-        if self.buf.is_empty() {
-            CodecError::Io(std::io::ErrorKind::UnexpectedEof.into())
-        } else {
-            CodecError::Truncated {
-                buffered: self.buf.len(),
-            }
+        match self.buf.len() - self.checked {
+            0 => CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            buffered => CodecError::Truncated { buffered },
         }
     }
 }
