@@ -181,15 +181,15 @@ def goals_second_round(rows):
         return f"{text}×"
 
     def busy(system, shape):
-        # The share of its CPU that `system`'s own load generator used, where both its and
-        # courier bench's were at 90 % or more: then they, not the servers, set the ratio.
+        # The shares of their CPU that courier bench and `system`'s own load generator
+        # used, where both were at 90 % or more: then they, not the servers, set the ratio.
         shares = []
         for name in ("courier", system):
             row = find(rows, name, shape)
             if not row or not row.get("client_cpu_us") or not row.get("rps"):
                 return None
             shares.append(row["rps"] * row["client_cpu_us"] / 1e6)
-        return shares[1] if min(shares) >= 0.9 else None
+        return shares if min(shares) >= 0.9 else None
 
     def check(name, system, shape, ok, key="rps"):
         r = ratio(system, shape, key)
@@ -204,8 +204,8 @@ def goals_second_round(rows):
             out.append(f"| {name} | {shown(r, ok)} | {floor_text} | met |")
         elif floor is not None and not ok(floor):
             out.append(f"| {name} | {shown(r, ok)} | {floor_text} | **not met**; out of reach here: the C floor misses it too |")
-        elif busy(system, shape) is not None:
-            mine, theirs = busy("courier", shape), busy(system, shape)
+        elif (shares := busy(system, shape)) is not None:
+            mine, theirs = shares
             out.append(f"| {name} | {shown(r, ok)} | {floor_text} | **not met**; set by the load generators: "
                        f"courier bench at {mine:.0%} of its CPU, {system}'s at {theirs:.0%} (one C load "
                        f"generator for both: the C load row of this shape) |")
