@@ -45,12 +45,14 @@ fn main() -> ExitCode {
 
 /// The Tokio runtime `--runtime` asks for.
 fn runtime(kind: RuntimeKind) -> std::io::Result<tokio::runtime::Runtime> {
-    match kind {
-        RuntimeKind::Multi => tokio::runtime::Builder::new_multi_thread()
+    let cpus = std::thread::available_parallelism().ok().map(usize::from);
+    if kind.one_thread(cpus) {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        RuntimeKind::Current => tokio::runtime::Builder::new_current_thread()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .build(),
+            .build()
     }
 }

@@ -158,6 +158,59 @@ fn serve_exits_cleanly_on_sigterm() {
     assert!(log.contains("shut down cleanly"), "{log}");
 }
 
+/// `--runtime auto` (the default) runs a server pinned to one CPU on one thread, and one
+/// that may use more on the multi-thread runtime; the one-thread server serves a pipelined
+/// bench and shuts down cleanly.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_default_runtime_is_one_thread_on_one_cpu() {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        println!("skipped: taskset (util-linux) is not installed");
+        return;
+    }
+    // The first CPU this test may use.
+    let pinned = Served::start_shell(&format!(
+        "cpu=$(taskset -cp $$ | sed 's/.*: //; s/[-,].*//'); \
+         exec taskset -c $cpu {BIN} serve --listen 127.0.0.1:0"
+    ));
+    let log = pinned.log_text();
+    assert!(
+        log.contains("tokio runtime flavor=current workers=1"),
+        "{log}"
+    );
+    let output = courier(&[
+        "bench",
+        &pinned.addr,
+        "-c",
+        "4",
+        "-P",
+        "8",
+        "-n",
+        "4000",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&output)).expect("one JSON object");
+    assert_eq!(report["requests"], 4000);
+    assert_eq!(report["errors"], 0);
+    let (status, log) = pinned.terminate();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(log.contains("shut down cleanly"), "{log}");
+
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus > 1 {
+        let free = Served::start(&[], &[]);
+        let log = free.log_text();
+        assert!(
+            log.contains(&format!("tokio runtime flavor=multi workers={cpus}")),
+            "{log}"
+        );
+    }
+}
+
 #[test]
 fn listen_address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -286,14 +339,20 @@ fn json_log_format_writes_one_json_object_per_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    // Every line up to "listening" (the runtime's comes first) is one JSON object.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut listening = None;
+    for _ in 0..5 {
+        let Some(Ok(text)) = lines.next() else { break };
+        let line: serde_json::Value = serde_json::from_str(&text).expect("a JSON log line");
+        if line["fields"]["message"] == "listening" {
+            listening = Some(line);
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON log line");
-    assert_eq!(line["fields"]["message"], "listening", "{first}");
+    let line = listening.expect("a \"listening\" line among the first five");
     assert!(line["fields"]["addr"]
         .as_str()
         .unwrap()

@@ -16,7 +16,7 @@ use courier::server::Server;
 use courier::transport::tls::ClientTls;
 use courier::transport::Listener;
 
-use super::serve::{bind, print_config, server_tls, stop_on_signals};
+use super::serve::{bind, log_runtime, print_config, server_tls, stop_on_signals};
 use super::service::{self, bind_metrics};
 
 /// `courier route`'s flags. Each one left out keeps the value of the config file (its
@@ -158,6 +158,7 @@ pub(crate) async fn run(args: RouteArgs) -> anyhow::Result<()> {
     for warning in config.load_token(std::env::var("COURIER_AUTH_TOKEN").ok())? {
         warn!("{warning}");
     }
+    log_runtime();
     config.check_exposure()?;
     config.check_metrics_exposure()?;
     let tls = server_tls(&config)?;

@@ -205,6 +205,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for warning in config.load_join_token(std::env::var("COURIER_JOIN_TOKEN").ok())? {
         warn!("{warning}");
     }
+    log_runtime();
     let (listener, tls) = if config.join.is_some() {
         // It dials its router, and listens nowhere.
         (None, None)
@@ -224,6 +225,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // commands running: the server is done with them.
     courier::handler::kill_children();
     Ok(())
+}
+
+/// Logs which runtime `--runtime` gave (`auto` decides by the CPUs the process may use),
+/// and its worker threads.
+pub(super) fn log_runtime() {
+    let handle = tokio::runtime::Handle::current();
+    let flavor = match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current",
+        _ => "multi",
+    };
+    info!(%flavor, workers = handle.metrics().num_workers(), "tokio runtime");
 }
 
 /// Binds the configured address for clients: a stream listener, or a UDP socket for
