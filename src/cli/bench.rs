@@ -54,8 +54,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "RPS")]
     rate: Option<f64>,
 
-    /// Stream ONEWAY messages instead (throughput only); a closing PING on each connection
-    /// confirms the server read them all.
+    /// Stream ONEWAY messages instead (throughput only), up to 8 KiB of them per write (as
+    /// libzmq's PUSH socket writes); a closing PING on each connection confirms the server
+    /// read them all.
     #[arg(long)]
     oneway: bool,
 
