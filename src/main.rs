@@ -13,7 +13,8 @@ use cli::{Command, RuntimeKind};
 fn main() -> ExitCode {
     let cli = cli::env::parse();
     cli::logging::init(cli.log_format);
-    let runtime = match runtime(cli.runtime) {
+    let server = matches!(cli.command, Command::Serve(_) | Command::Route(_));
+    let runtime = match runtime(cli.runtime, server) {
         Ok(runtime) => runtime,
         Err(err) => {
             say(format_args!("courier: cannot start the runtime: {err}"));
@@ -43,10 +44,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The Tokio runtime `--runtime` asks for.
-fn runtime(kind: RuntimeKind) -> std::io::Result<tokio::runtime::Runtime> {
+/// The Tokio runtime `--runtime` asks for, for a server (`serve`, `route`) or not.
+fn runtime(kind: RuntimeKind, server: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().ok().map(usize::from);
-    if kind.one_thread(cpus) {
+    if kind.one_thread(cpus, server) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

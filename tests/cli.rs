@@ -158,57 +158,63 @@ fn serve_exits_cleanly_on_sigterm() {
     assert!(log.contains("shut down cleanly"), "{log}");
 }
 
-/// `--runtime auto` (the default) runs a server pinned to one CPU on one thread, and one
-/// that may use more on the multi-thread runtime; the one-thread server serves a pipelined
-/// bench and shuts down cleanly.
+/// `--runtime auto` (the default) runs a client command pinned to one CPU on one thread,
+/// and a server on the multi-thread runtime all the same (`--runtime current` puts it on
+/// one thread); a one-thread server serves a pipelined bench and shuts down cleanly.
 #[cfg(target_os = "linux")]
 #[test]
-fn the_default_runtime_is_one_thread_on_one_cpu() {
+fn the_default_runtime_is_one_thread_for_a_client_on_one_cpu() {
     if Command::new("taskset").arg("-V").output().is_err() {
         println!("skipped: taskset (util-linux) is not installed");
         return;
     }
-    // The first CPU this test may use.
-    let pinned = Served::start_shell(&format!(
-        "cpu=$(taskset -cp $$ | sed 's/.*: //; s/[-,].*//'); \
-         exec taskset -c $cpu {BIN} serve --listen 127.0.0.1:0"
-    ));
-    let log = pinned.log_text();
+    // `courier ARGS` pinned to the first CPU this test may use.
+    let pinned = |args: &str| {
+        format!(
+            "cpu=$(taskset -cp $$ | sed 's/.*: //; s/[-,].*//'); exec taskset -c $cpu {BIN} {args}"
+        )
+    };
+    let server = Served::start_shell(&pinned("serve --listen 127.0.0.1:0"));
+    let log = server.log_text();
+    assert!(
+        log.contains("tokio runtime flavor=multi workers=1"),
+        "{log}"
+    );
+    drop(server);
+
+    let server = Served::start_shell(&pinned("--runtime current serve --listen 127.0.0.1:0"));
+    let log = server.log_text();
     assert!(
         log.contains("tokio runtime flavor=current workers=1"),
         "{log}"
     );
-    let output = courier(&[
-        "bench",
-        &pinned.addr,
-        "-c",
-        "4",
-        "-P",
-        "8",
-        "-n",
-        "4000",
-        "--warmup",
-        "0s",
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout(&output)).expect("one JSON object");
-    assert_eq!(report["requests"], 4000);
-    assert_eq!(report["errors"], 0);
-    let (status, log) = pinned.terminate();
+    let bench = |pin: bool| {
+        let args = format!("bench {} -c 4 -P 8 -n 4000 --warmup 0s --json", server.addr);
+        let shell = if pin {
+            pinned(&args)
+        } else {
+            format!("exec {BIN} {args}")
+        };
+        let output = Command::new("sh")
+            .args(["-c", &shell])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run courier bench");
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: serde_json::Value =
+            serde_json::from_str(&stdout(&output)).expect("one JSON object");
+        assert_eq!(report["requests"], 4000);
+        assert_eq!(report["errors"], 0);
+        report["runtime"].as_str().unwrap_or("none").to_owned()
+    };
+    assert_eq!(bench(true), "current");
+    if std::thread::available_parallelism().map_or(1, usize::from) > 1 {
+        assert_eq!(bench(false), "multi");
+    }
+    let (status, log) = server.terminate();
     assert!(status.success(), "exit status {status}\n{log}");
     assert!(log.contains("shut down cleanly"), "{log}");
-
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    if cpus > 1 {
-        let free = Served::start(&[], &[]);
-        let log = free.log_text();
-        assert!(
-            log.contains(&format!("tokio runtime flavor=multi workers={cpus}")),
-            "{log}"
-        );
-    }
 }
 
 #[test]

@@ -171,6 +171,9 @@ pub struct Report {
     pub client_cpu_us_per_request: f64,
     /// One-way: every connection's closing PING was answered after all its messages.
     pub oneway_confirmed: Option<bool>,
+    /// The Tokio runtime the load ran on: "current" (one thread) or "multi". The CPU
+    /// figures above depend on it.
+    pub runtime: &'static str,
 }
 
 impl Report {
@@ -207,6 +210,10 @@ impl Report {
             client_cpu_s: cpu,
             client_cpu_us_per_request: cpu * 1e6 / total.requests.max(1) as f64,
             oneway_confirmed: config.oneway.then_some(total.confirmed),
+            runtime: match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => "current",
+                _ => "multi",
+            },
         }
     }
 }

@@ -239,8 +239,8 @@ fn format_report(args: &BenchArgs, report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "client cpu {:.2} s ({:.2} us per request)",
-        report.client_cpu_s, report.client_cpu_us_per_request
+        "client cpu {:.2} s ({:.2} us per request, {} runtime)",
+        report.client_cpu_s, report.client_cpu_us_per_request, report.runtime
     );
     out
 }

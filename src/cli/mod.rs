@@ -33,8 +33,9 @@ pub(crate) struct Cli {
     pub(crate) log_format: LogFormat,
 
     /// Tokio runtime: "multi" (a worker thread per CPU this process may use), "current"
-    /// (everything on one thread), or "auto": "current" when this process may use one CPU
-    /// only (taskset, a cgroup's CPU limit), "multi" otherwise.
+    /// (everything on one thread), or "auto": "current" for bench, send and stats when
+    /// this process may use one CPU only (taskset, a cgroup's CPU limit), "multi" otherwise
+    /// and always for serve and route.
     #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Auto, env = "COURIER_RUNTIME")]
     pub(crate) runtime: RuntimeKind,
 
@@ -45,7 +46,8 @@ pub(crate) struct Cli {
 /// Which Tokio runtime runs the command (`--runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum RuntimeKind {
-    /// `current` when the process may use one CPU only, `multi` otherwise.
+    /// `current` for a client command (bench, send, stats) that may use one CPU only,
+    /// `multi` otherwise and for a server.
     Auto,
     /// One worker thread per CPU available to the process (taskset limits it).
     Multi,
@@ -55,7 +57,8 @@ pub(crate) enum RuntimeKind {
 
 impl RuntimeKind {
     /// Whether a process that may use `cpus` CPUs (`None`: unknown) runs everything on one
-    /// thread (`current`) rather than on the multi-thread runtime.
+    /// thread (`current`) rather than on the multi-thread runtime; `server` for `serve` and
+    /// `route`.
     ///
     /// On one CPU the multi-thread runtime has no second CPU to share work with, yet still
     /// pays for sharing it: task states changed atomically, an I/O driver taken in turns,
@@ -63,12 +66,19 @@ impl RuntimeKind {
     /// connections. One thread does the same work without them. Pinned to one CPU each
     /// (server on CPU 0, load on CPU 1), alternating runs of the two runtimes measured:
     /// `courier bench -c 50 -P 16` sends 3-7 % more requests/s on `current` (0.284-0.308
-    /// against 0.299-0.320 µs of its CPU per request, 4 of 4 pairs); `courier serve` under
-    /// the C epoll client answers 0-3 % more without pipelining and 1-7 % more at 16 in
-    /// flight; one connection with busy polling is unchanged (p50 17.6-18.6 µs both).
-    pub(crate) fn one_thread(self, cpus: Option<usize>) -> bool {
+    /// against 0.299-0.320 µs of its CPU per request, 4 of 4 pairs), so a client command
+    /// on one CPU gets it.
+    ///
+    /// A server keeps the multi-thread runtime unless told otherwise. On one thread it
+    /// answered 0-7 % more at 50 connections under the C epoll client, but at 10,000
+    /// connections and 20,000 requests/s in open loop (bench/epoll_floor.c's client, normal
+    /// priority) its p99 was worse in 8 of 12 alternating pairs: 1.1-7.5 ms, median about
+    /// 3.0 ms, against 0.8-8.2 ms, median about 1.8 ms, on the multi-thread runtime. Under
+    /// `chrt -f 1` one thread did better (p99 138-230 µs against 206-2,890 µs, 4 of 4);
+    /// what costs it the tail at normal priority is not known.
+    pub(crate) fn one_thread(self, cpus: Option<usize>, server: bool) -> bool {
         match self {
-            RuntimeKind::Auto => cpus == Some(1),
+            RuntimeKind::Auto => cpus == Some(1) && !server,
             RuntimeKind::Multi => false,
             RuntimeKind::Current => true,
         }
@@ -128,12 +138,14 @@ mod tests {
     use super::RuntimeKind;
 
     #[test]
-    fn auto_is_one_thread_on_one_cpu_only() {
-        assert!(RuntimeKind::Auto.one_thread(Some(1)));
-        assert!(!RuntimeKind::Auto.one_thread(Some(2)));
-        assert!(!RuntimeKind::Auto.one_thread(None));
-        // An explicit choice stands whatever the CPUs.
-        assert!(!RuntimeKind::Multi.one_thread(Some(1)));
-        assert!(RuntimeKind::Current.one_thread(Some(8)));
+    fn auto_is_one_thread_for_a_client_on_one_cpu_only() {
+        assert!(RuntimeKind::Auto.one_thread(Some(1), false));
+        assert!(!RuntimeKind::Auto.one_thread(Some(2), false));
+        assert!(!RuntimeKind::Auto.one_thread(None, false));
+        // A server keeps the multi-thread runtime on one CPU too.
+        assert!(!RuntimeKind::Auto.one_thread(Some(1), true));
+        // An explicit choice stands whatever the CPUs and the command.
+        assert!(!RuntimeKind::Multi.one_thread(Some(1), false));
+        assert!(RuntimeKind::Current.one_thread(Some(8), true));
     }
 }
