@@ -22,7 +22,7 @@ use crate::wire::{Codec, CodecError, Frame, Kind, HEADER_LEN};
 /// sender a fixed few microseconds in the kernel (the TCP segment, and over loopback the
 /// receiver's side of it too) besides its bytes: 64-byte payloads, `courier bench
 /// --oneway` pinned to CPU 1 against `courier serve` on CPU 0, alternating runs, gave
-/// 16.1-17.5M messages/s at 64 frames (4.6 KiB) per write, 24.1-24.2M at 8 KiB, 39-42M at
+/// 16.1-17.5M messages/s at 64 frames (4.6 KiB) per write, 24.1-25.6M at 8 KiB, 39-42M at
 /// 18 KiB and 64-65M at 64 KiB.
 const BATCH_BYTES: usize = 8 * 1024;
 
