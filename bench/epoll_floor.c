@@ -3,10 +3,15 @@
  * framing. What it measures is what this machine's kernel and CPUs allow at that shape:
  * its tail in particular is the machine's, whatever server sits on top.
  *
- *   epoll_floor server PORT                         echo every byte back, any connections
+ *   epoll_floor server PORT [SPIN_NS [TOUCH]]       echo every byte back, any connections
  *   epoll_floor client PORT SIZE CONNS SECONDS [PROTO] [DEPTH] [RATE]
  *                                                   1 s warm-up, then SECONDS measured;
  *                                                   prints {"rps":..., "p50_us":..., ...}
+ *
+ * SPIN_NS and TOUCH (default 0) make the server costlier on purpose, to tell apart what a
+ * server's tail owes to its CPU per request and to its memory per connection: after each
+ * read it spins SPIN_NS nanoseconds, and touches TOUCH bytes of a region of its own for
+ * that connection (one byte per 64, a cache line each). The floor itself is run without.
  *
  * DEPTH (default 1) is the requests each connection keeps in flight: as replies come in,
  * as many new requests go out, in one write.
@@ -54,7 +59,11 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int serve(struct sockaddr_in *addr) {
+static int serve(struct sockaddr_in *addr, long spin_ns, long touch) {
+    /* A region of TOUCH bytes per file descriptor, for descriptors up to 65,536. */
+    enum { MAX_FD = 65536 };
+    char *memory = touch > 0 ? calloc(MAX_FD, (size_t)touch) : NULL;
+    if (touch > 0 && !memory) { perror("epoll_floor"); return 1; }
     int one = 1;
     int l = socket(AF_INET, SOCK_STREAM, 0);
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -79,6 +88,14 @@ static int serve(struct sockaddr_in *addr) {
             }
             ssize_t n = read(fd, buf, sizeof buf);
             if (n <= 0) { close(fd); continue; }
+            if (memory && fd < MAX_FD) {
+                volatile char *mine = memory + (size_t)fd * (size_t)touch;
+                for (long at = 0; at < touch; at += 64) mine[at]++;
+            }
+            if (spin_ns > 0) {
+                double until = now_us() + spin_ns / 1e3;
+                while (now_us() < until) {}
+            }
             /* Replies are small and the peer reads them: a short write does not happen
              * at this shape, and the floor stays as simple as a floor should be. */
             if (write(fd, buf, n) != n) close(fd);
@@ -341,12 +358,13 @@ static int open_loop(struct sockaddr_in *addr, size_t size, int conns, double se
 
 int main(int argc, char **argv) {
     if (argc < 3 || (!strcmp(argv[1], "client") && argc < 6)) {
-        fprintf(stderr, "usage: epoll_floor server PORT | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis] [DEPTH] [RATE]\n");
+        fprintf(stderr, "usage: epoll_floor server PORT [SPIN_NS [TOUCH]] | epoll_floor client PORT SIZE CONNS SECONDS [raw|courier|plain|redis] [DEPTH] [RATE]\n");
         return 2;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    if (!strcmp(argv[1], "server")) return serve(&addr);
+    if (!strcmp(argv[1], "server"))
+        return serve(&addr, argc > 3 ? atol(argv[3]) : 0, argc > 4 ? atol(argv[4]) : 0);
     int depth = argc > 7 ? atoi(argv[7]) : 1;
     if (depth < 1 || depth > 1024) { fprintf(stderr, "epoll_floor: DEPTH must be 1 to 1024\n"); return 2; }
     double rate = argc > 8 ? atof(argv[8]) : 0;
