@@ -326,8 +326,14 @@ where
     }
 
     /// Stops the handshake deadline.
+    ///
+    /// The timer is replaced, not moved: Tokio leaves a timer moved to a later deadline
+    /// filed where it was and files it anew when that moment comes, so moving it from the
+    /// handshake deadline to the idle one woke the runtime once at the handshake deadline,
+    /// for nothing. A new timer is filed when first polled, at the deadline set by then.
     pub(crate) fn handshake_done(&mut self) {
         self.handshaking = false;
+        self.sleep = Box::pin(sleep_until(self.sleep.deadline()));
     }
 
     /// Notes that a message arrived: the connection is active, and whatever is left in the
