@@ -70,12 +70,16 @@ impl RuntimeKind {
     /// on one CPU gets it.
     ///
     /// A server keeps the multi-thread runtime unless told otherwise. On one thread it
-    /// answered 0-7 % more at 50 connections under the C epoll client, but at 10,000
-    /// connections and 20,000 requests/s in open loop (bench/epoll_floor.c's client, normal
-    /// priority) its p99 was worse in 8 of 12 alternating pairs: 1.1-7.5 ms, median about
-    /// 3.0 ms, against 0.8-8.2 ms, median about 1.8 ms, on the multi-thread runtime. Under
-    /// `chrt -f 1` one thread did better (p99 138-230 µs against 206-2,890 µs, 4 of 4);
-    /// what costs it the tail at normal priority is not known.
+    /// answered 0-7 % more at 50 connections under the C epoll client (1.8 % in the median
+    /// of a later 6 pairs, 4 of them in its favour). At 10,000 connections and 20,000
+    /// requests/s in open loop (bench/epoll_floor.c's client, normal priority) its p99 was
+    /// worse in 8 of 12 alternating pairs (median about 3.0 ms against 1.8), then better
+    /// in 7 of 12 three hours later (1.8 against 2.0 ms), and both runtimes spend the same CPU
+    /// per request there (11.5-12.3 µs): that tail is set by the machine's stalls
+    /// (bench/many_connections), which move more between runs than the runtimes differ.
+    /// Under `chrt -f 1` one thread did better (p99 138-230 µs against 206-2,890 µs, 4 of
+    /// 4). With no measurement that tells the two apart where a server's tail is at stake,
+    /// the server's default stays as it was.
     pub(crate) fn one_thread(self, cpus: Option<usize>, server: bool) -> bool {
         match self {
             RuntimeKind::Auto => cpus == Some(1) && !server,
