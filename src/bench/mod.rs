@@ -210,11 +210,18 @@ impl Report {
             client_cpu_s: cpu,
             client_cpu_us_per_request: cpu * 1e6 / total.requests.max(1) as f64,
             oneway_confirmed: config.oneway.then_some(total.confirmed),
-            runtime: match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => "current",
-                _ => "multi",
-            },
+            runtime: runtime_name(),
         }
+    }
+}
+
+/// The `--runtime` name of the Tokio runtime this code runs on: "current" for the
+/// one-thread runtime, "multi" for any other (and outside a runtime). A report names it
+/// because its CPU figures depend on it; `courier serve` logs it.
+pub fn runtime_name() -> &'static str {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => "current",
+        _ => "multi",
     }
 }
 

@@ -230,12 +230,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Logs which runtime `--runtime` gave (`auto` decides by the CPUs the process may use),
 /// and its worker threads.
 pub(super) fn log_runtime() {
-    let handle = tokio::runtime::Handle::current();
-    let flavor = match handle.runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::CurrentThread => "current",
-        _ => "multi",
-    };
-    info!(%flavor, workers = handle.metrics().num_workers(), "tokio runtime");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(
+        flavor = %courier::bench::runtime_name(),
+        workers, "tokio runtime"
+    );
 }
 
 /// Binds the configured address for clients: a stream listener, or a UDP socket for
