@@ -6,23 +6,22 @@
 //! when a peer is too slow, which deadline is due and how a connection ends do not depend
 //! on what the messages mean.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::ready;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::codec::Decoder;
-use tracing::{debug, error};
+use tracing::debug;
 
 use super::close::Deadline;
 use crate::config::Config;
-use crate::wire::{Codec, CodecError, EncodeApart, PlainCodec, RawCodec};
+use crate::wire::{Codec, CodecError, PlainCodec, RawCodec};
 
 /// Once this many bytes are waiting, the connection writes before it reads more, so that a
 /// fast pipelining client is answered in large writes but never waits long.
@@ -50,7 +49,11 @@ const MAX_BURST_SHIFT: u8 = 4;
 /// second read.
 const SHRINK_AFTER: u8 = 2;
 
+mod outbox;
 mod spare;
+
+pub(crate) use outbox::{take_front, Outbox};
+use spare::Slot;
 
 /// How long a closing connection waits for its peer to take the last bytes and close its
 /// side. Without it, closing a socket that still has unread input makes the kernel send a
@@ -107,165 +110,6 @@ pub(crate) enum Io<T> {
 /// a reset, the next write fails, and the connection ends, cancelling its calls (and
 /// killing an `--exec` command) instead of running them for nobody.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// A connection's outgoing messages: encoded straight into a buffer, so queuing never
-/// waits and a peer that does not read can never stall the connection's loop. The poller
-/// writes the buffer out; max_pending_output bounds it.
-///
-/// Large payloads are not copied into the buffer ([`EncodeApart`]): they wait in `apart`,
-/// in order with the buffered bytes before them, and go out in vectored writes.
-pub(crate) struct Outbox<W, E> {
-    /// The connection's stream: written here, and read through by [`Reader`].
-    stream: W,
-    /// Encoded bytes, written after everything in `apart`.
-    buffer: BytesMut,
-    /// Written before `buffer`: each large payload, after the bytes that were buffered
-    /// ahead of it when it was queued. Boxed, and only there while it holds something: a
-    /// connection that sends no large payload pays one pointer for it.
-    apart: Option<Box<Apart>>,
-    encoder: E,
-    /// Set when a message was due while more than its limit of bytes were waiting: the peer is
-    /// not reading, and the connection loop closes the connection.
-    pub(crate) overflowed: bool,
-}
-
-/// Bytes to be written ahead of an [`Outbox`]'s buffer, in order.
-#[derive(Default)]
-struct Apart {
-    chunks: VecDeque<Bytes>,
-    /// Bytes in `chunks`.
-    len: usize,
-}
-
-/// At most this many slices go to one vectored write (Linux takes up to 1024).
-const MAX_SLICES: usize = 64;
-
-impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
-    fn new(stream: W, encoder: E) -> Self {
-        Outbox {
-            stream,
-            buffer: BytesMut::new(),
-            apart: None,
-            encoder,
-            overflowed: false,
-        }
-    }
-
-    /// Queues a message, unless more than `limit` bytes (max_pending_output, read from the
-    /// config rather than kept in every connection) already wait: then it is dropped and
-    /// `overflowed` set. Checking before appending lets one message larger than the limit
-    /// through when the peer keeps up. Returns the bytes it queued.
-    pub(crate) fn push<T>(&mut self, item: T, limit: usize) -> usize
-    where
-        E: EncodeApart<T>,
-    {
-        if self.pending() > limit {
-            self.overflowed = true;
-            return 0;
-        }
-        let before = self.pending();
-        // The only encoding error is a payload beyond the u32 length field, and payloads
-        // here are bounded by max_frame, which is validated below that.
-        match self.encoder.encode_apart(item, &mut self.buffer) {
-            Ok(None) => {}
-            Ok(Some(payload)) => {
-                // The framing just buffered, and anything before it, goes first (raw
-                // framing has none: nothing may be buffered).
-                let apart = self.apart.get_or_insert_with(Box::default);
-                if !self.buffer.is_empty() {
-                    let ahead = self.buffer.split().freeze();
-                    apart.len += ahead.len();
-                    apart.chunks.push_back(ahead);
-                }
-                apart.len += payload.len();
-                apart.chunks.push_back(payload);
-            }
-            Err(err) => error!(cause = %err, "cannot encode a message"),
-        }
-        self.pending() - before
-    }
-
-    /// The buffer, for answers encoded straight into it, and how long it may grow before
-    /// more than `limit` bytes wait ([`Outbox::push`]'s check); `None` once they do.
-    pub(crate) fn room(&mut self, limit: usize) -> Option<(&mut BytesMut, usize)> {
-        let apart = self.apart.as_ref().map_or(0, |apart| apart.len);
-        let room = limit.checked_sub(apart)?;
-        Some((&mut self.buffer, room))
-    }
-
-    /// Bytes waiting to be written.
-    pub(crate) fn pending(&self) -> usize {
-        self.apart.as_ref().map_or(0, |apart| apart.len) + self.buffer.len()
-    }
-
-    /// Writes the buffer out as far as the socket takes it; ready once all is written.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.pending() > 0 {
-            let written = match &mut self.apart {
-                // One slice: a plain write. `poll_write_buf` would fill an array of 64
-                // slices for a vectored write of one, per write.
-                None => {
-                    let written = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.buffer))?;
-                    self.buffer.advance(written);
-                    written
-                }
-                Some(apart) => {
-                    let written = ready!(poll_write_apart(
-                        Pin::new(&mut self.stream),
-                        cx,
-                        apart,
-                        &mut self.buffer
-                    ))?;
-                    if apart.len == 0 {
-                        self.apart = None;
-                    }
-                    written
-                }
-            };
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-        }
-        // Drained buffers go back too: an idle connection holds no output memory.
-        if self.buffer.capacity() > 0 {
-            self.buffer = BytesMut::new();
-        }
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-}
-
-/// One vectored write of what `apart` holds, then `buffer`; takes what was written off
-/// their fronts.
-fn poll_write_apart<W: AsyncWrite>(
-    writer: Pin<&mut W>,
-    cx: &mut Context<'_>,
-    apart: &mut Apart,
-    buffer: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-    let mut count = 0;
-    let chunks = apart.chunks.iter().map(|chunk| &chunk[..]);
-    for (slice, chunk) in slices.iter_mut().zip(chunks.chain([&buffer[..]])) {
-        *slice = IoSlice::new(chunk);
-        count += 1;
-    }
-    let written = ready!(writer.poll_write_vectored(cx, &slices[..count]))?;
-    let mut left = written;
-    while left > 0 {
-        let Some(front) = apart.chunks.front_mut() else {
-            buffer.advance(left);
-            break;
-        };
-        let taken = left.min(front.len());
-        front.advance(taken);
-        apart.len -= taken;
-        left -= taken;
-        if front.is_empty() {
-            apart.chunks.pop_front();
-        }
-    }
-    Poll::Ready(Ok(written))
-}
 
 /// One connection's reading side, writing side, and deadlines.
 ///
@@ -389,7 +233,7 @@ where
                 }
                 let buffer = self.reader.read_buffer_mut();
                 if buffer.capacity() == 0 {
-                    if let Some(spare) = spare::take() {
+                    if let Some(spare) = spare::take(Slot::Read) {
                         *buffer = spare;
                     }
                 }
@@ -401,7 +245,7 @@ where
             let buffer = self.reader.read_buffer_mut();
             if buffer.is_empty() {
                 // Nothing to keep until the next read: an idle connection holds no buffer.
-                spare::put(std::mem::take(buffer));
+                spare::put(Slot::Read, std::mem::take(buffer));
             } else if self.partial_since.is_none() {
                 // The decoder has taken every whole frame; bytes left in the buffer are
                 // the start of one, and from now on that frame is on the clock.

@@ -18,7 +18,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
 use super::close::Close;
-use super::conn::{Conn, Io, Whole};
+use super::conn::{take_front, Conn, Io, Whole};
 use super::Shared;
 use crate::config::Config;
 use crate::handler::{call, Finished, Handler, Ready, Request};
@@ -619,7 +619,7 @@ where
                 &mut lent,
             );
             if taken > 0 {
-                reader.read_buffer_mut().advance(taken);
+                take_front(reader.read_buffer_mut(), taken);
                 *took = true;
             }
         }

@@ -11,6 +11,7 @@ use futures::task::noop_waker_ref;
 use tokio::io::AsyncWrite;
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::spare::Slot;
 use super::Outbox;
 use crate::wire::{Codec, Frame, Kind, RawCodec, MAX_PAYLOAD_LIMIT, WRITE_APART};
 
@@ -510,7 +511,7 @@ async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
     let config = crate::config::Config::default();
     let mut cx = Context::from_waker(noop_waker_ref());
     assert!(
-        super::spare::take().is_none(),
+        super::spare::take(Slot::Read).is_none(),
         "a new thread keeps no buffer"
     );
 
@@ -531,7 +532,7 @@ async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
         0,
         "the idle connection's buffer"
     );
-    let kept = super::spare::take().expect("the drained buffer is kept");
+    let kept = super::spare::take(Slot::Read).expect("the drained buffer is kept");
     assert!(kept.is_empty() && kept.capacity() > 0);
 
     // The next connection to read on this thread reads into the buffer kept, rather than
@@ -540,26 +541,81 @@ async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
     let mut front = BytesMut::with_capacity(2048);
     let spare = front.split_off(1024);
     let at = spare.as_ptr();
-    super::spare::put(spare);
+    super::spare::put(Slot::Read, spare);
     let mut second = reading(vec![batch(1, 64)]);
     assert!(matches!(
         second.poll_io(&mut cx, &config, true, true, false),
         Poll::Ready(super::Io::Arrived)
     ));
     assert_eq!(second.reader.read_buffer().as_ptr(), at);
-    assert!(super::spare::take().is_none(), "taken by the read");
+    assert!(
+        super::spare::take(Slot::Read).is_none(),
+        "taken by the read"
+    );
     drop(front);
 }
 
 #[test]
 fn the_thread_keeps_no_buffer_without_room_or_over_the_limit() {
-    super::spare::put(BytesMut::new());
-    assert!(super::spare::take().is_none(), "no room");
-    super::spare::put(BytesMut::with_capacity(super::spare::MAX + 1));
-    assert!(super::spare::take().is_none(), "over the limit");
-    super::spare::put(BytesMut::with_capacity(super::spare::MAX));
+    super::spare::put(Slot::Read, BytesMut::new());
+    assert!(super::spare::take(Slot::Read).is_none(), "no room");
+    super::spare::put(Slot::Read, BytesMut::with_capacity(super::spare::MAX + 1));
+    assert!(super::spare::take(Slot::Read).is_none(), "over the limit");
+    super::spare::put(Slot::Read, BytesMut::with_capacity(super::spare::MAX));
     assert_eq!(
-        super::spare::take().map(|b| b.capacity()),
+        super::spare::take(Slot::Read).map(|b| b.capacity()),
         Some(super::spare::MAX)
     );
+}
+
+#[test]
+fn a_drained_output_buffer_goes_to_the_thread_even_when_written_to_its_very_end() {
+    // Whatever an earlier test on this thread left there.
+    drop(super::spare::take(Slot::Out));
+    let frame = Frame::reply(1, vec![7u8; 64]);
+    let mut outbox = Outbox::new(Stingy::new(1 << 30, true), Codec::new(MAX_PAYLOAD_LIMIT));
+    outbox.push(frame.clone(), usize::MAX);
+    let at = outbox.buffer.as_ptr();
+    let room = outbox.buffer.capacity();
+    flush(&mut outbox, 4);
+    assert_eq!(
+        decode_all(&outbox.stream.written),
+        std::slice::from_ref(&frame)
+    );
+    assert_eq!(
+        outbox.buffer.capacity(),
+        0,
+        "the idle outbox holds no buffer"
+    );
+
+    // The thread keeps the allocation, with all its room, whether or not the frame filled
+    // it: a buffer written to its end once stayed with its connection.
+    let kept = super::spare::take(Slot::Out).expect("the drained buffer is kept");
+    assert_eq!((kept.as_ptr(), kept.capacity()), (at, room));
+
+    // The next answer on this thread is written into it.
+    super::spare::put(Slot::Out, kept);
+    outbox.push(frame, usize::MAX);
+    assert_eq!(outbox.buffer.as_ptr(), at);
+    assert!(
+        super::spare::take(Slot::Out).is_none(),
+        "taken by the answer"
+    );
+}
+
+#[test]
+fn taking_every_byte_keeps_the_room_and_taking_some_moves_the_start() {
+    let mut buffer = BytesMut::with_capacity(1024);
+    buffer.extend_from_slice(&[1; 100]);
+    let at = buffer.as_ptr();
+    super::take_front(&mut buffer, 100);
+    assert_eq!(
+        (buffer.as_ptr(), buffer.len(), buffer.capacity()),
+        (at, 0, 1024)
+    );
+
+    buffer.extend_from_slice(&[2; 100]);
+    super::take_front(&mut buffer, 40);
+    assert_eq!((buffer.len(), buffer.capacity()), (60, 984));
+    assert_eq!(buffer.as_ptr(), at.wrapping_add(40));
 }
