@@ -160,3 +160,30 @@ async fn pipelined_plain_messages_in_one_read_are_all_answered_in_order() {
         [plain(b"one"), plain(b"two"), plain(b"three")].concat()
     );
 }
+
+#[tokio::test]
+async fn a_connection_too_busy_to_sleep_still_notices_a_shutdown() {
+    // Every read returns a message at once and every write is taken at once, so the
+    // connection never waits, and never polls its wait on the shutdown token: only the
+    // check at the top of its loop can see the shutdown, already under way here.
+    const MESSAGES: usize = 10_000;
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let stream = Script {
+        reads: (0..MESSAGES).map(|_| Ok(plain(b"x"))).collect(),
+        written: written.clone(),
+    };
+    let config = Config {
+        framing: Framing::Plain,
+        ..Config::default()
+    };
+    let server = Server::new(config, Builtin::Echo);
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let reason = server.serve_connection(stream, shutdown).await;
+    assert_eq!(reason, CloseReason::Drained);
+    let answered = written.lock().unwrap().len() / plain(b"x").len();
+    assert!(
+        answered <= usize::from(STOP_CHECK_EVERY),
+        "{answered} of {MESSAGES} messages answered after the shutdown began"
+    );
+}
