@@ -159,8 +159,12 @@ impl Timer {
         {
             return Poll::Pending;
         }
+        // A task out of its coop budget gets `Pending` from Tokio's timer before the timer
+        // is touched, its waker not registered (the task is woken to be polled again): only
+        // a pending poll made with budget left leaves the waker with the timer.
+        let registers = tokio::task::coop::has_budget_remaining();
         let poll = this.sleep.poll(cx);
-        *this.waker = poll.is_pending().then(|| cx.waker().clone());
+        *this.waker = (poll.is_pending() && registers).then(|| cx.waker().clone());
         poll
     }
 }
@@ -312,6 +316,9 @@ where
             if let Poll::Ready(io) = self.poll_flush_quietly(cx, can_read) {
                 return Poll::Ready(io);
             }
+        } else {
+            // A buffer taken for answers that none of the batch needed (one-way messages).
+            self.out.give_back();
         }
         // Nothing read or written is left to report: the loop may go to sleep after this
         // (it only sleeps when this call is pending), and whatever wakes it comes later.

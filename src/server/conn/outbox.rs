@@ -80,7 +80,10 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
                 // framing has none: nothing may be buffered).
                 let apart = self.apart.get_or_insert_with(Box::default);
                 if !self.buffer.is_empty() {
-                    let ahead = self.buffer.split().freeze();
+                    // All of the buffer goes, not only its bytes (`split`): the rest of it
+                    // would share their allocation, however large, and once drained the
+                    // thread could keep it (`spare`) for as long as it lives.
+                    let ahead = std::mem::take(&mut self.buffer).freeze();
                     apart.len += ahead.len();
                     apart.chunks.push_back(ahead);
                 }
@@ -149,8 +152,17 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
         // (`BytesMut::advance` moves its start), but it still holds its allocation: the
         // check was once for `capacity() > 0`, and such a buffer stayed with its
         // connection.
-        spare::put(Slot::Out, std::mem::take(&mut self.buffer));
+        self.give_back();
         Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Hands the buffer, which must hold no bytes, to the thread ([`spare`]): one with no
+    /// room is simply dropped.
+    pub(super) fn give_back(&mut self) {
+        debug_assert_eq!(self.pending(), 0);
+        if self.buffer.capacity() > 0 {
+            spare::put(Slot::Out, std::mem::take(&mut self.buffer));
+        }
     }
 }
 
@@ -200,3 +212,6 @@ fn poll_write_apart<W: AsyncWrite>(
     }
     Poll::Ready(Ok(written))
 }
+
+#[cfg(test)]
+pub(super) mod tests;

@@ -18,10 +18,12 @@ use crate::wire::{Codec, Frame, Hello, Kind};
 
 use super::*;
 
-/// A byte stream whose reads return `reads` in turn, then EOF; writes are kept.
+/// A byte stream whose reads return `reads` in turn, then EOF; writes are kept. With
+/// `cancel`, the token is cancelled during the read that leaves that many reads to come.
 struct Script {
     reads: VecDeque<io::Result<Vec<u8>>>,
     written: Arc<Mutex<Vec<u8>>>,
+    cancel: Option<(usize, CancellationToken)>,
 }
 
 impl AsyncRead for Script {
@@ -30,6 +32,11 @@ impl AsyncRead for Script {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some((left, token)) = &self.cancel {
+            if self.reads.len() == *left + 1 {
+                token.cancel();
+            }
+        }
         match self.reads.pop_front() {
             Some(Ok(bytes)) => {
                 // Tests script reads smaller than the 1 KiB the connection reads at once.
@@ -80,6 +87,7 @@ async fn serve(framing: Framing, reads: Vec<io::Result<Vec<u8>>>) -> (CloseReaso
     let stream = Script {
         reads: reads.into(),
         written: written.clone(),
+        cancel: None,
     };
     let server = Server::new(config, Builtin::Echo);
     let reason = server
@@ -165,25 +173,29 @@ async fn pipelined_plain_messages_in_one_read_are_all_answered_in_order() {
 async fn a_connection_too_busy_to_sleep_still_notices_a_shutdown() {
     // Every read returns a message at once and every write is taken at once, so the
     // connection never waits, and never polls its wait on the shutdown token: only the
-    // check at the top of its loop can see the shutdown, already under way here.
+    // check at the top of its loop can see the shutdown, which begins during read 100.
     const MESSAGES: usize = 10_000;
+    const CANCELLED_AT: usize = 100;
+    let shutdown = CancellationToken::new();
     let written = Arc::new(Mutex::new(Vec::new()));
     let stream = Script {
         reads: (0..MESSAGES).map(|_| Ok(plain(b"x"))).collect(),
         written: written.clone(),
+        cancel: Some((MESSAGES - CANCELLED_AT, shutdown.clone())),
     };
     let config = Config {
         framing: Framing::Plain,
         ..Config::default()
     };
     let server = Server::new(config, Builtin::Echo);
-    let shutdown = CancellationToken::new();
-    shutdown.cancel();
     let reason = server.serve_connection(stream, shutdown).await;
     assert_eq!(reason, CloseReason::Drained);
+    // One message per read, each answered: the ones read before the shutdown, and those
+    // read before the next check, at most STOP_CHECK_EVERY turns later.
     let answered = written.lock().unwrap().len() / plain(b"x").len();
+    let limit = CANCELLED_AT + usize::from(STOP_CHECK_EVERY);
     assert!(
-        answered <= usize::from(STOP_CHECK_EVERY),
-        "{answered} of {MESSAGES} messages answered after the shutdown began"
+        (CANCELLED_AT..=limit).contains(&answered),
+        "{answered} messages answered; the shutdown began during read {CANCELLED_AT}"
     );
 }
