@@ -167,6 +167,20 @@ impl tokio::io::AsyncRead for Silent {
     }
 }
 
+/// A connection to a peer that sends nothing, with or without a handshake deadline.
+fn silent(
+    config: &crate::config::Config,
+    handshake: bool,
+) -> super::Conn<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, Codec, Codec> {
+    super::Conn::new(
+        tokio::io::join(Silent, tokio::io::sink()),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        Codec::new(MAX_PAYLOAD_LIMIT),
+        config,
+        handshake,
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
     use std::time::Duration;
@@ -174,13 +188,7 @@ async fn the_timer_trails_the_idle_deadline_but_follows_every_other_change() {
 
     let config = crate::config::Config::default();
     let start = Instant::now();
-    let mut conn = super::Conn::new(
-        tokio::io::join(Silent, tokio::io::sink()),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        &config,
-        true,
-    );
+    let mut conn = silent(&config, true);
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut poll =
         |conn: &mut super::Conn<_, _, _>| conn.poll_io(&mut cx, &config, true, true, false);
@@ -220,13 +228,7 @@ async fn a_flush_in_a_later_poll_moves_the_last_activity_one_in_the_same_poll_do
     use tokio::time::{advance, Instant};
 
     let config = crate::config::Config::default();
-    let mut conn = super::Conn::new(
-        tokio::io::join(Silent, tokio::io::sink()),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        &config,
-        false,
-    );
+    let mut conn = silent(&config, false);
     let mut cx = Context::from_waker(noop_waker_ref());
     let received_at = Instant::now();
     conn.received();
@@ -330,13 +332,7 @@ fn the_thread_keeps_no_buffer_without_room_or_over_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_timer_first_polled_out_of_budget_still_ends_the_connection_at_its_deadline() {
     let config = crate::config::Config::default();
-    let mut conn = super::Conn::new(
-        tokio::io::join(Silent, tokio::io::sink()),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        &config,
-        true,
-    );
+    let mut conn = silent(&config, true);
     let mut cx = Context::from_waker(noop_waker_ref());
     // Use up the task's coop budget: Tokio's timer then answers Pending without
     // registering the waker (and wakes the task to be polled again).
@@ -363,13 +359,7 @@ async fn a_timer_first_polled_out_of_budget_still_ends_the_connection_at_its_dea
 async fn an_output_buffer_no_answer_needed_goes_back_to_the_thread() {
     let config = crate::config::Config::default();
     let mut cx = Context::from_waker(noop_waker_ref());
-    let mut conn = super::Conn::new(
-        tokio::io::join(Silent, tokio::io::sink()),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        Codec::new(MAX_PAYLOAD_LIMIT),
-        &config,
-        false,
-    );
+    let mut conn = silent(&config, false);
     // A batch takes the thread's output buffer to answer into (as the driver does before
     // lending messages to the handler), and needs none of it: one-way messages only.
     super::spare::put(Slot::Out, BytesMut::with_capacity(1024));
