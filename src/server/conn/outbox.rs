@@ -28,8 +28,8 @@ pub(crate) struct Outbox<W, E> {
     /// Written before `buffer`: each large payload, after the bytes that were buffered
     /// ahead of it when it was queued. Boxed, and only there while it holds something: a
     /// connection that sends no large payload pays one pointer for it.
-    pub(super) apart: Option<Box<Apart>>,
-    pub(super) encoder: E,
+    apart: Option<Box<Apart>>,
+    encoder: E,
     /// Set when a message was due while more than its limit of bytes were waiting: the peer is
     /// not reading, and the connection loop closes the connection.
     pub(crate) overflowed: bool,
@@ -37,10 +37,10 @@ pub(crate) struct Outbox<W, E> {
 
 /// Bytes to be written ahead of an [`Outbox`]'s buffer, in order.
 #[derive(Default)]
-pub(super) struct Apart {
-    pub(super) chunks: VecDeque<Bytes>,
+struct Apart {
+    chunks: VecDeque<Bytes>,
     /// Bytes in `chunks`.
-    pub(super) len: usize,
+    len: usize,
 }
 
 /// At most this many slices go to one vectored write (Linux takes up to 1024).
