@@ -52,7 +52,7 @@ impl Job {
         header: Header,
         ids: bool,
     ) -> Result<(), CodecError> {
-        let mut requests = Requests::new(self.config.size, header, ids);
+        let mut requests = Requests::new(self.config.size, header, ids, 1);
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.config.size);
         // Read into a plain buffer: `filled` bytes have arrived, the first `start` of them
         // are checked replies.

@@ -88,9 +88,12 @@ impl Job {
         P: ReplyParser,
     {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut requests = Requests::new(self.config.size, header, ids);
         let mut schedule = Schedule::new(self);
         let cap = schedule.cap(self.config.pipeline);
+        // In closed loop a batch refills the pipeline; in open loop requests leave one by
+        // one, as each falls due.
+        let batch = if schedule.interval.is_some() { 1 } else { cap };
+        let mut requests = Requests::new(self.config.size, header, ids, batch);
         // One timer guards every wait for a reply: while requests are in flight, some reply
         // must come within `timeout` of the last one (or of the send that started the
         // pipeline). It is moved on when it fires early, not set anew for each wait.
@@ -110,7 +113,11 @@ impl Job {
                 last_progress = now;
             }
             if !stopping && self.queue_due(&mut requests, &mut schedule, cap, now, &mut out) {
-                writer.write_all_buf(&mut out).await?;
+                // One slice, so `write`: `write_all_buf` goes through `writev` and fills
+                // an array of 64 `IoSlice`s first, 14 instructions a request at pipeline
+                // 16 (callgrind).
+                writer.write_all(&out).await?;
+                out.clear();
             }
             let in_flight = requests.pending.len();
             let deadline = last_progress + timeout;
@@ -146,6 +153,14 @@ impl Job {
         now: Instant,
         out: &mut BytesMut,
     ) -> bool {
+        if schedule.interval.is_none() {
+            // Closed loop: every request is due now, so the room left in the pipeline
+            // goes out as one batch.
+            let room = cap.saturating_sub(requests.pending.len());
+            let count = self.batch_len(room, requests.measured, now);
+            requests.queue_batch(count, now, self.measure_from, out);
+            return count > 0;
+        }
         let mut queued = false;
         while requests.pending.len() < cap {
             let Some(due) = schedule.take_due(now) else {

@@ -76,14 +76,26 @@ impl Payloads {
 }
 
 /// A whole request as one framing encodes it (header, then payload), id 0 and stamp 0:
-/// each request is this copied in one go, with its id and stamp then written in place,
-/// instead of a header put field by field (with a check for room at each) and a payload
-/// in two parts: queueing a request was the load generator's largest cost of its own at
-/// pipeline 16 (`perf record` of `courier bench -c 50 -P 16`: 4.3 % of its CPU for the
-/// header alone). Built for payloads under [`TEMPLATE_MAX`] only: larger ones cost their
-/// copy, not this.
+/// each request is this copied, with its id and stamp then written in place, instead of a
+/// header put field by field (with a check for room at each) and a payload in two parts:
+/// queueing a request was the load generator's largest cost of its own at pipeline 16
+/// (`perf record` of `courier bench -c 50 -P 16`: 4.3 % of its CPU for the header alone).
+/// The template holds as many copies, end to end, as one batch of the run sends (up to
+/// [`RUN_MAX`] bytes), so that a batch is one copy, not one per request: a copy per request
+/// was a sixth of the load generator's instructions per request at pipeline 16
+/// (callgrind, [`Requests::queue_batch`]). Built for payloads under [`TEMPLATE_MAX`] only:
+/// larger ones cost their copy, not this.
 struct Template {
+    /// The request, `bytes.len() / marks.frame_len` times over.
     bytes: Vec<u8>,
+    marks: Marks,
+}
+
+/// Where a request copied from a [`Template`] takes its id and stamp.
+#[derive(Clone, Copy)]
+struct Marks {
+    /// One request's length on the wire.
+    frame_len: usize,
     /// Where the id goes (courier framing: the header's last four bytes).
     id_at: Option<usize>,
     /// Where the payload, and so its stamp, starts.
@@ -92,40 +104,74 @@ struct Template {
     stamp_len: usize,
 }
 
-/// Payloads from this size up are written by [`Payloads::write`] rather than from a
-/// [`Template`], which would keep a second copy of each for every connection.
-const TEMPLATE_MAX: usize = 16 * 1024;
-
-impl Template {
-    /// The template of requests with `size`-byte `payloads` behind `header`; `ids` when
-    /// the framing carries the request's id (courier), as the header's last 4 bytes.
-    fn new(header: Header, ids: bool, payloads: &Payloads, size: usize) -> Option<Template> {
-        if size >= TEMPLATE_MAX {
-            return None;
-        }
-        let mut bytes = BytesMut::with_capacity(HEADER_LEN + size);
-        header(&mut bytes, 0, size);
-        let stamp_at = bytes.len();
-        payloads.write(0, &mut bytes);
-        Some(Template {
-            bytes: bytes.to_vec(),
-            id_at: ids.then(|| stamp_at - 4),
-            stamp_at,
-            stamp_len: size.min(8),
-        })
-    }
-
-    /// Appends request `seq`, sent with `id`, to `out`.
-    fn put(&self, id: u32, seq: u64, out: &mut BytesMut) {
-        let start = out.len();
-        out.extend_from_slice(&self.bytes);
-        let frame = &mut out[start..];
+impl Marks {
+    /// Writes `id` and `seq`'s stamp into `frame`, one request copied from the template.
+    fn mark(&self, frame: &mut [u8], id: u32, seq: u64) {
         if let Some(at) = self.id_at {
             frame[at..at + 4].copy_from_slice(&id.to_be_bytes());
         }
         let stamp = seq.to_be_bytes();
-        frame[self.stamp_at..self.stamp_at + self.stamp_len]
-            .copy_from_slice(&stamp[8 - self.stamp_len..]);
+        let payload = &mut frame[self.stamp_at..];
+        // A whole stamp as one store: a copy of a length known only at run time was a
+        // call to `memcpy`.
+        if self.stamp_len == 8 {
+            payload[..8].copy_from_slice(&stamp);
+        } else {
+            payload[..self.stamp_len].copy_from_slice(&stamp[8 - self.stamp_len..]);
+        }
+    }
+}
+
+/// Payloads from this size up are written by [`Payloads::write`] rather than from a
+/// [`Template`], which would keep a second copy of each for every connection.
+const TEMPLATE_MAX: usize = 16 * 1024;
+
+/// The most bytes of requests a [`Template`] lays end to end for one batch: 224 of 64
+/// bytes, for each connection of the run.
+const RUN_MAX: usize = 16 * 1024;
+
+impl Template {
+    /// The template of requests with `size`-byte `payloads` behind `header`, enough of
+    /// them for a batch of `batch`; `ids` when the framing carries the request's id
+    /// (courier), as the header's last 4 bytes.
+    fn new(
+        header: Header,
+        ids: bool,
+        payloads: &Payloads,
+        size: usize,
+        batch: usize,
+    ) -> Option<Template> {
+        if size >= TEMPLATE_MAX {
+            return None;
+        }
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + size);
+        header(&mut frame, 0, size);
+        let stamp_at = frame.len();
+        payloads.write(0, &mut frame);
+        let frame_len = frame.len();
+        let copies = batch.clamp(1, (RUN_MAX / frame_len).max(1));
+        Some(Template {
+            bytes: frame.repeat(copies),
+            marks: Marks {
+                frame_len,
+                id_at: ids.then(|| stamp_at - 4),
+                stamp_at,
+                stamp_len: size.min(8),
+            },
+        })
+    }
+
+    /// Appends `count` unmarked requests to `out`, as many at a time as the template
+    /// holds.
+    fn copy(&self, count: usize, out: &mut BytesMut) {
+        let frame_len = self.marks.frame_len;
+        out.reserve(count * frame_len);
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(self.bytes.len() / frame_len);
+            out.extend_from_slice(&self.bytes[..n * frame_len]);
+            left -= n;
+        }
     }
 }
 
@@ -148,11 +194,11 @@ pub(super) struct Requests {
 
 impl Requests {
     /// Requests with `size`-byte payloads behind `header`, found by id (`ids`, courier
-    /// framing) or in order (plain framing).
-    pub(super) fn new(size: usize, header: Header, ids: bool) -> Requests {
+    /// framing) or in order (plain framing), queued up to `batch` at a time.
+    pub(super) fn new(size: usize, header: Header, ids: bool, batch: usize) -> Requests {
         let payloads = Payloads::new(size);
         Requests {
-            template: Template::new(header, ids, &payloads, size),
+            template: Template::new(header, ids, &payloads, size, batch),
             payloads,
             pending: Outstanding::new(ids),
             header,
@@ -165,13 +211,32 @@ impl Requests {
     /// Encodes the next request into `out` and puts it in flight, its latency counted
     /// from `due`.
     pub(super) fn queue(&mut self, due: Instant, measure_from: Instant, out: &mut BytesMut) {
-        let id = self.put_in_flight(due, measure_from);
-        match &self.template {
-            Some(template) => template.put(id, self.seq, out),
-            None => {
-                (self.header)(out, id, self.size);
+        self.queue_batch(1, due, measure_from, out);
+    }
+
+    /// Encodes the next `count` requests into `out` and puts them in flight, their
+    /// latency counted from `due`: small ones copied from the template in one go, then
+    /// each given its id and stamp.
+    pub(super) fn queue_batch(
+        &mut self,
+        count: usize,
+        due: Instant,
+        measure_from: Instant,
+        out: &mut BytesMut,
+    ) {
+        let Some(template) = &self.template else {
+            for _ in 0..count {
+                self.queue_header(due, measure_from, out);
                 self.payloads.write(self.seq, out);
             }
+            return;
+        };
+        let marks = template.marks;
+        let start = out.len();
+        template.copy(count, out);
+        for frame in out[start..].chunks_exact_mut(marks.frame_len) {
+            let id = self.put_in_flight(due, measure_from);
+            marks.mark(frame, id, self.seq);
         }
     }
 
@@ -197,6 +262,8 @@ impl Requests {
     }
 
     /// Puts the next request in flight, its latency counted from `due`; returns its id.
+    /// Inlined into the loop of [`Requests::queue_batch`], where it runs for every request.
+    #[inline(always)]
     fn put_in_flight(&mut self, due: Instant, measure_from: Instant) -> u32 {
         self.seq += 1;
         if due >= measure_from {
@@ -307,7 +374,7 @@ mod tests {
         let framings: [(Header, bool); 2] = [(request_header, true), (plain_header, false)];
         for (header, ids) in framings {
             for size in [0, 3, 8, 64, 1000] {
-                let mut requests = Requests::new(size, header, ids);
+                let mut requests = Requests::new(size, header, ids, 1);
                 assert!(requests.template.is_some(), "a template for {size} bytes");
                 let now = Instant::now();
                 // Ids are reused once their replies are in: take some out of flight so
@@ -331,6 +398,45 @@ mod tests {
                     requests.payloads.write(seq, &mut expected);
                 }
                 assert_eq!(out, expected, "size {size}, ids {ids}");
+            }
+        }
+    }
+
+    /// A batch is the requests [`Requests::queue`] encodes one by one, with the same ids,
+    /// numbers and times in flight, whether the template holds fewer copies than the
+    /// batch, as many, or more.
+    #[test]
+    fn a_batch_is_the_requests_queued_one_by_one() {
+        let framings: [(Header, bool); 2] = [(request_header, true), (plain_header, false)];
+        let start = Instant::now();
+        let warm = start + std::time::Duration::from_millis(1);
+        for (header, ids) in framings {
+            for size in [0, 3, 8, 64, 1000] {
+                for (copies, count) in [(3, 7), (4, 4), (16, 5)] {
+                    let mut batched = Requests::new(size, header, ids, copies);
+                    let mut single = Requests::new(size, header, ids, 1);
+                    let (mut out, mut expected) = (BytesMut::new(), BytesMut::new());
+                    // One batch in the warm-up, then ids freed out of order, then a
+                    // batch that counts.
+                    for (due, free) in [(start, vec![]), (warm, vec![3, 1])] {
+                        for id in &free {
+                            batched.pending.take(*id);
+                            single.pending.take(*id);
+                        }
+                        batched.queue_batch(count, due, warm, &mut out);
+                        for _ in 0..count {
+                            single.queue(due, warm, &mut expected);
+                        }
+                    }
+                    let case = format!("size {size}, ids {ids}, {copies} copies, {count} a batch");
+                    assert_eq!(out, expected, "{case}");
+                    assert_eq!(batched.measured, count as u64, "{case}");
+                    assert_eq!(batched.measured, single.measured, "{case}");
+                    assert_eq!(batched.pending.len(), 2 * count - 2, "{case}");
+                    for id in 1..=2 * count as u32 {
+                        assert_eq!(batched.pending.take(id), single.pending.take(id), "{case}");
+                    }
+                }
             }
         }
     }
@@ -364,7 +470,7 @@ mod tests {
 
     #[test]
     fn large_payloads_have_no_template() {
-        let requests = Requests::new(TEMPLATE_MAX, request_header, true);
+        let requests = Requests::new(TEMPLATE_MAX, request_header, true, 16);
         assert!(requests.template.is_none());
     }
 }
