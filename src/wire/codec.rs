@@ -78,26 +78,28 @@ impl CodecError {
 /// it before a call leaves).
 #[derive(Debug, Clone)]
 pub struct Codec {
-    max_payload: usize,
+    /// At most [`MAX_PAYLOAD_LIMIT`], which fits the length field's 32 bits: kept in them,
+    /// the codec takes 4 bytes of every connection that holds one, not 8.
+    max_payload: u32,
 }
 
 impl Codec {
     /// A codec that accepts payloads up to `max_payload` bytes.
     pub fn new(max_payload: usize) -> Codec {
         Codec {
-            max_payload: max_payload.min(MAX_PAYLOAD_LIMIT),
+            max_payload: max_payload.min(MAX_PAYLOAD_LIMIT) as u32,
         }
     }
 
     /// The largest payload the decoder accepts.
     pub fn max_payload(&self) -> usize {
-        self.max_payload
+        self.max_payload as usize
     }
 
     /// Changes the largest payload the decoder accepts (the server raises it from the
     /// HELLO limit to the configured one once the handshake is done).
     pub fn set_max_payload(&mut self, max_payload: usize) {
-        self.max_payload = max_payload.min(MAX_PAYLOAD_LIMIT);
+        self.max_payload = max_payload.min(MAX_PAYLOAD_LIMIT) as u32;
     }
 }
 
@@ -120,10 +122,10 @@ impl Codec {
         // Checked from the length alone, as soon as its 4 bytes are in: a peer that sends
         // just those gets its answer at once, not at a deadline.
         let payload_len = length as usize - LENGTH_OVERHEAD;
-        if payload_len > self.max_payload {
+        if payload_len > self.max_payload as usize {
             return Err(CodecError::FrameTooLarge {
                 len: payload_len as u64,
-                max: self.max_payload,
+                max: self.max_payload as usize,
             });
         }
         // The rest of the fixed header: nine bytes, so waiting for it costs nothing.

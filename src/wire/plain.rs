@@ -11,14 +11,16 @@ use super::{CodecError, EncodeApart};
 /// checks the length before anything else and never reserves it up front.
 #[derive(Debug, Clone)]
 pub struct PlainCodec {
-    max: usize,
+    /// At most `u32::MAX`, the length field's range: kept in 32 bits, like
+    /// [`Codec`](super::Codec)'s limit.
+    max: u32,
 }
 
 impl PlainCodec {
     /// A codec that accepts messages up to `max` bytes.
     pub fn new(max: usize) -> PlainCodec {
         PlainCodec {
-            max: max.min(u32::MAX as usize),
+            max: max.min(u32::MAX as usize) as u32,
         }
     }
 }
@@ -36,10 +38,10 @@ impl PlainCodec {
         else {
             return Ok(None);
         };
-        if len > self.max {
+        if len > self.max as usize {
             return Err(CodecError::MessageTooLarge {
                 len: len as u64,
-                max: self.max,
+                max: self.max as usize,
             });
         }
         Ok((src.len() >= 4 + len).then_some(len))
