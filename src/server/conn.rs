@@ -52,7 +52,8 @@ const SHRINK_AFTER: u8 = 2;
 mod outbox;
 mod spare;
 
-pub(crate) use outbox::{take_front, Outbox};
+use outbox::take_front;
+pub(crate) use outbox::Outbox;
 use spare::Slot;
 
 /// How long a closing connection waits for its peer to take the last bytes and close its
@@ -289,21 +290,23 @@ where
                 } else {
                     self.burst_shift = (self.burst_shift + 1).min(MAX_BURST_SHIFT);
                 }
-                let buffer = self.reader.read_buffer_mut();
-                if buffer.capacity() == 0 {
+                let reader = &mut self.reader;
+                if reader.buffer.capacity() == 0 {
                     if let Some(spare) = spare::take(Slot::Read) {
-                        *buffer = spare;
+                        reader.buffer = spare;
+                        reader.moved = false;
                     }
                 }
-                buffer.reserve(READ_CHUNK << self.burst_shift);
+                reader.buffer.reserve(READ_CHUNK << self.burst_shift);
             }
             if let Poll::Ready(io) = self.reader.poll_next(cx, &mut self.out.stream) {
                 return Poll::Ready(io);
             }
-            let buffer = self.reader.read_buffer_mut();
-            if buffer.is_empty() {
+            let reader = &mut self.reader;
+            if reader.buffer.is_empty() {
                 // Nothing to keep until the next read: an idle connection holds no buffer.
-                spare::put(Slot::Read, std::mem::take(buffer));
+                let moved = std::mem::take(&mut reader.moved);
+                spare::put(Slot::Read, std::mem::take(&mut reader.buffer), moved);
             } else if self.partial_since.is_none() {
                 // The decoder has taken every whole frame; bytes left in the buffer are
                 // the start of one, and from now on that frame is on the clock.
@@ -472,6 +475,10 @@ pub(crate) struct Reader<D> {
     /// as the connection's task crossed a 128-byte step (`bench/idle_memory 10000`:
     /// 1,559 against 1,681 bytes).
     took_this_poll: bool,
+    /// The buffer's start has moved since it was allocated or taken from the thread: a
+    /// frame split off its front, or the front of a frame left behind bytes taken. What
+    /// [`spare::put`] needs to know.
+    moved: bool,
 }
 
 impl<D: Whole> Reader<D> {
@@ -484,6 +491,7 @@ impl<D: Whole> Reader<D> {
             errored: false,
             taken: 0,
             took_this_poll: false,
+            moved: false,
         }
     }
 
@@ -493,6 +501,12 @@ impl<D: Whole> Reader<D> {
 
     pub(crate) fn read_buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buffer
+    }
+
+    /// Takes `count` bytes, taken by the driver's lent decoding, off the buffer's front
+    /// ([`take_front`]).
+    pub(crate) fn take_front(&mut self, count: usize) {
+        self.moved |= take_front(&mut self.buffer, count);
     }
 
     pub(crate) fn decoder(&self) -> &D {
@@ -508,6 +522,8 @@ impl<D: Whole> Reader<D> {
     /// what is left).
     pub(crate) fn decode(&mut self) -> Result<Option<D::Item>, CodecError> {
         let decoded = self.decoder.decode(&mut self.buffer);
+        // A frame is split off the buffer's front, and shares its allocation.
+        self.moved |= matches!(decoded, Ok(Some(_)));
         // Past the end of the stream, bytes left are checked by `decode_eof` in turn.
         if let (Ok(None), false) = (&decoded, self.eof) {
             self.readable = false;
@@ -533,7 +549,10 @@ impl<D: Whole> Reader<D> {
                     Some(true) => return Poll::Ready(Io::Arrived),
                     Some(false) => self.readable = false,
                     None => match self.decoder.decode(&mut self.buffer) {
-                        Ok(Some(frame)) => return Poll::Ready(Io::Read(Some(Ok(frame)))),
+                        Ok(Some(frame)) => {
+                            self.moved = true;
+                            return Poll::Ready(Io::Read(Some(Ok(frame))));
+                        }
                         Ok(None) => self.readable = false,
                         Err(err) => {
                             self.errored = true;
@@ -545,7 +564,10 @@ impl<D: Whole> Reader<D> {
             if self.readable {
                 // The stream has ended: what is left must be whole frames.
                 match self.decoder.decode_eof(&mut self.buffer) {
-                    Ok(Some(frame)) => return Poll::Ready(Io::Read(Some(Ok(frame)))),
+                    Ok(Some(frame)) => {
+                        self.moved = true;
+                        return Poll::Ready(Io::Read(Some(Ok(frame))));
+                    }
                     Ok(None) => return Poll::Ready(Io::Read(None)),
                     Err(err) => {
                         self.errored = true;

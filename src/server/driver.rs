@@ -27,7 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
 use super::close::Close;
-use super::conn::{take_front, Conn, Io, Whole};
+use super::conn::{Conn, Io, Whole};
 use super::Shared;
 use crate::config::Config;
 use crate::handler::{call, Finished, Handler, Ready, Request};
@@ -653,7 +653,7 @@ where
                 &mut lent,
             );
             if taken > 0 {
-                take_front(reader.read_buffer_mut(), taken);
+                reader.take_front(taken);
                 *took = true;
             }
         }

@@ -33,6 +33,9 @@ pub(crate) struct Outbox<W, E> {
     /// Set when a message was due while more than its limit of bytes were waiting: the peer is
     /// not reading, and the connection loop closes the connection.
     pub(crate) overflowed: bool,
+    /// The buffer's start has moved past bytes written while others stayed (a partial
+    /// write): what [`spare::put`] needs to know.
+    moved: bool,
 }
 
 /// Bytes to be written ahead of an [`Outbox`]'s buffer, in order.
@@ -54,6 +57,7 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
             apart: None,
             encoder,
             overflowed: false,
+            moved: false,
         }
     }
 
@@ -84,6 +88,7 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
                     // would share their allocation, however large, and once drained the
                     // thread could keep it (`spare`) for as long as it lives.
                     let ahead = std::mem::take(&mut self.buffer).freeze();
+                    self.moved = false;
                     apart.len += ahead.len();
                     apart.chunks.push_back(ahead);
                 }
@@ -110,6 +115,7 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
         if self.buffer.capacity() == 0 {
             if let Some(spare) = spare::take(Slot::Out) {
                 self.buffer = spare;
+                self.moved = false;
             }
         }
     }
@@ -127,7 +133,7 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
                 // slices for a vectored write of one, per write.
                 None => {
                     let written = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.buffer))?;
-                    take_front(&mut self.buffer, written);
+                    self.moved |= take_front(&mut self.buffer, written);
                     written
                 }
                 Some(apart) => {
@@ -135,7 +141,8 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
                         Pin::new(&mut self.stream),
                         cx,
                         apart,
-                        &mut self.buffer
+                        &mut self.buffer,
+                        &mut self.moved
                     ))?;
                     if apart.len == 0 {
                         self.apart = None;
@@ -160,8 +167,9 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
     /// room is simply dropped.
     pub(super) fn give_back(&mut self) {
         debug_assert_eq!(self.pending(), 0);
+        let moved = std::mem::take(&mut self.moved);
         if self.buffer.capacity() > 0 {
-            spare::put(Slot::Out, std::mem::take(&mut self.buffer));
+            spare::put(Slot::Out, std::mem::take(&mut self.buffer), moved);
         }
     }
 }
@@ -171,22 +179,26 @@ impl<W: AsyncWrite + Unpin, E> Outbox<W, E> {
 /// `BytesMut::advance` would leave that room behind its new start, for the next
 /// `reserve` to reclaim. Without pipelining that was once per request on each side, 96
 /// of the server's 3,200 instructions per request at 50 connections
-/// (`bench/instructions`).
-pub(crate) fn take_front(buffer: &mut BytesMut, count: usize) {
+/// (`bench/instructions`). Returns whether the buffer's start moved (bytes stay behind
+/// those taken), which [`spare::put`] needs to know.
+pub(crate) fn take_front(buffer: &mut BytesMut, count: usize) -> bool {
     if count == buffer.len() {
         buffer.clear();
+        false
     } else {
         buffer.advance(count);
+        count > 0
     }
 }
 
 /// One vectored write of what `apart` holds, then `buffer`; takes what was written off
-/// their fronts.
+/// their fronts, and sets `moved` when the buffer's start moved ([`take_front`]).
 fn poll_write_apart<W: AsyncWrite>(
     writer: Pin<&mut W>,
     cx: &mut Context<'_>,
     apart: &mut Apart,
     buffer: &mut BytesMut,
+    moved: &mut bool,
 ) -> Poll<io::Result<usize>> {
     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
     let mut count = 0;
@@ -199,7 +211,7 @@ fn poll_write_apart<W: AsyncWrite>(
     let mut left = written;
     while left > 0 {
         let Some(front) = apart.chunks.front_mut() else {
-            take_front(buffer, left);
+            *moved |= take_front(buffer, left);
             break;
         };
         let taken = left.min(front.len());

@@ -302,7 +302,7 @@ async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
     let mut front = BytesMut::with_capacity(2048);
     let spare = front.split_off(1024);
     let at = spare.as_ptr();
-    super::spare::put(Slot::Read, spare);
+    super::spare::put(Slot::Read, spare, false);
     let mut second = reading(vec![batch(1, 64)]);
     assert!(matches!(
         second.poll_io(&mut cx, &config, true, true, false),
@@ -318,11 +318,19 @@ async fn a_drained_read_buffer_serves_the_next_read_on_the_thread() {
 
 #[test]
 fn the_thread_keeps_no_buffer_without_room_or_over_the_limit() {
-    super::spare::put(Slot::Read, BytesMut::new());
+    super::spare::put(Slot::Read, BytesMut::new(), false);
     assert!(super::spare::take(Slot::Read).is_none(), "no room");
-    super::spare::put(Slot::Read, BytesMut::with_capacity(super::spare::MAX + 1));
+    super::spare::put(
+        Slot::Read,
+        BytesMut::with_capacity(super::spare::MAX + 1),
+        false,
+    );
     assert!(super::spare::take(Slot::Read).is_none(), "over the limit");
-    super::spare::put(Slot::Read, BytesMut::with_capacity(super::spare::MAX));
+    super::spare::put(
+        Slot::Read,
+        BytesMut::with_capacity(super::spare::MAX),
+        false,
+    );
     assert_eq!(
         super::spare::take(Slot::Read).map(|b| b.capacity()),
         Some(super::spare::MAX)
@@ -362,7 +370,7 @@ async fn an_output_buffer_no_answer_needed_goes_back_to_the_thread() {
     let mut conn = silent(&config, false);
     // A batch takes the thread's output buffer to answer into (as the driver does before
     // lending messages to the handler), and needs none of it: one-way messages only.
-    super::spare::put(Slot::Out, BytesMut::with_capacity(1024));
+    super::spare::put(Slot::Out, BytesMut::with_capacity(1024), false);
     let (buffer, _) = conn.out.room(usize::MAX).expect("room");
     assert_eq!(buffer.capacity(), 1024);
     assert!(conn
@@ -376,5 +384,48 @@ async fn an_output_buffer_no_answer_needed_goes_back_to_the_thread() {
     assert_eq!(
         super::spare::take(Slot::Out).map(|b| b.capacity()),
         Some(1024)
+    );
+}
+
+/// A read buffer whose large frame was split off its front keeps only the allocation's
+/// tail as room; for frame sizes that leave a small tail, the thread must not keep the
+/// buffer, and with it the whole allocation, once the frame is gone.
+#[tokio::test]
+async fn a_read_buffer_drained_after_a_large_frame_does_not_pin_it() {
+    let config = crate::config::Config::default();
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut pinned_sizes = Vec::new();
+    for size in (20_000..400_000).step_by(997) {
+        drop(super::spare::take(Slot::Read));
+        let mut conn = reading(vec![batch(1, size)]);
+        let mut frame = None;
+        for _ in 0..10_000 {
+            match conn.poll_io(&mut cx, &config, true, true, false) {
+                Poll::Ready(super::Io::Arrived) => {
+                    frame = conn.reader.decode().expect("decode");
+                    conn.received();
+                    break;
+                }
+                Poll::Ready(_) => panic!("only reads are expected"),
+                Poll::Pending => {}
+            }
+        }
+        let frame = frame.expect("the frame arrived");
+        assert!(conn
+            .poll_io(&mut cx, &config, true, true, false)
+            .is_pending());
+        // The handler is done with the request.
+        drop(frame);
+        if let Some(mut kept) = super::spare::take(Slot::Read) {
+            if kept.try_reclaim(super::spare::MAX + 1) {
+                pinned_sizes.push((size, kept.capacity()));
+            }
+        }
+    }
+    assert!(
+        pinned_sizes.is_empty(),
+        "{} of 381 frame sizes left the thread a read buffer pinning a large allocation, e.g. (frame payload, allocation): {:?}",
+        pinned_sizes.len(),
+        &pinned_sizes[..pinned_sizes.len().min(4)]
     );
 }

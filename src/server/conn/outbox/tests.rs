@@ -279,7 +279,7 @@ fn a_drained_output_buffer_goes_to_the_thread_even_when_written_to_its_very_end(
     assert_eq!((kept.as_ptr(), kept.capacity()), (at, room));
 
     // The next answer on this thread is written into it.
-    super::spare::put(Slot::Out, kept);
+    super::spare::put(Slot::Out, kept, false);
     outbox.push(frame, usize::MAX);
     assert_eq!(outbox.buffer.as_ptr(), at);
     assert!(
@@ -324,4 +324,35 @@ fn a_buffer_split_for_a_large_payload_is_not_kept_by_the_thread() {
         super::spare::take(Slot::Out).is_none(),
         "the thread keeps a buffer that shares the 8 KiB one"
     );
+}
+
+/// An output buffer emptied by a partial write and then the rest has its start near the
+/// end of its allocation: little room, but the whole allocation behind it. The thread
+/// must not keep it.
+#[test]
+fn a_buffer_drained_by_a_partial_write_does_not_pin_its_allocation() {
+    drop(super::spare::take(Slot::Out));
+    // A socket that takes 64,000 bytes at a time.
+    let mut outbox = Outbox::new(Stingy::new(64_000, false), Codec::new(MAX_PAYLOAD_LIMIT));
+    outbox.buffer.reserve(64 * 1024);
+    let (base, room) = (outbox.buffer.as_ptr(), outbox.buffer.capacity());
+    // 890 pipelined 64-byte replies: 64,970 bytes, written as 64,000 + 970.
+    let frames = replies(&[64; 890]);
+    for frame in &frames {
+        outbox.push(frame.clone(), usize::MAX);
+    }
+    assert_eq!(outbox.buffer.as_ptr(), base);
+    flush(&mut outbox, 16);
+    assert_eq!(decode_all(&outbox.stream.written), frames);
+    if let Some(mut kept) = super::spare::take_as_kept(Slot::Out) {
+        let cap = kept.capacity();
+        // What the thread's buffer really holds:
+        assert!(
+            !kept.try_reclaim(super::spare::MAX + 1),
+            "the thread keeps {cap} bytes of room that pin the whole {room}-byte allocation \
+             (reclaimed without allocating: capacity now {}, at the old base: {})",
+            kept.capacity(),
+            kept.as_ptr() == base
+        );
+    }
 }
