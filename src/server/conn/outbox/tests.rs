@@ -332,12 +332,13 @@ fn a_buffer_split_for_a_large_payload_is_not_kept_by_the_thread() {
 #[test]
 fn a_buffer_drained_by_a_partial_write_does_not_pin_its_allocation() {
     drop(super::spare::take(Slot::Out));
-    // A socket that takes 64,000 bytes at a time.
-    let mut outbox = Outbox::new(Stingy::new(64_000, false), Codec::new(MAX_PAYLOAD_LIMIT));
-    outbox.buffer.reserve(64 * 1024);
+    // A socket that takes 1,047,000 bytes at a time.
+    let mut outbox = Outbox::new(Stingy::new(1_047_000, false), Codec::new(MAX_PAYLOAD_LIMIT));
+    outbox.buffer.reserve(1 << 20);
     let (base, room) = (outbox.buffer.as_ptr(), outbox.buffer.capacity());
-    // 890 pipelined 64-byte replies: 64,970 bytes, written as 64,000 + 970.
-    let frames = replies(&[64; 890]);
+    // 14,343 pipelined 64-byte replies: 1,047,039 bytes, written as 1,047,000 + 39, which
+    // leaves the emptied buffer 1,576 bytes of room on its 1 MiB allocation.
+    let frames = replies(&vec![64; 14_343]);
     for frame in &frames {
         outbox.push(frame.clone(), usize::MAX);
     }
@@ -348,7 +349,7 @@ fn a_buffer_drained_by_a_partial_write_does_not_pin_its_allocation() {
         let cap = kept.capacity();
         // What the thread's buffer really holds:
         assert!(
-            !kept.try_reclaim(super::spare::MAX + 1),
+            !kept.try_reclaim(super::spare::KEEP_MAX + 1),
             "the thread keeps {cap} bytes of room that pin the whole {room}-byte allocation \
              (reclaimed without allocating: capacity now {}, at the old base: {})",
             kept.capacity(),
