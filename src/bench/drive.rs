@@ -54,21 +54,15 @@ impl Schedule {
         }
     }
 
-    /// When the request to send now was due, and moves the schedule on; `None` when the
-    /// next is not due yet. In closed loop every request is due `now`, the batch's one
-    /// clock reading.
-    fn take_due(&mut self, now: Instant) -> Option<Instant> {
-        match self.interval {
-            Some(interval) => {
-                if self.next_due > Instant::now() {
-                    return None;
-                }
-                let due = self.next_due;
-                self.next_due += interval;
-                Some(due)
-            }
-            None => Some(now),
+    /// In open loop, with requests `interval` apart: when the request to send now was
+    /// due, and moves the schedule on; `None` when the next is not due yet.
+    fn take_due(&mut self, interval: Duration) -> Option<Instant> {
+        if self.next_due > Instant::now() {
+            return None;
         }
+        let due = self.next_due;
+        self.next_due += interval;
+        Some(due)
     }
 }
 
@@ -153,17 +147,17 @@ impl Job {
         now: Instant,
         out: &mut BytesMut,
     ) -> bool {
-        if schedule.interval.is_none() {
-            // Closed loop: every request is due now, so the room left in the pipeline
-            // goes out as one batch.
+        let Some(interval) = schedule.interval else {
+            // Closed loop: every request is due now, the batch's one clock reading, so the
+            // room left in the pipeline goes out as one batch.
             let room = cap.saturating_sub(requests.pending.len());
             let count = self.batch_len(room, requests.measured, now);
             requests.queue_batch(count, now, self.measure_from, out);
             return count > 0;
-        }
+        };
         let mut queued = false;
         while requests.pending.len() < cap {
-            let Some(due) = schedule.take_due(now) else {
+            let Some(due) = schedule.take_due(interval) else {
                 break;
             };
             requests.queue(due, self.measure_from, out);
