@@ -56,7 +56,7 @@ impl Job {
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.config.size);
         // Read into a plain buffer: `filled` bytes have arrived, the first `start` of them
         // are checked replies.
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = PageBuffer::new(64 * 1024);
         let (mut start, mut filled) = (0, 0);
         loop {
             let now = Instant::now();
@@ -78,7 +78,7 @@ impl Job {
                         buf.copy_within(start..filled, 0);
                         (start, filled) = (0, filled - start);
                         if filled == buf.len() {
-                            buf.resize(buf.len() * 2, 0);
+                            buf.grow();
                         }
                     }
                     let read = stream.read(&mut buf[filled..])?;
@@ -106,6 +106,59 @@ impl Job {
     }
 }
 
+/// A buffer whose first byte starts a page (4 KiB), so that a reply read into its front
+/// lies at the same offset in its page as it does in the kernel's (at its start, for a
+/// message sent in one write).
+///
+/// Where the two offsets differ by a few bytes, the kernel's copy runs at a third of its
+/// speed on some CPUs (AMD EPYC here): a 64 KiB `recv` of data already waiting took 49 µs
+/// into a buffer 8 to 24 bytes past a page's start, and 14 to 16 µs at 0, 32, 64 or 4,080
+/// bytes past it (medians of 200). glibc puts a `Vec` of 128 KiB or more 16 bytes past a
+/// page's start, and the reply buffer grew to 128 KiB for 64 KiB payloads. Reading at a
+/// page's start instead, `courier bench -c 1 -s 65536` made 1.33 × the round trips per
+/// second (median of 6 alternating pairs) and spent 56 µs of CPU per request, not 88; with
+/// 1 MiB payloads, 1.45 × (4 pairs), 482 µs per request, not 837.
+struct PageBuffer {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageBuffer {
+    const PAGE: usize = 4096;
+
+    fn new(len: usize) -> PageBuffer {
+        let storage = vec![0u8; len + Self::PAGE];
+        let start = storage.as_ptr().align_offset(Self::PAGE);
+        PageBuffer {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    /// Twice the length, the bytes kept.
+    fn grow(&mut self) {
+        let mut grown = PageBuffer::new(self.len * 2);
+        grown[..self.len].copy_from_slice(self);
+        *self = grown;
+    }
+}
+
+impl std::ops::Deref for PageBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 /// Writes every byte of `slices`, in as few vectored writes as the socket allows.
 fn write_all_vectored(
     stream: &mut dyn BlockingStream,
@@ -121,4 +174,33 @@ fn write_all_vectored(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PageBuffer;
+
+    #[test]
+    fn a_page_buffer_starts_a_page_and_keeps_its_bytes_as_it_grows() {
+        // 128 KiB and more is what glibc maps on its own, 16 bytes past a page's start.
+        for len in [1000, 64 * 1024, 128 * 1024, 1 << 20] {
+            let mut buf = PageBuffer::new(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % PageBuffer::PAGE, 0, "len {len}");
+            for (i, byte) in buf.iter_mut().enumerate() {
+                *byte = (i % 251) as u8;
+            }
+            buf.grow();
+            assert_eq!(buf.len(), 2 * len);
+            assert_eq!(
+                buf.as_ptr() as usize % PageBuffer::PAGE,
+                0,
+                "len {len} grown"
+            );
+            assert!(buf[..len]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 251) as u8));
+        }
+    }
 }
