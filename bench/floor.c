@@ -49,7 +49,14 @@ int main(int argc, char **argv) {
     }
     int port = atoi(argv[2]);
     size_t size = strtoul(argv[3], NULL, 10);
-    char *buf = calloc(size, 1);
+    /* At the start of a page: where a received message's offset in its page and the
+     * kernel's differ by a few bytes, the kernel's copy runs at a third of its speed on
+     * some CPUs (AMD EPYC: 49 us for a 64 KiB recv 16 bytes past a page's start, 15 us at
+     * it), and calloc puts a buffer of 128 KiB or more 16 bytes past one. */
+    size_t pages = (size + 4095) / 4096 * 4096;
+    char *buf = aligned_alloc(4096, pages ? pages : 4096);
+    if (!buf) { perror("floor"); return 1; }
+    memset(buf, 0, pages ? pages : 4096);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     int one = 1;
