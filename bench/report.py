@@ -8,6 +8,7 @@ Standard library only; the plot is a hand-written SVG.
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -238,6 +239,52 @@ def goals_second_round(rows):
                       "|---|---:|---:|---|"] + out)
 
 
+def goals_elsewhere(results):
+    """The second round's goals that other scripts measure, each taking minutes of its own
+    (10,000 connections, an idle server): quoted from the result file each writes, with the
+    date and command of its run, so that every goal is in this report. These runs are not
+    this one: their dates say how far apart they are."""
+    def read(name):
+        try:
+            with open(os.path.join(results, name)) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def measured(text):
+        found = re.search(r"Measured (.+?) by `([^`]+)`", text, re.S)
+        return f"{' '.join(found[1].split())}, `{found[2]}`" if found else "date and command not found"
+
+    out = []
+    many = read("MANY-CONNECTIONS.md")
+    if many is None:
+        out.append("- 10,000 connections: not measured (no MANY-CONNECTIONS.md; `bench/many_connections`)")
+    else:
+        out.append(f"- 10,000 connections, open loop ([MANY-CONNECTIONS.md](MANY-CONNECTIONS.md), "
+                   f"{measured(many)}):")
+        out += [f"  {line}" for line in many.splitlines() if line.startswith("- ") and "≤" in line]
+    idle = read("IDLE.md")
+    sizes = [int(m.replace(",", "")) for m in re.findall(r"\| ([\d,]+) B \|", idle or "")]
+    if not sizes:
+        out.append("- idle connection ≤ 2 KiB of server memory: not measured (no figures in IDLE.md; "
+                   "`bench/idle_memory`)")
+    else:
+        verdict = "met" if max(sizes) <= 2048 else "**not met**"
+        out.append(f"- idle connection ≤ 2 KiB of server memory ([IDLE.md](IDLE.md), {measured(idle)}): "
+                   f"{', '.join(f'{n:,} B' for n in sizes)} per connection, {verdict}")
+    wake = read("IDLE-WAKEUPS.md")
+    rows = re.findall(r"^\| default \| ([\d,]+) \| \d+ \| ([\d,]+) \|", wake or "", re.M)
+    if not rows:
+        out.append("- idle server, default settings: 0 wake-ups over 10 s: not measured (no default rows in "
+                   "IDLE-WAKEUPS.md; `bench/idle_wakeups`)")
+    else:
+        verdict = "met" if all(int(w.replace(",", "")) == 0 for _, w in rows) else "**not met**"
+        counts = "; ".join(f"{w} with {c} idle connections" for c, w in rows)
+        out.append(f"- idle server, default settings: 0 wake-ups over 10 s ([IDLE-WAKEUPS.md](IDLE-WAKEUPS.md), "
+                   f"{measured(wake)}): {counts}, {verdict}")
+    return "\n".join(out)
+
+
 def pipelining(rows):
     """Pipelined shapes under one C load generator: what the servers themselves reach, and
     the server CPU per request that 1.5 × Redis would take, beside what courier and the C
@@ -424,6 +471,10 @@ and a ratio between two such rows compares load generators.
 ## Against the second round's goals
 
 {goals_second_round(rows)}
+
+### Measured by other scripts
+
+{goals_elsewhere(results)}
 
 ## Pipelining, one load generator for every server
 
