@@ -49,6 +49,7 @@ int main(int argc, char **argv) {
     }
     int port = atoi(argv[2]);
     size_t size = strtoul(argv[3], NULL, 10);
+    if (size > ((size_t)1 << 30)) { fprintf(stderr, "floor: SIZE over 1 GiB\n"); return 2; }
     /* At the start of a page: where a received message's offset in its page and the
      * kernel's differ by a few bytes, the kernel's copy runs at a third of its speed on
      * some CPUs (AMD EPYC: 49 us for a 64 KiB recv 16 bytes past a page's start, 15 us at

@@ -246,7 +246,7 @@ def goals_elsewhere(results):
     this one: their dates say how far apart they are."""
     def read(name):
         try:
-            with open(os.path.join(results, name)) as f:
+            with open(os.path.join(results, name), encoding="utf-8") as f:
                 return f.read()
         except OSError:
             return None
@@ -260,14 +260,15 @@ def goals_elsewhere(results):
     if many is None:
         out.append("- 10,000 connections: not measured (no MANY-CONNECTIONS.md; `bench/many_connections`)")
     else:
+        lines = [f"  {line}" for line in many.splitlines() if line.startswith("- ") and "≤" in line]
         out.append(f"- 10,000 connections, open loop ([MANY-CONNECTIONS.md](MANY-CONNECTIONS.md), "
-                   f"{measured(many)}):")
-        out += [f"  {line}" for line in many.splitlines() if line.startswith("- ") and "≤" in line]
+                   f"{measured(many)}):" + ("" if lines else " no goal lines in the file"))
+        out += lines
     idle = read("IDLE.md")
     sizes = [int(m.replace(",", "")) for m in re.findall(r"\| ([\d,]+) B \|", idle or "")]
     if not sizes:
-        out.append("- idle connection ≤ 2 KiB of server memory: not measured (no figures in IDLE.md; "
-                   "`bench/idle_memory`)")
+        out.append("- idle connection ≤ 2 KiB of server memory: not measured (no IDLE.md, or no figures in "
+                   "it; `bench/idle_memory`)")
     else:
         verdict = "met" if max(sizes) <= 2048 else "**not met**"
         out.append(f"- idle connection ≤ 2 KiB of server memory ([IDLE.md](IDLE.md), {measured(idle)}): "
@@ -275,8 +276,8 @@ def goals_elsewhere(results):
     wake = read("IDLE-WAKEUPS.md")
     rows = re.findall(r"^\| default \| ([\d,]+) \| \d+ \| ([\d,]+) \|", wake or "", re.M)
     if not rows:
-        out.append("- idle server, default settings: 0 wake-ups over 10 s: not measured (no default rows in "
-                   "IDLE-WAKEUPS.md; `bench/idle_wakeups`)")
+        out.append("- idle server, default settings: 0 wake-ups over 10 s: not measured (no IDLE-WAKEUPS.md, or "
+                   "no default rows in it; `bench/idle_wakeups`)")
     else:
         verdict = "met" if all(int(w.replace(",", "")) == 0 for _, w in rows) else "**not met**"
         counts = "; ".join(f"{w} with {c} idle connections" for c, w in rows)

@@ -41,6 +41,7 @@ int main(int argc, char **argv) {
     size_t size = strtoul(argv[3], NULL, 10);
     long count = strtol(argv[4], NULL, 10);
     void *ctx = zmq_ctx_new();
+    if (size > ((size_t)1 << 30)) { fprintf(stderr, "zmq_perf: SIZE over 1 GiB\n"); return 2; }
     /* At the start of a page, as bench/floor.c's buffer (why: there). */
     size_t pages = (size + 4095) / 4096 * 4096;
     char *buf = aligned_alloc(4096, pages ? pages : 4096);
